@@ -1,0 +1,1 @@
+//! The `#[cached_tier]` attribute of `tiered`: see the `tiered` crate.

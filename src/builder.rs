@@ -1,0 +1,234 @@
+//! [`TieredCacheBuilder`]: the one way to build a [`TieredCache`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::{CacheValue, Inner, TieredCache};
+use crate::clock::Clock;
+use crate::entry::{Ttl, TtlPolicy};
+use crate::error::{BoxError, Error};
+use crate::fence::Fence;
+use crate::key::CacheKey;
+use crate::l1::{self, L1Capacity, Weigher};
+use crate::l3::{loader_fn, DynLoader, Loader};
+use crate::observe::{Counters, Observer};
+
+/// The default number of L1 entries.
+pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
+/// The default TTL of L1 entries.
+pub const DEFAULT_L1_TTL: Duration = Ttl::MEDIUM;
+/// The default TTL of a remembered absence.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// The default jitter: TTLs are shortened by a random part of up to 10%.
+pub const DEFAULT_JITTER: f64 = 0.1;
+
+enum Capacity {
+    Entries(u64),
+    Bytes(u64),
+}
+
+/// Configures and builds a [`TieredCache`]; made by [`TieredCache::builder`].
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct TieredCacheBuilder<K, V> {
+    name: String,
+    capacity: Capacity,
+    weigher: Option<Weigher<K, V>>,
+    ttl: TtlPolicy,
+    loader: Option<Arc<dyn DynLoader<K, V>>>,
+    clock: Clock,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCacheBuilder")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("has_loader", &self.loader.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        TieredCacheBuilder {
+            name: name.into(),
+            capacity: Capacity::Entries(DEFAULT_L1_MAX_ENTRIES),
+            weigher: None,
+            ttl: TtlPolicy {
+                l1: DEFAULT_L1_TTL,
+                negative: DEFAULT_NEGATIVE_TTL,
+                jitter: DEFAULT_JITTER,
+            },
+            loader: None,
+            clock: Clock::system(),
+            observer: None,
+        }
+    }
+
+    /// Bounds L1 to `max` entries. Default: [`DEFAULT_L1_MAX_ENTRIES`].
+    pub fn l1_max_entries(mut self, max: u64) -> Self {
+        self.capacity = Capacity::Entries(max);
+        self
+    }
+
+    /// Bounds L1 to about `max` bytes. Each entry weighs its envelope plus its
+    /// value's encoded length, or what [`l1_weigher`](Self::l1_weigher) says. A value
+    /// heavier than the whole capacity is returned to its caller but not kept.
+    pub fn l1_max_bytes(mut self, max: u64) -> Self {
+        self.capacity = Capacity::Bytes(max);
+        self
+    }
+
+    /// Weighs L1 entries with `weigher` (in the unit of
+    /// [`l1_max_bytes`](Self::l1_max_bytes)) instead of encoding each value.
+    pub fn l1_weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// How long a loaded or inserted value stays in L1. Default: [`DEFAULT_L1_TTL`].
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl.l1 = ttl;
+        self
+    }
+
+    /// How long a loader's `None` is remembered; `Duration::ZERO` turns negative
+    /// caching off. Default: [`DEFAULT_NEGATIVE_TTL`].
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl.negative = ttl;
+        self
+    }
+
+    /// Shortens each default TTL by a random part of up to `fraction` (in `[0, 1)`),
+    /// so that entries loaded together do not expire together. Explicit TTLs of
+    /// [`insert_with_ttl`](TieredCache::insert_with_ttl) are kept exact.
+    /// Default: [`DEFAULT_JITTER`].
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.ttl.jitter = fraction;
+        self
+    }
+
+    /// The loader that [`get`](TieredCache::get) and
+    /// [`get_many`](TieredCache::get_many) call on a miss. Without one, they only
+    /// read the cache tiers.
+    pub fn loader(mut self, loader: impl Loader<K, V>) -> Self {
+        self.loader = Some(Arc::new(loader));
+        self
+    }
+
+    /// A loader from an async closure taking the key by value (see [`loader_fn`]).
+    pub fn loader_fn<E, F, Fut>(self, f: F) -> Self
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.loader(loader_fn(f))
+    }
+
+    /// The clock expiry is measured with. Default: [`Clock::system`]; tests pass a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
+    }
+
+    /// Reports hits, misses, loads and invalidations to `observer`, in addition to
+    /// [`stats`](TieredCache::stats).
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Reports to the `metrics` facade under this cache's name (see
+    /// [`MetricsObserver`](crate::MetricsObserver)).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(self) -> Self {
+        let observer = crate::MetricsObserver::new(&self.name);
+        self.observer(observer)
+    }
+
+    /// Builds the cache, or says which setting is wrong.
+    pub fn build(self) -> Result<TieredCache<K, V>, Error> {
+        validate_name(&self.name)?;
+        if !(0.0..1.0).contains(&self.ttl.jitter) {
+            return Err(Error::Config(format!(
+                "jitter must be in [0, 1), got {}",
+                self.ttl.jitter
+            )));
+        }
+        if self.ttl.l1.is_zero() {
+            return Err(Error::Config("l1_ttl must be greater than zero".into()));
+        }
+        let capacity = match self.capacity {
+            Capacity::Entries(max) => L1Capacity::Entries(max),
+            Capacity::Bytes(max) => L1Capacity::Weight {
+                max,
+                weigher: self
+                    .weigher
+                    .unwrap_or_else(l1::serialized_size_weigher::<K, V>),
+            },
+        };
+        Ok(TieredCache::from_inner(Inner {
+            l1: l1::build(&self.name, capacity),
+            name: self.name,
+            loader: self.loader,
+            ttl: self.ttl,
+            clock: self.clock,
+            fence: Fence::new(),
+            counters: Counters::new(),
+            observer: self.observer,
+        }))
+    }
+}
+
+/// Names become part of every L2 key (`{prefix}{name}:{schema}:{key}`), so they are
+/// kept to characters that cannot be confused with the separator or a glob.
+fn validate_name(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "cache name {name:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "a:b", "a*", "sp ace", &"x".repeat(65)] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+        for good in ["users", "user-profiles.v2", "A_1"] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors_not_panics() {
+        let jitter = TieredCache::<u64, u64>::builder("t").jitter(1.5).build();
+        assert!(matches!(jitter, Err(Error::Config(m)) if m.contains("jitter")));
+        let nan = TieredCache::<u64, u64>::builder("t")
+            .jitter(f64::NAN)
+            .build();
+        assert!(nan.is_err());
+        let ttl = TieredCache::<u64, u64>::builder("t")
+            .l1_ttl(Duration::ZERO)
+            .build();
+        assert!(matches!(ttl, Err(Error::Config(m)) if m.contains("l1_ttl")));
+    }
+}

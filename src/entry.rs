@@ -1,0 +1,125 @@
+//! The envelope every tier stores, TTL presets and the expiry policy.
+
+use std::time::Duration;
+
+use crate::clock::saturating_nanos;
+
+/// Common TTLs.
+///
+/// ```
+/// use tiered::Ttl;
+/// assert_eq!(Ttl::MEDIUM.as_secs(), 300);
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Ttl;
+
+impl Ttl {
+    /// One minute.
+    pub const SHORT: Duration = Duration::from_secs(60);
+    /// Five minutes.
+    pub const MEDIUM: Duration = Duration::from_secs(5 * 60);
+    /// One hour.
+    pub const LONG: Duration = Duration::from_secs(60 * 60);
+    /// One day.
+    pub const VERY_LONG: Duration = Duration::from_secs(24 * 60 * 60);
+}
+
+/// A cached value or a remembered absence, with its timing. Times are nanoseconds of
+/// the cache's [`Clock`](crate::Clock).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry<V> {
+    /// `None` remembers that the loader found nothing (negative caching).
+    pub(crate) value: Option<V>,
+    pub(crate) written: u64,
+    /// Never served at or after this instant.
+    pub(crate) expires: u64,
+}
+
+impl<V> Entry<V> {
+    pub(crate) fn new(value: Option<V>, now: u64, ttl: Duration) -> Self {
+        Entry {
+            value,
+            written: now,
+            expires: now.saturating_add(saturating_nanos(ttl)),
+        }
+    }
+
+    /// The entry's whole lifetime, from write to hard expiry.
+    pub(crate) fn lifetime(&self) -> Duration {
+        Duration::from_nanos(self.expires - self.written)
+    }
+
+    #[inline]
+    pub(crate) fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires
+    }
+}
+
+/// TTLs and jitter, as configured on the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct TtlPolicy {
+    pub(crate) l1: Duration,
+    pub(crate) negative: Duration,
+    /// A fraction in `[0, 1)`: each TTL is shortened by a random part of up to this
+    /// fraction, so that entries written together do not expire together.
+    pub(crate) jitter: f64,
+}
+
+impl TtlPolicy {
+    /// `ttl` shortened by a random fraction of up to `jitter`: never longer than asked.
+    pub(crate) fn jittered(&self, ttl: Duration) -> Duration {
+        if self.jitter <= 0.0 {
+            return ttl;
+        }
+        ttl.mul_f64(1.0 - self.jitter * fastrand::f64())
+    }
+
+    /// The TTL of a freshly loaded entry: `value` or a remembered absence.
+    pub(crate) fn for_loaded<V>(&self, value: &Option<V>) -> Duration {
+        match value {
+            Some(_) => self.jittered(self.l1),
+            None => self.jittered(self.negative),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_only_shortens_and_stays_within_the_fraction() {
+        let policy = TtlPolicy {
+            l1: Ttl::SHORT,
+            negative: Duration::from_secs(5),
+            jitter: 0.1,
+        };
+        let mut distinct = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let ttl = policy.jittered(Ttl::SHORT);
+            assert!(ttl <= Ttl::SHORT);
+            assert!(ttl >= Ttl::SHORT.mul_f64(0.9));
+            distinct.insert(ttl);
+        }
+        assert!(distinct.len() > 100, "jitter should spread expiries");
+    }
+
+    #[test]
+    fn no_jitter_keeps_the_ttl() {
+        let policy = TtlPolicy {
+            l1: Ttl::LONG,
+            negative: Duration::ZERO,
+            jitter: 0.0,
+        };
+        assert_eq!(policy.jittered(Ttl::LONG), Ttl::LONG);
+    }
+
+    #[test]
+    fn expiry_is_write_time_plus_ttl() {
+        let entry = Entry::new(Some(1), 1_000, Duration::from_nanos(500));
+        assert!(!entry.is_expired(1_499));
+        assert!(entry.is_expired(1_500));
+        assert_eq!(entry.lifetime(), Duration::from_nanos(500));
+    }
+}

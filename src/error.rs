@@ -1,0 +1,63 @@
+//! The crate's one error type.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// A boxed error, as returned by [`Loader`](crate::Loader)s.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// An error shared by every caller of one flight: the loader's own error, kept whole.
+pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// Everything a [`TieredCache`](crate::TieredCache) can fail with.
+///
+/// Cache tiers never produce errors on the read path: a failing or missing tier is a
+/// miss. What reaches the caller is the loader's failure, or a configuration mistake.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The loader returned an error. [`source()`](StdError::source) is the loader's
+    /// own error (downcast it to get the original type back). Errors are never cached:
+    /// the next call loads again.
+    Load {
+        /// The key being loaded, in its string form.
+        key: String,
+        /// The loader's error, shared by every caller that waited on the same load.
+        source: SharedError,
+    },
+    /// The loader panicked. The panic is contained: the cache stays usable and every
+    /// caller waiting on that load gets this error.
+    LoaderPanicked {
+        /// The key being loaded, in its string form.
+        key: String,
+        /// The panic message, when the payload was a string.
+        message: String,
+    },
+    /// The builder was given a setting it cannot use.
+    Config(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Load { key, source } => write!(f, "loading key `{key}` failed: {source}"),
+            Error::LoaderPanicked { key, message } => {
+                write!(
+                    f,
+                    "the loader panicked while loading key `{key}`: {message}"
+                )
+            }
+            Error::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Load { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! How keys become strings (for L2 keys, patterns and error messages).
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// A cache key.
+///
+/// L1 stores keys as they are (hashed and compared by `Hash` and `Eq`); the other
+/// tiers and invalidation patterns see the key's string form, written by
+/// [`write_key`](CacheKey::write_key). That rendering **must be one-to-one within a
+/// cache**: two different keys must never render to the same string, or they would
+/// share one L2 entry. Strings render as themselves and integers in decimal; for a
+/// composite key, put an unambiguous separator between fields (e.g. `user:{id}`)
+/// and make sure no field can contain it.
+pub trait CacheKey: Hash + Eq + Clone + Send + Sync + 'static {
+    /// Appends the key's string form to `out`.
+    fn write_key(&self, out: &mut String);
+
+    /// The key's string form.
+    fn to_key_string(&self) -> String {
+        let mut out = String::new();
+        self.write_key(&mut out);
+        out
+    }
+}
+
+macro_rules! str_keys {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn write_key(&self, out: &mut String) {
+                out.push_str(self);
+            }
+        }
+    )*};
+}
+str_keys!(String, Box<str>, Arc<str>, &'static str);
+
+macro_rules! int_keys {
+    ($($t:ty),*) => {$(
+        impl CacheKey for $t {
+            fn write_key(&self, out: &mut String) {
+                use std::fmt::Write;
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{self}");
+            }
+        }
+    )*};
+}
+int_keys!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_strings_and_integers_as_themselves() {
+        assert_eq!("user:1".to_key_string(), "user:1");
+        assert_eq!(String::from("a*b").to_key_string(), "a*b");
+        assert_eq!(Arc::<str>::from("x").to_key_string(), "x");
+        assert_eq!((-42i64).to_key_string(), "-42");
+        assert_eq!(u128::MAX.to_key_string(), u128::MAX.to_string());
+    }
+}

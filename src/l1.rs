@@ -1,0 +1,86 @@
+//! The in-process tier: a moka future cache of envelopes.
+
+use std::mem::size_of;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+use serde::Serialize;
+
+use crate::entry::Entry;
+use crate::key::CacheKey;
+
+/// The L1 hasher. Keys are hashed on every hit, so a fast, randomly seeded hasher
+/// matters more here than SipHash's stronger flood resistance.
+pub(crate) type L1Hasher = foldhash::fast::RandomState;
+
+/// The L1 tier: moka, keyed by `K` itself, holding envelopes.
+pub(crate) type L1<K, V> = Cache<K, Entry<V>, L1Hasher>;
+
+/// A function giving an entry's weight, in whatever unit the capacity is in.
+pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
+
+/// How L1's capacity is counted.
+pub(crate) enum L1Capacity<K, V> {
+    /// At most this many entries.
+    Entries(u64),
+    /// At most this much total weight (bytes, with the default weigher).
+    Weight { max: u64, weigher: Weigher<K, V> },
+}
+
+/// Each entry lives for its own lifetime, set when it was written.
+struct EnvelopeExpiry;
+
+impl<K, V> Expiry<K, Entry<V>> for EnvelopeExpiry {
+    fn expire_after_create(&self, _: &K, entry: &Entry<V>, _: Instant) -> Option<Duration> {
+        Some(entry.lifetime())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &K,
+        entry: &Entry<V>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.lifetime())
+    }
+}
+
+pub(crate) fn build<K, V>(name: &str, capacity: L1Capacity<K, V>) -> L1<K, V>
+where
+    K: CacheKey,
+    V: Clone + Send + Sync + 'static,
+{
+    let builder = Cache::builder().name(name).expire_after(EnvelopeExpiry);
+    let builder = match capacity {
+        L1Capacity::Entries(max) => builder.max_capacity(max),
+        L1Capacity::Weight { max, weigher } => {
+            builder
+                .max_capacity(max)
+                .weigher(move |key: &K, entry: &Entry<V>| match &entry.value {
+                    Some(value) => weigher(key, value),
+                    None => envelope_overhead::<K, V>(),
+                })
+        }
+    };
+    builder.build_with_hasher(L1Hasher::default())
+}
+
+fn envelope_overhead<K, V>() -> u32 {
+    u32::try_from(size_of::<K>() + size_of::<Entry<V>>()).unwrap_or(u32::MAX)
+}
+
+/// The default weigher of a byte-bounded L1: the envelope's inline size plus the
+/// value's bincode-encoded length (a close proxy for its heap footprint).
+pub(crate) fn serialized_size_weigher<K, V: Serialize>() -> Weigher<K, V> {
+    Arc::new(|_: &K, value: &V| {
+        let mut counter = bincode::enc::write::SizeWriter::default();
+        // A value that cannot be serialized weighs only its envelope.
+        let _ =
+            bincode::serde::encode_into_writer(value, &mut counter, bincode::config::standard());
+        let bytes = counter.bytes_written as u64 + u64::from(envelope_overhead::<K, V>());
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    })
+}

@@ -1,0 +1,66 @@
+//! `tiered`: a three-tier async cache for services.
+//!
+//! A [`TieredCache`] puts an in-process L1 ([moka]) in front of a [`Loader`] (the
+//! L3: Postgres through [`PgLoader`], or any async function), with one flight per
+//! key: however many callers miss the same key at once, it is loaded once and all of
+//! them get the result, value or error. A loader's `None` is remembered for a short
+//! TTL (negative caching); errors are never cached. An invalidation that races a
+//! load in flight wins: the load's (old) value is not written back.
+//!
+//! ```
+//! use tiered::{BoxError, TieredCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tiered::Error> {
+//! let cache = TieredCache::<String, u64>::builder("lengths")
+//!     .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key.len() as u64)) })
+//!     .build()?;
+//! assert_eq!(cache.get(&"hello".to_owned()).await?, Some(5));
+//! cache.invalidate(&"hello".to_owned()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for all three tiers, and `docs/` for the design and benchmarks.
+//!
+//! # Features
+//! - `postgres` (default): [`PgLoader`], on deadpool-postgres.
+//! - `macros` (default): the `#[cached_tier]` attribute.
+//! - `metrics`: [`MetricsObserver`], reporting to the `metrics` facade.
+//! - `redis`: the Redis client for the shared L2 tier.
+//!
+//! [moka]: https://docs.rs/moka
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
+
+mod builder;
+mod cache;
+mod clock;
+mod entry;
+mod error;
+mod fence;
+mod key;
+mod l1;
+mod l3;
+mod observe;
+
+pub use builder::{
+    TieredCacheBuilder, DEFAULT_JITTER, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
+    DEFAULT_NEGATIVE_TTL,
+};
+pub use cache::{CacheValue, TieredCache};
+pub use clock::{Clock, ManualClock};
+pub use entry::Ttl;
+pub use error::{BoxError, Error, SharedError};
+pub use key::CacheKey;
+#[cfg(feature = "postgres")]
+pub use l3::PgLoader;
+pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
+#[cfg(feature = "metrics")]
+pub use observe::MetricsObserver;
+pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};

@@ -1,0 +1,228 @@
+//! What the cache reports: an [`Observer`] hook, and counters behind [`Stats`].
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+#[cfg(feature = "metrics")]
+mod metrics;
+#[cfg(feature = "metrics")]
+pub use self::metrics::MetricsObserver;
+
+/// A cache tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-process tier.
+    L1,
+    /// The shared tier.
+    L2,
+}
+
+/// How a load ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadOutcome {
+    /// The loader returned a value.
+    Value,
+    /// The loader found nothing (cached as absence when negative caching is on).
+    Absent,
+    /// The loader returned an error (not cached).
+    Error,
+    /// The loader panicked (contained, not cached).
+    Panicked,
+}
+
+/// Hooks called as the cache works. Every method has an empty default, so an
+/// implementation overrides only what it reports. Methods are called inline on the
+/// read path (`hit` on every hit): keep them cheap and non-blocking.
+pub trait Observer: Send + Sync + 'static {
+    /// A read found a usable entry in `tier` (a remembered absence counts).
+    fn hit(&self, tier: Tier) {
+        let _ = tier;
+    }
+    /// A read found nothing usable in `tier`.
+    fn miss(&self, tier: Tier) {
+        let _ = tier;
+    }
+    /// A load finished after `elapsed`. `keys` is 1, or the batch size of `get_many`.
+    fn load(&self, outcome: LoadOutcome, keys: usize, elapsed: Duration) {
+        let _ = (outcome, keys, elapsed);
+    }
+    /// A caller got the result of a load another caller started.
+    fn coalesced(&self) {}
+    /// A load's result was not cached because the key was invalidated meanwhile.
+    fn superseded(&self) {}
+    /// Keys were invalidated; `all` is true for `invalidate_all`.
+    fn invalidated(&self, all: bool) {
+        let _ = all;
+    }
+}
+
+/// A point-in-time copy of a cache's counters, from
+/// [`TieredCache::stats`](crate::TieredCache::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Hits and misses of the in-process tier.
+    pub l1: TierStats,
+    /// Hits that found a remembered absence (included in `l1.hits`).
+    pub negative_hits: u64,
+    /// Loader calls (a `get_many` batch counts once).
+    pub loads: u64,
+    /// Loader calls that failed (errors and panics).
+    pub load_errors: u64,
+    /// Callers that waited for a load another caller started, instead of loading.
+    pub coalesced: u64,
+    /// Loaded values not cached because their key was invalidated during the load.
+    pub superseded: u64,
+    /// Explicit `insert` calls.
+    pub inserts: u64,
+    /// `invalidate` and `invalidate_all` calls.
+    pub invalidations: u64,
+    /// Entries in L1 (approximate: moka counts asynchronously).
+    pub l1_entries: u64,
+}
+
+/// Hits and misses of one tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// Reads that found a usable entry.
+    pub hits: u64,
+    /// Reads that did not.
+    pub misses: u64,
+}
+
+impl TierStats {
+    /// `hits / (hits + misses)`, or 0 before any read.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// The counters behind [`Stats`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    L1Hits,
+    L1Misses,
+    NegativeHits,
+    Loads,
+    LoadErrors,
+    Coalesced,
+    Superseded,
+    Inserts,
+    Invalidations,
+}
+
+const COUNTERS: usize = Counter::Invalidations as usize + 1;
+const LANES: usize = 16;
+
+/// Counters striped over cache-line-padded lanes, one lane per thread (modulo), so
+/// that hits on different cores do not contend on one cache line.
+pub(crate) struct Counters {
+    lanes: Box<[CachePadded<[AtomicU64; COUNTERS]>]>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+fn lane() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    LANE.with(|lane| {
+        let mut index = lane.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % LANES;
+            lane.set(index);
+        }
+        index
+    })
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        Counters {
+            lanes: (0..LANES)
+                .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        self.lanes[lane()][counter as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, counter: Counter) -> u64 {
+        self.lanes
+            .iter()
+            .map(|lane| lane[counter as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) fn snapshot(&self, l1_entries: u64) -> Stats {
+        Stats {
+            l1: TierStats {
+                hits: self.get(Counter::L1Hits),
+                misses: self.get(Counter::L1Misses),
+            },
+            negative_hits: self.get(Counter::NegativeHits),
+            loads: self.get(Counter::Loads),
+            load_errors: self.get(Counter::LoadErrors),
+            coalesced: self.get(Counter::Coalesced),
+            superseded: self.get(Counter::Superseded),
+            inserts: self.get(Counter::Inserts),
+            invalidations: self.get(Counter::Invalidations),
+            l1_entries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let counters = std::sync::Arc::new(Counters::new());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let counters = counters.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counters.add(Counter::L1Hits, 1);
+                    }
+                    counters.add(Counter::Loads, 2);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let stats = counters.snapshot(7);
+        assert_eq!(stats.l1.hits, 8000);
+        assert_eq!(stats.loads, 16);
+        assert_eq!(stats.l1_entries, 7);
+        assert_eq!(stats.l1.misses, 0);
+    }
+
+    #[test]
+    fn hit_ratio() {
+        assert_eq!(TierStats::default().hit_ratio(), 0.0);
+        let s = TierStats { hits: 3, misses: 1 };
+        assert_eq!(s.hit_ratio(), 0.75);
+    }
+}

@@ -1,0 +1,85 @@
+//! An [`Observer`] that reports to the [`metrics`] facade.
+
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+use super::{LoadOutcome, Observer, Tier};
+
+/// Reports a cache's events to the `metrics` facade, under the names of
+/// `docs/METRICS.md`, each labelled `cache = <name>`.
+///
+/// Handles are registered once, when the observer is made, so reporting a hit does
+/// not format or hash label strings. Install your recorder (e.g.
+/// `metrics-exporter-prometheus`) before building the cache.
+#[derive(Debug)]
+pub struct MetricsObserver {
+    l1_hits: Counter,
+    l1_misses: Counter,
+    l2_hits: Counter,
+    l2_misses: Counter,
+    loads: [Counter; 4],
+    load_seconds: Histogram,
+    coalesced: Counter,
+    superseded: Counter,
+    invalidations: Counter,
+}
+
+impl MetricsObserver {
+    /// Registers the cache's metrics with the installed recorder.
+    pub fn new(cache: &str) -> Self {
+        let cache = cache.to_owned();
+        let tier = |name: &'static str, tier: &'static str| metrics::counter!(name, "cache" => cache.clone(), "tier" => tier);
+        let load = |outcome: &'static str| metrics::counter!("tiered_loads_total", "cache" => cache.clone(), "outcome" => outcome);
+        MetricsObserver {
+            l1_hits: tier("tiered_hits_total", "l1"),
+            l1_misses: tier("tiered_misses_total", "l1"),
+            l2_hits: tier("tiered_hits_total", "l2"),
+            l2_misses: tier("tiered_misses_total", "l2"),
+            loads: [load("value"), load("absent"), load("error"), load("panic")],
+            load_seconds: metrics::histogram!("tiered_load_seconds", "cache" => cache.clone()),
+            coalesced: metrics::counter!("tiered_coalesced_total", "cache" => cache.clone()),
+            superseded: metrics::counter!("tiered_superseded_total", "cache" => cache.clone()),
+            invalidations: metrics::counter!("tiered_invalidations_total", "cache" => cache),
+        }
+    }
+}
+
+impl Observer for MetricsObserver {
+    fn hit(&self, tier: Tier) {
+        match tier {
+            Tier::L1 => self.l1_hits.increment(1),
+            Tier::L2 => self.l2_hits.increment(1),
+        }
+    }
+
+    fn miss(&self, tier: Tier) {
+        match tier {
+            Tier::L1 => self.l1_misses.increment(1),
+            Tier::L2 => self.l2_misses.increment(1),
+        }
+    }
+
+    fn load(&self, outcome: LoadOutcome, _keys: usize, elapsed: Duration) {
+        let index = match outcome {
+            LoadOutcome::Value => 0,
+            LoadOutcome::Absent => 1,
+            LoadOutcome::Error => 2,
+            LoadOutcome::Panicked => 3,
+        };
+        self.loads[index].increment(1);
+        self.load_seconds.record(elapsed.as_secs_f64());
+    }
+
+    fn coalesced(&self) {
+        self.coalesced.increment(1);
+    }
+
+    fn superseded(&self) {
+        self.superseded.increment(1);
+    }
+
+    fn invalidated(&self, _all: bool) {
+        self.invalidations.increment(1);
+    }
+}
