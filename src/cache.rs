@@ -132,7 +132,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let Some(loader) = &self.inner.loader else {
             return Ok(None);
         };
-        let first = loader.load(key).map(|r| r.map_err(shared));
+        // Lazy: the loader is called only by the caller that runs the flight.
+        let first = async { loader.load(key).await.map_err(shared) };
         self.fly(key, first, Some(&**loader)).await
     }
 

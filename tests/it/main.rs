@@ -1,1 +1,8 @@
+//! Integration tests: one binary, so the crate links once.
 
+mod support;
+
+mod harness;
+mod postgres_loader;
+mod read_path;
+mod write_path;

@@ -1,0 +1,214 @@
+//! The read path with closure loaders: flights, errors, panics, expiry, weights.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiered::{BoxError, Error, ManualClock, TieredCache};
+use tokio::sync::Barrier;
+
+#[derive(Debug)]
+struct Boom(u32);
+
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "boom {}", self.0)
+    }
+}
+
+impl std::error::Error for Boom {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_loader_fails_every_waiter_without_poisoning_the_cache() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache = TieredCache::<u32, String>::builder("panics")
+        .loader_fn(move |k: u32| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if first {
+                    panic!("loader exploded on {k}");
+                }
+                Ok::<_, BoxError>(Some(format!("v{k}")))
+            }
+        })
+        .build()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(50));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, barrier) = (cache.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                cache.get(&1).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        // No task panics: each one gets the contained panic as an error.
+        match task.await.expect("the caller must not panic") {
+            Err(Error::LoaderPanicked { key, message }) => {
+                assert_eq!(key, "1");
+                assert_eq!(message, "loader exploded on 1");
+            }
+            other => panic!("expected LoaderPanicked, got {other:?}"),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one flight, one panic");
+    assert_eq!(cache.get(&1).await.unwrap().as_deref(), Some("v1"));
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_errors), (2, 1));
+}
+
+#[tokio::test]
+async fn get_with_errors_keep_their_source_and_are_not_cached() {
+    let cache = TieredCache::<String, u32>::builder("adhoc")
+        .build()
+        .unwrap();
+    let key = "k".to_owned();
+    let err = cache
+        .get_with(&key, async { Err::<Option<u32>, _>(Boom(7)) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "loading key `k` failed: boom 7");
+    let source = std::error::Error::source(&err).unwrap();
+    assert_eq!(source.downcast_ref::<Boom>().unwrap().0, 7);
+
+    let ok = cache.get_with(&key, async { Ok::<_, Boom>(Some(3)) }).await;
+    assert_eq!(ok.unwrap(), Some(3));
+    // Now cached: the loader future is not polled.
+    let hit = cache
+        .get_with(&key, async {
+            unreachable!("a hit does not load") as Result<Option<u32>, Boom>
+        })
+        .await;
+    assert_eq!(hit.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn without_a_loader_get_reads_the_cache_only() {
+    let cache = TieredCache::<u64, u64>::builder("plain").build().unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), None);
+    cache.insert(1, 10).await;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(10));
+    let got = cache.get_many(&[1, 2]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(cache.stats().loads, 0);
+}
+
+#[tokio::test]
+async fn an_empty_get_many_is_fine() {
+    let cache = TieredCache::<u64, u64>::builder("empty")
+        .loader_fn(|_k: u64| async { Err::<Option<u64>, BoxError>("never called".into()) })
+        .build()
+        .unwrap();
+    assert!(cache.get_many(&[]).await.unwrap().is_empty());
+    assert_eq!(cache.stats().loads, 0);
+}
+
+#[tokio::test]
+async fn a_value_heavier_than_l1_is_returned_but_not_kept() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache = TieredCache::<u64, Vec<u8>>::builder("weights")
+        .l1_max_bytes(64 * 1024)
+        .loader_fn(move |k: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(vec![7u8; if k == 0 { 1 << 20 } else { 100 }])) }
+        })
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let huge = cache.get(&0).await.unwrap().unwrap();
+        assert_eq!(huge.len(), 1 << 20);
+        cache.run_pending_tasks().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the huge value is loaded each time"
+    );
+    for _ in 0..2 {
+        assert_eq!(cache.get(&1).await.unwrap().unwrap().len(), 100);
+        cache.run_pending_tasks().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the small value is kept");
+    assert_eq!(cache.stats().l1_entries, 1);
+}
+
+#[tokio::test]
+async fn entries_expire_by_the_cache_clock_and_explicit_ttls_are_exact() {
+    let clock = ManualClock::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache = TieredCache::<u64, usize>::builder("ttl")
+        .l1_ttl(Duration::from_secs(100))
+        .jitter(0.25)
+        .clock(clock.clone())
+        .loader_fn(move |_k: u64| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(n)) }
+        })
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), Some(0));
+    // With 25% jitter the entry lives 75 to 100 s.
+    clock.advance(Duration::from_secs(74));
+    assert_eq!(cache.get(&1).await.unwrap(), Some(0));
+    clock.advance(Duration::from_secs(26));
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1));
+
+    cache.insert_with_ttl(2, 99, Duration::from_secs(5)).await;
+    clock.advance(Duration::from_millis(4999));
+    assert_eq!(cache.get(&2).await.unwrap(), Some(99));
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(cache.get(&2).await.unwrap(), Some(2), "expired, so loaded");
+}
+
+#[tokio::test]
+async fn negative_caching_can_be_turned_off() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache = TieredCache::<u64, u64>::builder("noneg")
+        .negative_ttl(Duration::ZERO)
+        .loader_fn(move |_k: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(None) }
+        })
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&1).await.unwrap(), None);
+    assert_eq!(cache.get(&1).await.unwrap(), None);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_many_shares_flights_with_concurrent_gets() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache = TieredCache::<u64, u64>::builder("mixed")
+        .loader_fn(move |k: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, BoxError>(Some(k * 2))
+            }
+        })
+        .build()
+        .unwrap();
+    // A slow single-key load of key 5 is under way when the batch asks for it.
+    let single = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get(&5).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let batch = cache.get_many(&[4, 5, 6]).await.unwrap();
+    assert_eq!(single.await.unwrap().unwrap(), Some(10));
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch[&5], 10);
+    assert!(
+        cache.stats().coalesced >= 1,
+        "key 5 of the batch waited on the single load"
+    );
+}

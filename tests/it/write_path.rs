@@ -1,0 +1,138 @@
+//! Inserts and invalidations, and their race with loads in flight.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiered::{BoxError, TieredCache};
+use tokio::sync::Notify;
+
+/// A "database" row whose version the test bumps, and a loader that can be held
+/// mid-load until the test releases it.
+struct Source {
+    version: AtomicU64,
+    loads: AtomicU64,
+    started: Notify,
+    release: Notify,
+    hold_first: bool,
+}
+
+fn cache_over(source: Arc<Source>) -> TieredCache<String, u64> {
+    TieredCache::builder("race")
+        .loader_fn(move |_k: String| {
+            let source = source.clone();
+            async move {
+                let n = source.loads.fetch_add(1, Ordering::SeqCst);
+                let seen = source.version.load(Ordering::SeqCst);
+                if n == 0 && source.hold_first {
+                    source.started.notify_one();
+                    source.release.notified().await;
+                }
+                Ok::<_, BoxError>(Some(seen))
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+fn source(hold_first: bool) -> Arc<Source> {
+    Arc::new(Source {
+        version: AtomicU64::new(1),
+        loads: AtomicU64::new(0),
+        started: Notify::new(),
+        release: Notify::new(),
+        hold_first,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_load_keeps_the_old_value_out() {
+    let source = source(true);
+    let cache = cache_over(source.clone());
+    let key = "k".to_owned();
+    let reader = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move { cache.get(&key).await })
+    };
+    // The load has read version 1; the database moves on and the cache is told.
+    source.started.notified().await;
+    source.version.store(2, Ordering::SeqCst);
+    cache.invalidate(&key).await;
+    source.release.notify_one();
+
+    // The flight noticed, reloaded, and hands out (and caches) version 2.
+    assert_eq!(reader.await.unwrap().unwrap(), Some(2));
+    assert_eq!(cache.get(&key).await.unwrap(), Some(2));
+    let stats = cache.stats();
+    assert_eq!(stats.superseded, 1);
+    assert_eq!(stats.loads, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_during_a_load_keeps_the_old_value_out() {
+    let source = source(true);
+    let cache = cache_over(source.clone());
+    let key = "k".to_owned();
+    let reader = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move { cache.get(&key).await })
+    };
+    source.started.notified().await;
+    source.version.store(2, Ordering::SeqCst);
+    cache.invalidate_all().await;
+    source.release.notify_one();
+    assert_eq!(reader.await.unwrap().unwrap(), Some(2));
+    assert_eq!(cache.get(&key).await.unwrap(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_during_a_load_is_not_overwritten_by_the_old_value() {
+    let source = source(true);
+    let cache = cache_over(source.clone());
+    let key = "k".to_owned();
+    let reader = {
+        let (cache, key) = (cache.clone(), key.clone());
+        tokio::spawn(async move { cache.get(&key).await })
+    };
+    source.started.notified().await;
+    // Write-through: the service updates the database, then the cache.
+    source.version.store(3, Ordering::SeqCst);
+    cache.insert(key.clone(), 3).await;
+    source.release.notify_one();
+    assert_eq!(reader.await.unwrap().unwrap(), Some(3));
+    assert_eq!(cache.get(&key).await.unwrap(), Some(3));
+}
+
+#[tokio::test]
+async fn invalidate_removes_and_the_next_get_reloads() {
+    let source = source(false);
+    let cache = cache_over(source.clone());
+    let key = "k".to_owned();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(1));
+    source.version.store(2, Ordering::SeqCst);
+    assert_eq!(cache.get(&key).await.unwrap(), Some(1), "cached");
+    cache.invalidate(&key).await;
+    assert_eq!(cache.get(&key).await.unwrap(), Some(2));
+    source.version.store(3, Ordering::SeqCst);
+    cache.invalidate_all().await;
+    assert_eq!(cache.get(&key).await.unwrap(), Some(3));
+    assert_eq!(cache.stats().invalidations, 2);
+}
+
+#[tokio::test]
+async fn inserts_are_served_and_counted() {
+    let cache = TieredCache::<String, u64>::builder("ins").build().unwrap();
+    cache.insert("a".into(), 1).await;
+    cache
+        .insert_with_ttl("b".into(), 2, Duration::from_secs(1))
+        .await;
+    cache.insert_with_ttl("c".into(), 3, Duration::ZERO).await;
+    assert_eq!(cache.get(&"a".into()).await.unwrap(), Some(1));
+    assert_eq!(cache.get(&"b".into()).await.unwrap(), Some(2));
+    assert_eq!(
+        cache.get(&"c".into()).await.unwrap(),
+        None,
+        "a zero TTL removes"
+    );
+    assert_eq!(cache.stats().inserts, 2);
+}
