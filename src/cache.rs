@@ -134,7 +134,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         };
         // Lazy: the loader is called only by the caller that runs the flight.
         let first = async { loader.load(key).await.map_err(shared) };
-        self.fly(key, first, Some(&**loader)).await
+        // Boxed: the miss path's state machine is large, and keeping it out of
+        // `get`'s future keeps a hit from moving it around.
+        Box::pin(self.fly(key, first, Some(&**loader))).await
     }
 
     /// Cache-aside with an ad-hoc loader: the value of `key` from L1, or else from
@@ -150,7 +152,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             return Ok(entry.value);
         }
         let first = load.map(|r| r.map_err(|e| shared(e.into())));
-        self.fly(key, first, None).await
+        Box::pin(self.fly(key, first, None)).await
     }
 
     /// The values of `keys` that exist. L1 answers what it has; the rest is loaded
@@ -272,8 +274,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let inner = &*self.inner;
         let entry = inner.l1.get(key).await;
         match entry {
-            // The system clock's expiry is enforced by moka; a manual clock's is ours.
-            Some(entry) if !(inner.clock.is_manual() && entry.is_expired(inner.clock.now())) => {
+            Some(entry) if !entry.is_expired(inner.clock.now()) => {
                 inner.counters.add(Counter::L1Hits, 1);
                 if entry.value.is_none() {
                     inner.counters.add(Counter::NegativeHits, 1);
@@ -289,15 +290,15 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     observer.miss(Tier::L1);
                 }
                 if expired.is_some() {
-                    self.remove_if_expired(key).await;
+                    Box::pin(self.remove_if_expired(key)).await;
                 }
                 None
             }
         }
     }
 
-    /// Drops `key` if it is still expired (by a manual clock), so that the next flight
-    /// loads it instead of finding it.
+    /// Drops `key` if it is still expired, so that the next flight loads it instead
+    /// of finding it.
     async fn remove_if_expired(&self, key: &K) {
         let now = self.inner.clock.now();
         self.inner

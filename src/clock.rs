@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 /// The clock a cache reads expiry times from.
 ///
 /// [`Clock::system`] (the default) is the monotonic clock. [`ManualClock`] only moves
-/// when told to, so tests of expiry need not sleep. The L1 tier also evicts expired
-/// entries by its own (real) clock; with a manual clock, entries additionally expire
-/// when the manual clock passes their expiry.
+/// when told to, so tests of expiry need not sleep.
 #[derive(Debug, Clone)]
 pub struct Clock {
     inner: Inner,
@@ -35,13 +33,6 @@ impl Clock {
             Inner::System(origin) => saturating_nanos(origin.elapsed()),
             Inner::Manual(now) => now.load(Ordering::Acquire),
         }
-    }
-
-    /// Whether this clock is a [`ManualClock`]; the L1 tier's own eviction follows the
-    /// real clock, so a manual clock's expiry must also be checked on reads.
-    #[inline]
-    pub(crate) fn is_manual(&self) -> bool {
-        matches!(self.inner, Inner::Manual(_))
     }
 }
 

@@ -31,7 +31,6 @@ impl Ttl {
 pub(crate) struct Entry<V> {
     /// `None` remembers that the loader found nothing (negative caching).
     pub(crate) value: Option<V>,
-    pub(crate) written: u64,
     /// Never served at or after this instant.
     pub(crate) expires: u64,
 }
@@ -40,14 +39,8 @@ impl<V> Entry<V> {
     pub(crate) fn new(value: Option<V>, now: u64, ttl: Duration) -> Self {
         Entry {
             value,
-            written: now,
             expires: now.saturating_add(saturating_nanos(ttl)),
         }
-    }
-
-    /// The entry's whole lifetime, from write to hard expiry.
-    pub(crate) fn lifetime(&self) -> Duration {
-        Duration::from_nanos(self.expires - self.written)
     }
 
     #[inline]
@@ -120,6 +113,5 @@ mod tests {
         let entry = Entry::new(Some(1), 1_000, Duration::from_nanos(500));
         assert!(!entry.is_expired(1_499));
         assert!(entry.is_expired(1_500));
-        assert_eq!(entry.lifetime(), Duration::from_nanos(500));
     }
 }

@@ -2,10 +2,8 @@
 
 use std::mem::size_of;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use moka::Expiry;
 use serde::Serialize;
 
 use crate::entry::Entry;
@@ -16,6 +14,13 @@ use crate::key::CacheKey;
 pub(crate) type L1Hasher = foldhash::fast::RandomState;
 
 /// The L1 tier: moka, keyed by `K` itself, holding envelopes.
+///
+/// moka is given no expiry policy: each envelope carries its own expiry, checked
+/// on every read against the cache's clock (one clock read), and an expired entry
+/// is a miss that the next load replaces. Expired entries that are never read
+/// again leave through capacity eviction. moka's per-entry `Expiry` would add
+/// timer-wheel work to every read; one clock read is cheaper, and it makes a
+/// manual clock work without a second check.
 pub(crate) type L1<K, V> = Cache<K, Entry<V>, L1Hasher>;
 
 /// A function giving an entry's weight, in whatever unit the capacity is in.
@@ -29,31 +34,12 @@ pub(crate) enum L1Capacity<K, V> {
     Weight { max: u64, weigher: Weigher<K, V> },
 }
 
-/// Each entry lives for its own lifetime, set when it was written.
-struct EnvelopeExpiry;
-
-impl<K, V> Expiry<K, Entry<V>> for EnvelopeExpiry {
-    fn expire_after_create(&self, _: &K, entry: &Entry<V>, _: Instant) -> Option<Duration> {
-        Some(entry.lifetime())
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &K,
-        entry: &Entry<V>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.lifetime())
-    }
-}
-
 pub(crate) fn build<K, V>(name: &str, capacity: L1Capacity<K, V>) -> L1<K, V>
 where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    let builder = Cache::builder().name(name).expire_after(EnvelopeExpiry);
+    let builder = Cache::builder().name(name);
     let builder = match capacity {
         L1Capacity::Entries(max) => builder.max_capacity(max),
         L1Capacity::Weight { max, weigher } => {

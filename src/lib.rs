@@ -64,3 +64,8 @@ pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
 #[cfg(feature = "metrics")]
 pub use observe::MetricsObserver;
 pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -135,7 +135,7 @@ where
         let rows = client.query(&statement, &[&params]).await?;
         let mut found = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let (key, value) = (self.map_row)(&row)?;
+            let (key, value) = (self.map_row)(row)?;
             found.insert(key, value);
         }
         Ok(found)

@@ -3,6 +3,8 @@
 mod support;
 
 mod harness;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod postgres_loader;
 mod read_path;
 mod write_path;
