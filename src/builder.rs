@@ -4,15 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::breaker::Breaker;
 use crate::cache::{CacheValue, Inner, TieredCache};
 use crate::clock::Clock;
+use crate::codec::{fingerprint, Codec, Wire};
 use crate::entry::{Ttl, TtlPolicy};
 use crate::error::{BoxError, Error};
 use crate::fence::Fence;
 use crate::key::CacheKey;
 use crate::l1::{self, L1Capacity, Weigher};
+use crate::l2::{L2Config, RemoteStore, L2};
 use crate::l3::{loader_fn, DynLoader, Loader};
-use crate::observe::{Counters, Observer};
+use crate::observe::{Counters, Observer, Report};
 
 /// The default number of L1 entries.
 pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
@@ -22,6 +25,14 @@ pub const DEFAULT_L1_TTL: Duration = Ttl::MEDIUM;
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// The default jitter: TTLs are shortened by a random part of up to 10%.
 pub const DEFAULT_JITTER: f64 = 0.1;
+/// The default TTL of L2 entries.
+pub const DEFAULT_L2_TTL: Duration = Ttl::LONG;
+/// The default time limit of every L2 call.
+pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
+/// The default number of consecutive L2 failures that open the circuit breaker.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// The default time the circuit breaker stays open before a probe.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
 
 enum Capacity {
     Entries(u64),
@@ -38,6 +49,12 @@ pub struct TieredCacheBuilder<K, V> {
     loader: Option<Arc<dyn DynLoader<K, V>>>,
     clock: Clock,
     observer: Option<Arc<dyn Observer>>,
+    l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
+    l2_prefix: String,
+    l2_timeout: Duration,
+    breaker: (u32, Duration),
+    codec: Codec,
+    schema_version: u32,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -58,13 +75,87 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             weigher: None,
             ttl: TtlPolicy {
                 l1: DEFAULT_L1_TTL,
+                l2: DEFAULT_L2_TTL,
                 negative: DEFAULT_NEGATIVE_TTL,
                 jitter: DEFAULT_JITTER,
             },
             loader: None,
             clock: Clock::system(),
             observer: None,
+            l2: None,
+            l2_prefix: String::new(),
+            l2_timeout: DEFAULT_L2_TIMEOUT,
+            breaker: (DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOLDOWN),
+            codec: Codec::default(),
+            schema_version: 1,
         }
+    }
+
+    /// A standalone Redis server as the L2 tier
+    /// (`redis://[user:password@]host:port[/db]`). A malformed URL fails
+    /// [`build`](Self::build); an unreachable server or wrong credentials are L2
+    /// failures (see [`RedisStore`](crate::RedisStore)).
+    #[cfg(feature = "redis")]
+    pub fn l2_redis(mut self, url: &str) -> Self {
+        let store = crate::RedisStore::standalone(url).map(|s| Arc::new(s) as Arc<dyn RemoteStore>);
+        self.l2 = Some(store);
+        self
+    }
+
+    /// A Redis Cluster as the L2 tier, from the URLs of some of its nodes.
+    #[cfg(feature = "redis")]
+    pub fn l2_redis_cluster<S: AsRef<str>>(mut self, urls: &[S]) -> Self {
+        let store = crate::RedisStore::cluster(urls).map(|s| Arc::new(s) as Arc<dyn RemoteStore>);
+        self.l2 = Some(store);
+        self
+    }
+
+    /// Any [`RemoteStore`] as the L2 tier.
+    pub fn l2(mut self, store: impl RemoteStore) -> Self {
+        self.l2 = Some(Ok(Arc::new(store)));
+        self
+    }
+
+    /// How long loaded values stay in L2. Default: [`DEFAULT_L2_TTL`].
+    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl.l2 = ttl;
+        self
+    }
+
+    /// Put before every L2 key (`{prefix}{name}:{schema version}:{key}`), e.g. the
+    /// service's name. Default: none.
+    pub fn l2_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.l2_prefix = prefix.into();
+        self
+    }
+
+    /// The time limit of every L2 call; a call that takes longer is a failure and
+    /// the read goes on without L2. Default: [`DEFAULT_L2_TIMEOUT`].
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker: open after `failures` consecutive L2 failures, probe
+    /// again after `cooldown`. Defaults: [`DEFAULT_BREAKER_FAILURES`],
+    /// [`DEFAULT_BREAKER_COOLDOWN`].
+    pub fn l2_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker = (failures, cooldown);
+        self
+    }
+
+    /// The serde format of L2 values. Default: [`Codec::Bincode`].
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// The schema version of `V`: bump it when the value type changes shape, so that
+    /// entries written by other versions are neither read nor overwritten (it is part
+    /// of every L2 key and of the entries' fingerprint). Default: 1.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
     }
 
     /// Bounds L1 to `max` entries. Default: [`DEFAULT_L1_MAX_ENTRIES`].
@@ -171,15 +262,34 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                     .unwrap_or_else(l1::serialized_size_weigher::<K, V>),
             },
         };
+        if self.l2_timeout.is_zero() {
+            return Err(Error::Config("l2_timeout must be greater than zero".into()));
+        }
+        let l2 = match self.l2 {
+            None => None,
+            Some(store) => Some(L2::new(L2Config {
+                store: store?,
+                breaker: Breaker::new(self.breaker.0, self.breaker.1, self.clock.clone()),
+                timeout: self.l2_timeout,
+                namespace: format!("{}{}:{}:", self.l2_prefix, self.name, self.schema_version),
+                wire: Wire {
+                    codec: self.codec,
+                    fingerprint: fingerprint::<V>(self.schema_version),
+                },
+            })),
+        };
         Ok(TieredCache::from_inner(Inner {
             l1: l1::build(&self.name, capacity),
+            l2,
             name: self.name,
             loader: self.loader,
             ttl: self.ttl,
             clock: self.clock,
             fence: Fence::new(),
-            counters: Counters::new(),
-            observer: self.observer,
+            report: Report {
+                counters: Counters::new(),
+                observer: self.observer,
+            },
         }))
     }
 }

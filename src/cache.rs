@@ -18,13 +18,15 @@ use tracing::Instrument;
 
 use crate::builder::TieredCacheBuilder;
 use crate::clock::Clock;
+use crate::codec::Decoded;
 use crate::entry::{Entry, TtlPolicy};
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::{Fence, Ticket};
 use crate::key::CacheKey;
 use crate::l1::L1;
+use crate::l2::L2;
 use crate::l3::DynLoader;
-use crate::observe::{Counter, Counters, LoadOutcome, Observer, Stats, Tier};
+use crate::observe::{Counter, LoadOutcome, Report, Stats, Tier};
 
 /// What a cache can hold: a `serde` type that is cheap enough to clone.
 ///
@@ -64,12 +66,12 @@ pub struct TieredCache<K, V> {
 pub(crate) struct Inner<K, V> {
     pub(crate) name: String,
     pub(crate) l1: L1<K, V>,
+    pub(crate) l2: Option<L2>,
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
     pub(crate) ttl: TtlPolicy,
     pub(crate) clock: Clock,
     pub(crate) fence: Fence,
-    pub(crate) counters: Counters,
-    pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) report: Report,
 }
 
 /// How one flight ended, as shared with every caller that waited on it. A flight
@@ -85,6 +87,15 @@ pub(crate) enum Flight<V> {
 pub(crate) enum Failure {
     Load(SharedError),
     Panicked(String),
+}
+
+/// Where a value being settled came from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// From L2, with this much of its life left: fills L1 only.
+    L2(Duration),
+    /// From the loader: fills L2 and L1.
+    Loaded,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {
@@ -122,27 +133,26 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         &self.inner.name
     }
 
-    /// The value of `key`: from L1, or else from the loader (one load however many
-    /// callers ask at once). `Ok(None)` means the loader found nothing, which is
-    /// remembered for the negative TTL. Without a loader, only L1 is read.
+    /// The value of `key`: from L1, else from L2, else from the loader (one flight
+    /// however many callers ask at once). `Ok(None)` means the loader found nothing,
+    /// which is remembered for the negative TTL. Without a loader, only the cache
+    /// tiers are read. L2 failures never fail a read: they are counted misses.
     pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
         if let Some(entry) = self.l1_hit(key).await {
             return Ok(entry.value);
         }
-        let Some(loader) = &self.inner.loader else {
-            return Ok(None);
-        };
+        let loader = self.inner.loader.as_deref();
         // Lazy: the loader is called only by the caller that runs the flight.
-        let first = async { loader.load(key).await.map_err(shared) };
+        let first = loader.map(|loader| async move { loader.load(key).await.map_err(shared) });
         // Boxed: the miss path's state machine is large, and keeping it out of
         // `get`'s future keeps a hit from moving it around.
-        Box::pin(self.fly(key, first, Some(&**loader))).await
+        Box::pin(self.fly(key, first, loader)).await
     }
 
-    /// Cache-aside with an ad-hoc loader: the value of `key` from L1, or else from
-    /// `load` (which is only polled on a miss, and only by one of the callers asking
-    /// at once). `load`'s error comes back as [`Error::Load`], whose `source()` is
-    /// the original error.
+    /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
+    /// from `load` (which is only polled on a miss, and only by one of the callers
+    /// asking at once). `load`'s error comes back as [`Error::Load`], whose
+    /// `source()` is the original error.
     pub async fn get_with<F, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Option<V>, E>>,
@@ -152,14 +162,16 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             return Ok(entry.value);
         }
         let first = load.map(|r| r.map_err(|e| shared(e.into())));
-        Box::pin(self.fly(key, first, None)).await
+        Box::pin(self.fly(key, Some(first), None)).await
     }
 
-    /// The values of `keys` that exist. L1 answers what it has; the rest is loaded
-    /// with one [`Loader::load_many`](crate::Loader::load_many) call, while each key
-    /// still shares the flight of any concurrent `get` of it. Duplicate keys are
-    /// looked up once.
+    /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
+    /// round trip, and what is still missing is loaded with one
+    /// [`Loader::load_many`](crate::Loader::load_many) call, while each key still
+    /// shares the flight of any concurrent `get` of it. Duplicate keys are looked
+    /// up once.
     pub async fn get_many(&self, keys: &[K]) -> Result<HashMap<K, V>, Error> {
+        let inner = &*self.inner;
         let mut found = HashMap::with_capacity(keys.len());
         let mut seen = HashSet::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -175,34 +187,58 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 None => missing.push(key.clone()),
             }
         }
-        let Some(loader) = &self.inner.loader else {
-            return Ok(found);
-        };
         if missing.is_empty() {
             return Ok(found);
         }
-        let loader = &**loader;
+        let tickets: Vec<Ticket> = missing.iter().map(|k| inner.fence.ticket(k)).collect();
+        let from_l2: Vec<Option<Decoded<V>>> = match &inner.l2 {
+            Some(l2) => {
+                let l2_keys: Vec<String> = missing.iter().map(|k| l2.key(k)).collect();
+                l2.get_many(&inner.report, &l2_keys).await
+            }
+            None => missing.iter().map(|_| None).collect(),
+        };
+        let loader = inner.loader.as_deref();
+        let to_load: Vec<K> = missing
+            .iter()
+            .zip(&from_l2)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Polled only if some key still needs loading after L2, by the first such flight.
         let batch = async {
-            let tickets: Vec<Ticket> = missing.iter().map(|k| self.inner.fence.ticket(k)).collect();
-            let load = loader.load_many(&missing).map(|r| r.map_err(shared));
-            let values = self.timed(missing.len(), load).await?;
-            Ok::<_, Failure>(Arc::new((tickets, values)))
+            let Some(loader) = loader else {
+                return Ok(Arc::new(HashMap::new()));
+            };
+            let load = loader.load_many(&to_load).map(|r| r.map_err(shared));
+            Ok::<_, Failure>(Arc::new(self.timed(to_load.len(), load).await?))
         }
         .shared();
-        let flights = missing.iter().enumerate().map(|(i, key)| {
-            let batch = batch.clone();
-            let flight = async move {
-                match batch.await {
-                    Ok(batch) => {
-                        let (tickets, values) = &*batch;
-                        let value = values.get(key).cloned();
-                        self.settle(key, tickets[i], value, Some(loader)).await
+        let flights = missing
+            .iter()
+            .zip(tickets)
+            .zip(from_l2)
+            .map(|((key, ticket), hit)| {
+                let batch = batch.clone();
+                let flight = async move {
+                    if let Some(hit) = hit {
+                        let source = Source::L2(hit.remaining);
+                        return self.settle(key, ticket, hit.value, source, loader).await;
                     }
-                    Err(failure) => Flight::Failed(failure),
-                }
-            };
-            self.flight(key, flight)
-        });
+                    if loader.is_none() {
+                        return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
+                    }
+                    match batch.await {
+                        Ok(values) => {
+                            let value = values.get(key).cloned();
+                            self.settle(key, ticket, value, Source::Loaded, loader)
+                                .await
+                        }
+                        Err(failure) => Flight::Failed(failure),
+                    }
+                };
+                self.flight(key, flight)
+            });
         for (key, result) in missing.iter().zip(join_all(flights).await) {
             if let Some(value) = self.settled(key, result)? {
                 found.insert(key.clone(), value);
@@ -211,54 +247,79 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         Ok(found)
     }
 
-    /// Writes `value` for `key` in every tier, with the default TTL. A load of the
+    /// Writes `value` for `key` in every tier, with the default TTLs. A load of the
     /// same key that was in flight will not overwrite it.
     pub async fn insert(&self, key: K, value: V) {
-        let ttl = self.inner.ttl.jittered(self.inner.ttl.l1);
-        self.insert_with_ttl(key, value, ttl).await;
+        let inner = &*self.inner;
+        let l1_ttl = inner.ttl.jittered(inner.ttl.l1);
+        let l2_ttl = inner.ttl.jittered(inner.ttl.l2);
+        self.write(key, value, l1_ttl, l2_ttl).await;
     }
 
     /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
-    /// jitter). A zero `ttl` removes the key instead.
+    /// jitter) in each. A zero `ttl` removes the key instead.
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return self.invalidate(&key).await;
         }
+        self.write(key, value, ttl, ttl).await;
+    }
+
+    async fn write(&self, key: K, value: V, l1_ttl: Duration, l2_ttl: Duration) {
         let inner = &*self.inner;
-        inner.counters.add(Counter::Inserts, 1);
-        let entry = Entry::new(Some(value), inner.clock.now(), ttl);
-        let write = inner.l1.insert(key.clone(), entry);
+        inner.report.count(Counter::Inserts);
+        let entry = Entry::new(Some(value), inner.clock.now(), l1_ttl);
+        let write = async {
+            if let Some(l2) = &inner.l2 {
+                l2.set(&inner.report, &l2.key(&key), entry.value.as_ref(), l2_ttl)
+                    .await;
+            }
+            inner.l1.insert(key.clone(), entry).await;
+        };
         inner.fence.supersede(&key, write).await;
     }
 
     /// Removes `key` from every tier. Once this returns, no value loaded before the
-    /// call can be written back by a load that was in flight.
+    /// call can be written back by a load of this instance that was in flight. If
+    /// L2 cannot be reached, the deletion is replayed before L2 is read again.
     pub async fn invalidate(&self, key: &K) {
         let inner = &*self.inner;
-        inner.counters.add(Counter::Invalidations, 1);
-        if let Some(observer) = &inner.observer {
-            observer.invalidated(false);
-        }
-        inner.fence.supersede(key, inner.l1.invalidate(key)).await;
+        inner.report.count(Counter::Invalidations);
+        inner.report.with_observer(|o| o.invalidated(false));
+        let remove = async {
+            inner.l1.invalidate(key).await;
+            if let Some(l2) = &inner.l2 {
+                l2.delete(&inner.report, l2.key(key)).await;
+            }
+        };
+        inner.fence.supersede(key, remove).await;
     }
 
-    /// Removes every entry of this cache from every tier, with the same guarantee
-    /// towards loads in flight as [`invalidate`](Self::invalidate).
+    /// Removes every entry of this cache from every tier (in L2: every key of its
+    /// namespace, by `SCAN` + `UNLINK`), with the same guarantees as
+    /// [`invalidate`](Self::invalidate).
     pub async fn invalidate_all(&self) {
         let inner = &*self.inner;
-        inner.counters.add(Counter::Invalidations, 1);
-        if let Some(observer) = &inner.observer {
-            observer.invalidated(true);
-        }
-        inner
-            .fence
-            .supersede_all(async { inner.l1.invalidate_all() })
-            .await;
+        inner.report.count(Counter::Invalidations);
+        inner.report.with_observer(|o| o.invalidated(true));
+        let remove = async {
+            inner.l1.invalidate_all();
+            if let Some(l2) = &inner.l2 {
+                l2.clear(&inner.report).await;
+            }
+        };
+        inner.fence.supersede_all(remove).await;
     }
 
     /// A snapshot of the cache's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot(self.inner.l1.entry_count())
+        let inner = &*self.inner;
+        let mut stats = inner.report.counters.snapshot(inner.l1.entry_count());
+        if let Some(l2) = &inner.l2 {
+            stats.breaker = l2.breaker_state();
+            stats.breaker_opened = l2.breaker.times_opened();
+        }
+        stats
     }
 
     /// Runs L1's pending maintenance (evictions, expirations, entry counts) now
@@ -275,20 +336,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let entry = inner.l1.get(key).await;
         match entry {
             Some(entry) if !entry.is_expired(inner.clock.now()) => {
-                inner.counters.add(Counter::L1Hits, 1);
+                inner.report.tier(Tier::L1, true);
                 if entry.value.is_none() {
-                    inner.counters.add(Counter::NegativeHits, 1);
-                }
-                if let Some(observer) = &inner.observer {
-                    observer.hit(Tier::L1);
+                    inner.report.count(Counter::NegativeHits);
                 }
                 Some(entry)
             }
             expired => {
-                inner.counters.add(Counter::L1Misses, 1);
-                if let Some(observer) = &inner.observer {
-                    observer.miss(Tier::L1);
-                }
+                inner.report.tier(Tier::L1, false);
                 if expired.is_some() {
                     Box::pin(self.remove_if_expired(key)).await;
                 }
@@ -317,21 +372,31 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .await;
     }
 
-    /// One flight for `key`: the first load, retried through `retry` if an
+    /// One flight for `key`: L2, then the first load; retried through `retry` if an
     /// invalidation supersedes it.
     async fn fly<F>(
         &self,
         key: &K,
-        first: F,
+        first: Option<F>,
         retry: Option<&dyn DynLoader<K, V>>,
     ) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Option<V>, Failure>>,
     {
+        let inner = &*self.inner;
         let flight = async {
-            let ticket = self.inner.fence.ticket(key);
+            let ticket = inner.fence.ticket(key);
+            if let Some(l2) = &inner.l2 {
+                if let Some(hit) = l2.get::<V>(&inner.report, &l2.key(key)).await {
+                    let source = Source::L2(hit.remaining);
+                    return self.settle(key, ticket, hit.value, source, retry).await;
+                }
+            }
+            let Some(first) = first else {
+                return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
+            };
             match self.timed(1, first).await {
-                Ok(value) => self.settle(key, ticket, value, retry).await,
+                Ok(value) => self.settle(key, ticket, value, Source::Loaded, retry).await,
                 Err(failure) => Flight::Failed(failure),
             }
         };
@@ -352,10 +417,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         };
         let result = self.inner.l1.try_get_with_by_ref(key, init).await;
         if !ran.load(Ordering::Relaxed) && result.is_err() {
-            self.inner.counters.add(Counter::Coalesced, 1);
-            if let Some(observer) = &self.inner.observer {
-                observer.coalesced();
-            }
+            self.inner.report.count(Counter::Coalesced);
+            self.inner.report.with_observer(|o| o.coalesced());
         }
         result
     }
@@ -382,33 +445,42 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         }
     }
 
-    /// Caches a loaded value unless `key` was invalidated since `ticket`; then loads
-    /// again through `retry` (when there is one), up to [`MAX_LOAD_ATTEMPTS`] loads
-    /// in all. A value that never settles is returned uncached.
+    /// Caches a value (a loaded one in L2 and L1, one from L2 in L1) unless `key`
+    /// was invalidated since `ticket`; then loads again through `retry` (when there
+    /// is one), up to [`MAX_LOAD_ATTEMPTS`] times. A value that never settles is
+    /// returned uncached.
     async fn settle(
         &self,
         key: &K,
         mut ticket: Ticket,
         mut value: Option<V>,
+        mut source: Source,
         retry: Option<&dyn DynLoader<K, V>>,
     ) -> Flight<V> {
         let inner = &*self.inner;
         let mut attempt = 1;
         loop {
-            let ttl = inner.ttl.for_loaded(&value);
-            let entry = Entry::new(value, inner.clock.now(), ttl);
+            let (l1_ttl, l2_ttl) = match source {
+                Source::L2(remaining) => (inner.ttl.l1_for(&value).min(remaining), None),
+                Source::Loaded => (inner.ttl.l1_for(&value), Some(inner.ttl.l2_for(&value))),
+            };
+            let entry = Entry::new(value, inner.clock.now(), l1_ttl);
             let write = async {
-                if !ttl.is_zero() {
+                if let (Some(l2), Some(ttl)) = (&inner.l2, l2_ttl) {
+                    if !ttl.is_zero() {
+                        l2.set(&inner.report, &l2.key(key), entry.value.as_ref(), ttl)
+                            .await;
+                    }
+                }
+                if !l1_ttl.is_zero() {
                     inner.l1.insert(key.clone(), entry.clone()).await;
                 }
             };
             if inner.fence.commit(ticket, write).await {
                 return Flight::Settled(entry);
             }
-            inner.counters.add(Counter::Superseded, 1);
-            if let Some(observer) = &inner.observer {
-                observer.superseded();
-            }
+            inner.report.count(Counter::Superseded);
+            inner.report.with_observer(|o| o.superseded());
             let Some(loader) = retry.filter(|_| attempt < MAX_LOAD_ATTEMPTS) else {
                 return Flight::Settled(entry);
             };
@@ -416,7 +488,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             ticket = inner.fence.ticket(key);
             let load = loader.load(key).map(|r| r.map_err(shared));
             match self.timed(1, load).await {
-                Ok(reloaded) => value = reloaded,
+                Ok(reloaded) => (value, source) = (reloaded, Source::Loaded),
                 Err(failure) => return Flight::Failed(failure),
             }
         }
@@ -429,7 +501,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         F: Future<Output = Result<T, Failure>>,
     {
         let inner = &*self.inner;
-        inner.counters.add(Counter::Loads, 1);
+        inner.report.count(Counter::Loads);
         let span = tracing::debug_span!("tiered.load", cache = %inner.name, keys);
         let start = Instant::now();
         let result = AssertUnwindSafe(load).catch_unwind().instrument(span).await;
@@ -443,12 +515,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             ),
         };
         if outcome == LoadOutcome::Error || outcome == LoadOutcome::Panicked {
-            inner.counters.add(Counter::LoadErrors, 1);
+            inner.report.count(Counter::LoadErrors);
             tracing::debug!(cache = %inner.name, ?outcome, "load failed");
         }
-        if let Some(observer) = &inner.observer {
-            observer.load(outcome, keys, elapsed);
-        }
+        inner
+            .report
+            .with_observer(|o| o.load(outcome, keys, elapsed));
         result
     }
 }

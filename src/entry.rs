@@ -53,6 +53,7 @@ impl<V> Entry<V> {
 #[derive(Debug, Clone)]
 pub(crate) struct TtlPolicy {
     pub(crate) l1: Duration,
+    pub(crate) l2: Duration,
     pub(crate) negative: Duration,
     /// A fraction in `[0, 1)`: each TTL is shortened by a random part of up to this
     /// fraction, so that entries written together do not expire together.
@@ -68,12 +69,22 @@ impl TtlPolicy {
         ttl.mul_f64(1.0 - self.jitter * fastrand::f64())
     }
 
-    /// The TTL of a freshly loaded entry: `value` or a remembered absence.
-    pub(crate) fn for_loaded<V>(&self, value: &Option<V>) -> Duration {
-        match value {
-            Some(_) => self.jittered(self.l1),
-            None => self.jittered(self.negative),
-        }
+    /// The L1 TTL of a value or a remembered absence.
+    pub(crate) fn l1_for<V>(&self, value: &Option<V>) -> Duration {
+        self.jittered(if value.is_some() {
+            self.l1
+        } else {
+            self.negative
+        })
+    }
+
+    /// The L2 TTL of a value or a remembered absence.
+    pub(crate) fn l2_for<V>(&self, value: &Option<V>) -> Duration {
+        self.jittered(if value.is_some() {
+            self.l2
+        } else {
+            self.negative
+        })
     }
 }
 
@@ -85,6 +96,7 @@ mod tests {
     fn jitter_only_shortens_and_stays_within_the_fraction() {
         let policy = TtlPolicy {
             l1: Ttl::SHORT,
+            l2: Ttl::LONG,
             negative: Duration::from_secs(5),
             jitter: 0.1,
         };
@@ -102,6 +114,7 @@ mod tests {
     fn no_jitter_keeps_the_ttl() {
         let policy = TtlPolicy {
             l1: Ttl::LONG,
+            l2: Ttl::LONG,
             negative: Duration::ZERO,
             jitter: 0.0,
         };

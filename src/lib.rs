@@ -38,26 +38,35 @@
     rust_2018_idioms
 )]
 
+mod breaker;
 mod builder;
 mod cache;
 mod clock;
+mod codec;
 mod entry;
 mod error;
 mod fence;
 mod key;
 mod l1;
+mod l2;
 mod l3;
 mod observe;
 
+pub use breaker::BreakerState;
 pub use builder::{
-    TieredCacheBuilder, DEFAULT_JITTER, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
+    TieredCacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_JITTER,
+    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL,
     DEFAULT_NEGATIVE_TTL,
 };
 pub use cache::{CacheValue, TieredCache};
 pub use clock::{Clock, ManualClock};
+pub use codec::{Codec, DecodeError};
 pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;
+#[cfg(feature = "redis")]
+pub use l2::RedisStore;
+pub use l2::RemoteStore;
 #[cfg(feature = "postgres")]
 pub use l3::PgLoader;
 pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};

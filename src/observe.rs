@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::breaker::BreakerState;
+
 #[cfg(feature = "metrics")]
 mod metrics;
 #[cfg(feature = "metrics")]
@@ -59,6 +61,12 @@ pub trait Observer: Send + Sync + 'static {
     fn invalidated(&self, all: bool) {
         let _ = all;
     }
+    /// A shared-tier call failed or timed out (the read went on without it).
+    fn l2_error(&self) {}
+    /// The shared tier's circuit breaker changed state.
+    fn breaker(&self, state: BreakerState) {
+        let _ = state;
+    }
 }
 
 /// A point-in-time copy of a cache's counters, from
@@ -68,6 +76,19 @@ pub trait Observer: Send + Sync + 'static {
 pub struct Stats {
     /// Hits and misses of the in-process tier.
     pub l1: TierStats,
+    /// Hits and misses of the shared tier (a skipped or failed call is a miss).
+    pub l2: TierStats,
+    /// Shared-tier calls that failed or timed out.
+    pub l2_errors: u64,
+    /// Shared-tier entries that did not decode (deleted and reloaded).
+    pub l2_corrupt: u64,
+    /// Times the whole namespace was cleared because deferred invalidations
+    /// overflowed or an `invalidate_all` could not reach the store at first.
+    pub l2_namespace_clears: u64,
+    /// The shared tier's circuit breaker now (`Closed` without an L2).
+    pub breaker: BreakerState,
+    /// How many times the breaker has opened.
+    pub breaker_opened: u64,
     /// Hits that found a remembered absence (included in `l1.hits`).
     pub negative_hits: u64,
     /// Loader calls (a `get_many` batch counts once).
@@ -113,6 +134,11 @@ impl TierStats {
 pub(crate) enum Counter {
     L1Hits,
     L1Misses,
+    L2Hits,
+    L2Misses,
+    L2Errors,
+    L2Corrupt,
+    L2NamespaceClears,
     NegativeHits,
     Loads,
     LoadErrors,
@@ -179,6 +205,15 @@ impl Counters {
                 hits: self.get(Counter::L1Hits),
                 misses: self.get(Counter::L1Misses),
             },
+            l2: TierStats {
+                hits: self.get(Counter::L2Hits),
+                misses: self.get(Counter::L2Misses),
+            },
+            l2_errors: self.get(Counter::L2Errors),
+            l2_corrupt: self.get(Counter::L2Corrupt),
+            l2_namespace_clears: self.get(Counter::L2NamespaceClears),
+            breaker: BreakerState::Closed,
+            breaker_opened: 0,
             negative_hits: self.get(Counter::NegativeHits),
             loads: self.get(Counter::Loads),
             load_errors: self.get(Counter::LoadErrors),
@@ -187,6 +222,59 @@ impl Counters {
             inserts: self.get(Counter::Inserts),
             invalidations: self.get(Counter::Invalidations),
             l1_entries,
+        }
+    }
+}
+
+/// Where the cache reports: its counters and its observer, if any.
+pub(crate) struct Report {
+    pub(crate) counters: Counters,
+    pub(crate) observer: Option<std::sync::Arc<dyn Observer>>,
+}
+
+impl Report {
+    #[inline]
+    pub(crate) fn count(&self, counter: Counter) {
+        self.counters.add(counter, 1);
+    }
+
+    #[inline]
+    pub(crate) fn tier(&self, tier: Tier, hit: bool) {
+        let counter = match (tier, hit) {
+            (Tier::L1, true) => Counter::L1Hits,
+            (Tier::L1, false) => Counter::L1Misses,
+            (Tier::L2, true) => Counter::L2Hits,
+            (Tier::L2, false) => Counter::L2Misses,
+        };
+        self.count(counter);
+        if let Some(observer) = &self.observer {
+            if hit {
+                observer.hit(tier);
+            } else {
+                observer.miss(tier);
+            }
+        }
+    }
+
+    pub(crate) fn l2_error(&self) {
+        self.count(Counter::L2Errors);
+        if let Some(observer) = &self.observer {
+            observer.l2_error();
+        }
+    }
+
+    pub(crate) fn breaker(&self, transition: Option<BreakerState>) {
+        if let Some(state) = transition {
+            tracing::info!(?state, "L2 circuit breaker changed state");
+            if let Some(observer) = &self.observer {
+                observer.breaker(state);
+            }
+        }
+    }
+
+    pub(crate) fn with_observer(&self, f: impl FnOnce(&dyn Observer)) {
+        if let Some(observer) = &self.observer {
+            f(&**observer);
         }
     }
 }

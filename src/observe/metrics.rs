@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 use super::{LoadOutcome, Observer, Tier};
+use crate::breaker::BreakerState;
 
 /// Reports a cache's events to the `metrics` facade, under the names of
 /// `docs/METRICS.md`, each labelled `cache = <name>`.
@@ -23,6 +24,8 @@ pub struct MetricsObserver {
     coalesced: Counter,
     superseded: Counter,
     invalidations: Counter,
+    l2_errors: Counter,
+    breaker: Gauge,
 }
 
 impl MetricsObserver {
@@ -40,7 +43,9 @@ impl MetricsObserver {
             load_seconds: metrics::histogram!("tiered_load_seconds", "cache" => cache.clone()),
             coalesced: metrics::counter!("tiered_coalesced_total", "cache" => cache.clone()),
             superseded: metrics::counter!("tiered_superseded_total", "cache" => cache.clone()),
-            invalidations: metrics::counter!("tiered_invalidations_total", "cache" => cache),
+            invalidations: metrics::counter!("tiered_invalidations_total", "cache" => cache.clone()),
+            l2_errors: metrics::counter!("tiered_l2_errors_total", "cache" => cache.clone()),
+            breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
         }
     }
 }
@@ -81,5 +86,17 @@ impl Observer for MetricsObserver {
 
     fn invalidated(&self, _all: bool) {
         self.invalidations.increment(1);
+    }
+
+    fn l2_error(&self) {
+        self.l2_errors.increment(1);
+    }
+
+    fn breaker(&self, state: BreakerState) {
+        self.breaker.set(match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        });
     }
 }

@@ -3,6 +3,7 @@
 mod support;
 
 mod harness;
+mod l2;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod postgres_loader;

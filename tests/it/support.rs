@@ -7,7 +7,7 @@ mod postgres;
 pub mod redis;
 
 pub use self::postgres::Postgres;
-pub use self::redis::Redis;
+pub use self::redis::{Redis, RedisCluster};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

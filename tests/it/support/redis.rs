@@ -1,4 +1,4 @@
-//! A redis-server of the test's own.
+//! redis-server processes of the test's own: one server, or a 3-master cluster.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -6,54 +6,228 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{find_binary, free_port, scratch_dir};
+use super::{find_binary, free_port, run, scratch_dir};
 
-/// A running redis-server, killed and deleted on drop.
+/// A running redis-server, killed and deleted on drop. Fault tests can kill,
+/// restart (empty), freeze (SIGSTOP) and thaw (SIGCONT) it.
 pub struct Redis {
     url: String,
-    own: Option<(Child, PathBuf)>,
+    own: Option<Own>,
+}
+
+struct Own {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+    args: Vec<String>,
 }
 
 impl Redis {
     /// Starts a server on a free port, or uses `REDIS_URL`.
     pub fn start() -> Redis {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Redis { url, own: None };
+        match std::env::var("REDIS_URL") {
+            Ok(url) => Redis { url, own: None },
+            Err(_) => Redis::start_own(&[]),
         }
-        let binary = find_binary("redis-server", &[], "redis-server");
+    }
+
+    /// Starts a server of the test's own (even when `REDIS_URL` is set), with extra
+    /// `redis-server` arguments.
+    pub fn start_own(extra: &[&str]) -> Redis {
+        Redis::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Redis {
         let dir = scratch_dir("redis");
-        let port = free_port();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut redis = Redis {
+            url: format!("redis://127.0.0.1:{port}/"),
+            own: Some(Own {
+                child: None,
+                dir,
+                port,
+                args,
+            }),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn own(&mut self) -> &mut Own {
+        self.own.as_mut().expect("a server of the test's own")
+    }
+
+    fn spawn(&mut self) {
+        let own = self.own();
+        let binary = find_binary("redis-server", &[], "redis-server");
         let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &own.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&own.dir)
+            .args(&own.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        let redis = Redis {
-            url: format!("redis://127.0.0.1:{port}/"),
-            own: Some((child, dir)),
-        };
-        redis.wait_ready(port);
-        redis
+        own.child = Some(child);
+        let port = own.port;
+        wait_ready(port);
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    fn wait_ready(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(port).is_some_and(|reply| reply.starts_with("+PONG")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {port} did not answer PING within 10 s");
+    pub fn port(&self) -> u16 {
+        self.own.as_ref().map(|o| o.port).expect("own server")
     }
+
+    /// Kills the server (SIGKILL): its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.own().child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP: the server keeps its connections but answers nothing.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let pid = self.own().child.as_ref().expect("running").id();
+        run(Command::new("kill").arg(signal).arg(pid.to_string()));
+    }
+
+    /// Runs a command with redis-cli, returning its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port(), args)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(own) = self.own.as_mut() {
+            if let Some(mut child) = own.child.take() {
+                // A frozen server ignores SIGKILL until continued.
+                let _ = Command::new("kill")
+                    .arg("-CONT")
+                    .arg(child.id().to_string())
+                    .output();
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_dir_all(&own.dir);
+        }
+    }
+}
+
+/// Three masters on loopback, no replicas.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        // Cluster bus ports are port + 10000: keep ports at or below 55535.
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let nodes: Vec<Redis> = ports
+            .iter()
+            .map(|&port| {
+                Redis::start_on(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
+        let cli = find_binary("redis-cli", &[], "redis-tools");
+        run(Command::new(cli).args(&args));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url().to_owned()).collect()
+    }
+
+    /// How many keys each master holds.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.cli(&["dbsize"]).trim().parse().unwrap_or(0))
+            .collect()
+    }
+}
+
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if (1024..=55535).contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let cli = find_binary("redis-cli", &[], "redis-tools");
+    let out = Command::new(cli)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ping(port)
+            .is_some_and(|reply| reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server on port {port} did not answer PING within 10 s");
 }
 
 /// Sends `PING` over a plain socket; the reply line, if any.
@@ -64,14 +238,4 @@ pub fn ping(port: u16) -> Option<String> {
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some((mut child, dir)) = self.own.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
