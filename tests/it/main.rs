@@ -4,6 +4,7 @@ mod support;
 
 mod harness;
 mod l2;
+mod l2_faults;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod postgres_loader;

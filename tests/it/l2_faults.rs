@@ -1,0 +1,322 @@
+//! Redis failing in every way a server can: killed, frozen, restarted empty,
+//! holding bytes it should not, asking for a password. Reads must never fail.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tiered::{BoxError, BreakerState, RedisStore, TieredCache};
+
+use crate::support::Redis;
+
+const COOLDOWN: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+fn instance(url: &str, name: &str) -> (TieredCache<String, String>, Arc<AtomicUsize>) {
+    let loads = Arc::new(AtomicUsize::new(0));
+    let counter = loads.clone();
+    let cache = TieredCache::builder(name)
+        .l2_redis(url)
+        .l2_timeout(TIMEOUT)
+        .l2_breaker(5, COOLDOWN)
+        .l1_ttl(Duration::from_millis(200))
+        .jitter(0.0)
+        .loader_fn(move |key: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(format!("value of {key}"))) }
+        })
+        .build()
+        .unwrap();
+    (cache, loads)
+}
+
+/// 64 tasks reading hot and cold keys until `stop`; returns (reads, errors, slowest).
+fn readers(
+    cache: &TieredCache<String, String>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64, Duration)>> {
+    (0..64)
+        .map(|task| {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut errors, mut slowest) = (0, 0, Duration::ZERO);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = if i % 4 == 0 {
+                        format!("cold:{task}:{i}")
+                    } else {
+                        format!("hot:{}", i % 16)
+                    };
+                    let start = Instant::now();
+                    match cache.get(&key).await {
+                        Ok(Some(v)) => assert_eq!(v, format!("value of {key}")),
+                        Ok(None) => panic!("the loader always has a value"),
+                        Err(_) => errors += 1,
+                    }
+                    slowest = slowest.max(start.elapsed());
+                    reads += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (reads, errors, slowest)
+            })
+        })
+        .collect()
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<(u64, u64, Duration)>>) -> (u64, u64, Duration) {
+    let mut total = (0, 0, Duration::ZERO);
+    for task in tasks {
+        let (reads, errors, slowest) = task.await.unwrap();
+        total = (total.0 + reads, total.1 + errors, total.2.max(slowest));
+    }
+    total
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_fails_no_read_and_recovers_through_a_probe() {
+    let mut redis = Redis::start_own(&[]);
+    let (cache, _) = instance(redis.url(), "killed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = readers(&cache, &stop);
+    eventually("L2 hits", || cache.stats().l2.hits > 50).await;
+
+    redis.kill();
+    eventually("the breaker opens", || {
+        cache.stats().breaker == BreakerState::Open
+    })
+    .await;
+    let opened = cache.stats();
+    tokio::time::sleep(COOLDOWN * 3).await;
+
+    redis.restart();
+    eventually("the breaker closes", || {
+        cache.stats().breaker == BreakerState::Closed
+    })
+    .await;
+    let hits_after = cache.stats().l2.hits;
+    eventually("L2 hits resume", || cache.stats().l2.hits > hits_after + 50).await;
+    stop.store(true, Ordering::Relaxed);
+    let (reads, errors, _) = finish(tasks).await;
+
+    assert_eq!(
+        errors, 0,
+        "no read may fail because Redis died ({reads} reads)"
+    );
+    assert!(reads > 1000, "{reads}");
+    let stats = cache.stats();
+    assert!(opened.breaker_opened >= 1);
+    assert!(stats.l2_errors >= 5, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_frozen_costs_at_most_the_timeout_until_the_breaker_opens() {
+    let mut redis = Redis::start_own(&[]);
+    let (cache, _) = instance(redis.url(), "frozen");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = readers(&cache, &stop);
+    eventually("L2 hits", || cache.stats().l2.hits > 50).await;
+
+    redis.freeze();
+    eventually("the breaker opens", || {
+        cache.stats().breaker == BreakerState::Open
+    })
+    .await;
+    // Calls already under way when it opened time out (and count); after that,
+    // reads skip L2 entirely until the probe: the error count stands still.
+    tokio::time::sleep(TIMEOUT * 2).await;
+    let errors_open = cache.stats().l2_errors;
+    tokio::time::sleep(COOLDOWN / 2).await;
+    let errors_later = cache.stats().l2_errors;
+    assert_eq!(cache.stats().breaker, BreakerState::Open);
+    assert_eq!(errors_open, errors_later, "no L2 calls while open");
+
+    redis.thaw();
+    eventually("the breaker closes", || {
+        cache.stats().breaker == BreakerState::Closed
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (reads, errors, slowest) = finish(tasks).await;
+
+    assert_eq!(errors, 0, "{reads} reads");
+    // A hang check, not a speed claim: one L2 timeout plus a loader call, with a
+    // wide margin for a loaded machine. (The latency figures are in
+    // benches/outage.rs.)
+    assert!(slowest < Duration::from_secs(2), "slowest read {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_means_reloads_not_errors() {
+    let mut redis = Redis::start_own(&[]);
+    let (writer, _) = instance(redis.url(), "restart");
+    for n in 0..20 {
+        writer.get(&format!("k{n}")).await.unwrap();
+    }
+    redis.restart();
+    let (reader, loads) = instance(redis.url(), "restart");
+    for n in 0..20 {
+        let key = format!("k{n}");
+        assert_eq!(
+            reader.get(&key).await.unwrap(),
+            Some(format!("value of {key}"))
+        );
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn bad_bytes_are_a_counted_miss_and_the_key_is_repaired() {
+    let redis = Redis::start_own(&[]);
+    let (cache, loads) = instance(redis.url(), "bytes");
+    // Another client writes garbage, a truncated entry, and an entry of another type.
+    cache.get(&"good".to_owned()).await.unwrap();
+    let good = redis.cli(&["--no-raw", "get", "bytes:1:good"]);
+    assert!(good.starts_with("\"TR"), "{good}");
+    redis.cli(&["set", "bytes:1:garbage", "definitely not an entry"]);
+    redis.cli(&["set", "bytes:1:truncated", "TR\x01\x01abc"]);
+    let other_type = TieredCache::<String, Vec<u64>>::builder("bytes")
+        .l2_redis(redis.url())
+        .loader_fn(|_k: String| async { Ok::<_, BoxError>(Some(vec![1u64, 2, 3])) })
+        .build()
+        .unwrap();
+    other_type.get(&"old_schema".to_owned()).await.unwrap();
+
+    for key in ["garbage", "truncated", "old_schema"] {
+        let key = key.to_owned();
+        let (fresh, _) = instance(redis.url(), "bytes");
+        assert_eq!(
+            fresh.get(&key).await.unwrap(),
+            Some(format!("value of {key}"))
+        );
+        let stats = fresh.stats();
+        assert_eq!(stats.l2_corrupt, 1, "{key}: {stats:?}");
+        // Repaired: the next fresh instance reads a good entry from L2.
+        let (again, again_loads) = instance(redis.url(), "bytes");
+        assert_eq!(
+            again.get(&key).await.unwrap(),
+            Some(format!("value of {key}"))
+        );
+        assert_eq!(again_loads.load(Ordering::SeqCst), 0, "{key} was repaired");
+        assert_eq!(again.stats().l2_corrupt, 0);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn caches_with_other_names_or_schema_versions_never_share_entries() {
+    let redis = Redis::start_own(&[]);
+    let build = |name: &str, version: u32, tag: &'static str| {
+        TieredCache::<String, String>::builder(name)
+            .l2_redis(redis.url())
+            .schema_version(version)
+            .loader_fn(
+                move |k: String| async move { Ok::<_, BoxError>(Some(format!("{tag}:{k}"))) },
+            )
+            .build()
+            .unwrap()
+    };
+    let key = "same".to_owned();
+    let a = build("alpha", 1, "a1");
+    let b = build("beta", 1, "b1");
+    let a2 = build("alpha", 2, "a2");
+    assert_eq!(a.get(&key).await.unwrap().unwrap(), "a1:same");
+    assert_eq!(b.get(&key).await.unwrap().unwrap(), "b1:same");
+    assert_eq!(a2.get(&key).await.unwrap().unwrap(), "a2:same");
+    for cache in [&a, &b, &a2] {
+        assert_eq!(cache.stats().l2.hits, 0);
+        assert_eq!(cache.stats().l2_corrupt, 0);
+    }
+    let keys = redis.cli(&["--scan"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    assert_eq!(keys, ["alpha:1:same", "alpha:2:same", "beta:1:same"]);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_counted_l2_failure_and_ping_says_why() {
+    let redis = Redis::start_own(&["--requirepass", "s3cret"]);
+    let port = redis.port();
+    let wrong = format!("redis://:nope@127.0.0.1:{port}/");
+    let right = format!("redis://:s3cret@127.0.0.1:{port}/");
+
+    let store = RedisStore::standalone(&wrong).unwrap();
+    let err = store.ping().await.unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("authentication failed"),
+        "{err}"
+    );
+
+    let (cache, _) = instance(&wrong, "auth");
+    assert_eq!(
+        cache.get(&"k".to_owned()).await.unwrap().unwrap(),
+        "value of k"
+    );
+    assert!(cache.stats().l2_errors >= 1);
+
+    RedisStore::standalone(&right)
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    let (writer, _) = instance(&right, "auth");
+    writer.get(&"k".to_owned()).await.unwrap();
+    let (reader, loads) = instance(&right, "auth");
+    assert_eq!(
+        reader.get(&"k".to_owned()).await.unwrap().unwrap(),
+        "value of k"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 0);
+    assert_eq!(reader.stats().l2_errors, 0);
+
+    // An ACL user, from the URL too.
+    redis.cli(&[
+        "-a", "s3cret", "ACL", "SETUSER", "app", "on", ">apppass", "~*", "+@all",
+    ]);
+    let acl = format!("redis://app:apppass@127.0.0.1:{port}/");
+    let (acl_reader, acl_loads) = instance(&acl, "auth");
+    assert_eq!(
+        acl_reader.get(&"k".to_owned()).await.unwrap().unwrap(),
+        "value of k"
+    );
+    assert_eq!(acl_loads.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_invalidation_that_cannot_reach_redis_is_replayed_before_l2_is_read_again() {
+    let redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let (writer, writer_loads) = instance(&url, "replay");
+    let key = "k".to_owned();
+    writer.get(&key).await.unwrap();
+    // Redis refuses deletions for a while (as it would while unreachable).
+    redis.cli(&["ACL", "SETUSER", "default", "-unlink"]);
+    writer.invalidate(&key).await;
+    assert!(writer.stats().l2_errors >= 1);
+    assert_eq!(
+        redis.cli(&["exists", "replay:1:k"]).trim(),
+        "1",
+        "not deleted yet"
+    );
+
+    redis.cli(&["ACL", "SETUSER", "default", "+unlink"]);
+    // The writer's next L2 read replays the deletion first, so it cannot be
+    // served the entry it invalidated.
+    assert_eq!(writer.get(&key).await.unwrap().unwrap(), "value of k");
+    assert_eq!(writer_loads.load(Ordering::SeqCst), 2);
+    let (reader, reader_loads) = instance(&url, "replay");
+    reader.get(&key).await.unwrap();
+    assert_eq!(
+        reader_loads.load(Ordering::SeqCst),
+        0,
+        "the reload refilled L2"
+    );
+}
