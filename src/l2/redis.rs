@@ -39,7 +39,7 @@ enum Target {
         conn: OnceCell<ConnectionManager>,
     },
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         conn: OnceCell<ClusterConnection>,
     },
 }
@@ -80,7 +80,7 @@ impl RedisStore {
             .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
         Ok(RedisStore {
             target: Target::Cluster {
-                client,
+                client: Box::new(client),
                 conn: OnceCell::new(),
             },
         })
