@@ -43,7 +43,7 @@ fn readers(
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let key = if i % 4 == 0 {
+                    let key = if i.is_multiple_of(4) {
                         format!("cold:{task}:{i}")
                     } else {
                         format!("hot:{}", i % 16)
