@@ -158,7 +158,8 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         self
     }
 
-    /// Bounds L1 to `max` entries. Default: [`DEFAULT_L1_MAX_ENTRIES`].
+    /// Bounds L1 to `max` entries. Default: [`DEFAULT_L1_MAX_ENTRIES`]. `0` turns
+    /// L1 off (every read goes to L2; concurrent misses still share one flight).
     pub fn l1_max_entries(mut self, max: u64) -> Self {
         self.capacity = Capacity::Entries(max);
         self
@@ -253,6 +254,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         if self.ttl.l1.is_zero() {
             return Err(Error::Config("l1_ttl must be greater than zero".into()));
         }
+        let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
         let capacity = match self.capacity {
             Capacity::Entries(max) => L1Capacity::Entries(max),
             Capacity::Bytes(max) => L1Capacity::Weight {
@@ -280,6 +282,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         };
         Ok(TieredCache::from_inner(Inner {
             l1: l1::build(&self.name, capacity),
+            l1_enabled,
             l2,
             name: self.name,
             loader: self.loader,

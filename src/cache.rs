@@ -18,12 +18,12 @@ use tracing::Instrument;
 
 use crate::builder::TieredCacheBuilder;
 use crate::clock::Clock;
-use crate::codec::Decoded;
 use crate::entry::{Entry, TtlPolicy};
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::{Fence, Ticket};
 use crate::key::CacheKey;
 use crate::l1::L1;
+use crate::l2::L2Read;
 use crate::l2::L2;
 use crate::l3::DynLoader;
 use crate::observe::{Counter, LoadOutcome, Report, Stats, Tier};
@@ -66,6 +66,8 @@ pub struct TieredCache<K, V> {
 pub(crate) struct Inner<K, V> {
     pub(crate) name: String,
     pub(crate) l1: L1<K, V>,
+    /// False when L1 has no capacity: entries are then not written to it.
+    pub(crate) l1_enabled: bool,
     pub(crate) l2: Option<L2>,
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
     pub(crate) ttl: TtlPolicy,
@@ -94,8 +96,8 @@ pub(crate) enum Failure {
 enum Source {
     /// From L2, with this much of its life left: fills L1 only.
     L2(Duration),
-    /// From the loader: fills L2 and L1.
-    Loaded,
+    /// From the loader: fills L1, and L2 when `write_l2` (L2 answered the read).
+    Loaded { write_l2: bool },
 }
 
 impl<K, V> Clone for TieredCache<K, V> {
@@ -191,18 +193,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             return Ok(found);
         }
         let tickets: Vec<Ticket> = missing.iter().map(|k| inner.fence.ticket(k)).collect();
-        let from_l2: Vec<Option<Decoded<V>>> = match &inner.l2 {
+        let from_l2: Vec<L2Read<V>> = match &inner.l2 {
             Some(l2) => {
                 let l2_keys: Vec<String> = missing.iter().map(|k| l2.key(k)).collect();
                 l2.get_many(&inner.report, &l2_keys).await
             }
-            None => missing.iter().map(|_| None).collect(),
+            None => missing.iter().map(|_| L2Read::Miss).collect(),
         };
         let loader = inner.loader.as_deref();
         let to_load: Vec<K> = missing
             .iter()
             .zip(&from_l2)
-            .filter(|(_, hit)| hit.is_none())
+            .filter(|(_, read)| !matches!(read, L2Read::Hit(_)))
             .map(|(k, _)| k.clone())
             .collect();
         // Polled only if some key still needs loading after L2, by the first such flight.
@@ -218,21 +220,25 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .iter()
             .zip(tickets)
             .zip(from_l2)
-            .map(|((key, ticket), hit)| {
+            .map(|((key, ticket), read)| {
                 let batch = batch.clone();
                 let flight = async move {
-                    if let Some(hit) = hit {
-                        let source = Source::L2(hit.remaining);
-                        return self.settle(key, ticket, hit.value, source, loader).await;
-                    }
+                    let write_l2 = match read {
+                        L2Read::Hit(hit) => {
+                            let source = Source::L2(hit.remaining);
+                            return self.settle(key, ticket, hit.value, source, loader).await;
+                        }
+                        L2Read::Miss => true,
+                        L2Read::Unavailable => false,
+                    };
                     if loader.is_none() {
                         return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
                     }
                     match batch.await {
                         Ok(values) => {
                             let value = values.get(key).cloned();
-                            self.settle(key, ticket, value, Source::Loaded, loader)
-                                .await
+                            let source = Source::Loaded { write_l2 };
+                            self.settle(key, ticket, value, source, loader).await
                         }
                         Err(failure) => Flight::Failed(failure),
                     }
@@ -274,7 +280,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 l2.set(&inner.report, &l2.key(&key), entry.value.as_ref(), l2_ttl)
                     .await;
             }
-            inner.l1.insert(key.clone(), entry).await;
+            if inner.l1_enabled {
+                inner.l1.insert(key.clone(), entry).await;
+            }
         };
         inner.fence.supersede(&key, write).await;
     }
@@ -386,17 +394,25 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let inner = &*self.inner;
         let flight = async {
             let ticket = inner.fence.ticket(key);
+            let mut write_l2 = true;
             if let Some(l2) = &inner.l2 {
-                if let Some(hit) = l2.get::<V>(&inner.report, &l2.key(key)).await {
-                    let source = Source::L2(hit.remaining);
-                    return self.settle(key, ticket, hit.value, source, retry).await;
+                match l2.get::<V>(&inner.report, &l2.key(key)).await {
+                    L2Read::Hit(hit) => {
+                        let source = Source::L2(hit.remaining);
+                        return self.settle(key, ticket, hit.value, source, retry).await;
+                    }
+                    L2Read::Miss => {}
+                    L2Read::Unavailable => write_l2 = false,
                 }
             }
             let Some(first) = first else {
                 return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
             };
             match self.timed(1, first).await {
-                Ok(value) => self.settle(key, ticket, value, Source::Loaded, retry).await,
+                Ok(value) => {
+                    let source = Source::Loaded { write_l2 };
+                    self.settle(key, ticket, value, source, retry).await
+                }
                 Err(failure) => Flight::Failed(failure),
             }
         };
@@ -416,7 +432,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             Err::<Entry<V>, _>(load.await)
         };
         let result = self.inner.l1.try_get_with_by_ref(key, init).await;
-        if !ran.load(Ordering::Relaxed) && result.is_err() {
+        // Not running the flight means getting what another caller's flight produced:
+        // through the flight's result, or from L1 once that flight had written it.
+        if !ran.load(Ordering::Relaxed) {
             self.inner.report.count(Counter::Coalesced);
             self.inner.report.with_observer(|o| o.coalesced());
         }
@@ -462,7 +480,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         loop {
             let (l1_ttl, l2_ttl) = match source {
                 Source::L2(remaining) => (inner.ttl.l1_for(&value).min(remaining), None),
-                Source::Loaded => (inner.ttl.l1_for(&value), Some(inner.ttl.l2_for(&value))),
+                Source::Loaded { write_l2 } => (
+                    inner.ttl.l1_for(&value),
+                    write_l2.then(|| inner.ttl.l2_for(&value)),
+                ),
             };
             let entry = Entry::new(value, inner.clock.now(), l1_ttl);
             let write = async {
@@ -472,7 +493,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                             .await;
                     }
                 }
-                if !l1_ttl.is_zero() {
+                if inner.l1_enabled && !l1_ttl.is_zero() {
                     inner.l1.insert(key.clone(), entry.clone()).await;
                 }
             };
@@ -488,7 +509,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             ticket = inner.fence.ticket(key);
             let load = loader.load(key).map(|r| r.map_err(shared));
             match self.timed(1, load).await {
-                Ok(reloaded) => (value, source) = (reloaded, Source::Loaded),
+                Ok(reloaded) => {
+                    value = reloaded;
+                    if let Source::L2(_) = source {
+                        source = Source::Loaded { write_l2: true };
+                    }
+                }
                 Err(failure) => return Flight::Failed(failure),
             }
         }

@@ -69,6 +69,15 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<BoxStream<'static, Vec<u8>>, BoxError>>;
 }
 
+/// What a read of the shared tier found.
+pub(crate) enum L2Read<V> {
+    Hit(Decoded<V>),
+    Miss,
+    /// The call was skipped (breaker open) or failed: writing back after the load
+    /// would most likely fail too, and make the read wait a second timeout.
+    Unavailable,
+}
+
 /// Keys whose deletion could not reach the store, replayed before the next read
 /// once it is reachable again. Past this many, the whole namespace is cleared
 /// instead.
@@ -214,16 +223,14 @@ impl L2 {
 
     /// Reads and decodes one entry. Undecodable bytes are a counted miss, and the
     /// key is deleted.
-    pub(crate) async fn get<V: DeserializeOwned>(
-        &self,
-        report: &Report,
-        key: &str,
-    ) -> Option<Decoded<V>> {
-        let bytes = self
-            .call(report, "get", self.store.get(key))
-            .await
-            .flatten();
-        self.accept(report, key, bytes).await
+    pub(crate) async fn get<V: DeserializeOwned>(&self, report: &Report, key: &str) -> L2Read<V> {
+        match self.call(report, "get", self.store.get(key)).await {
+            Some(bytes) => self.accept(report, key, bytes).await,
+            None => {
+                report.tier(Tier::L2, false);
+                L2Read::Unavailable
+            }
+        }
     }
 
     /// Reads and decodes several entries with one call.
@@ -231,16 +238,24 @@ impl L2 {
         &self,
         report: &Report,
         keys: &[String],
-    ) -> Vec<Option<Decoded<V>>> {
+    ) -> Vec<L2Read<V>> {
         let found = self
             .call(report, "get_many", self.store.get_many(keys))
-            .await;
-        let found = found
-            .filter(|values| values.len() == keys.len())
-            .unwrap_or_else(|| vec![None; keys.len()]);
+            .await
+            .filter(|values| values.len() == keys.len());
         let mut out = Vec::with_capacity(keys.len());
-        for (key, bytes) in keys.iter().zip(found) {
-            out.push(self.accept(report, key, bytes).await);
+        match found {
+            Some(values) => {
+                for (key, bytes) in keys.iter().zip(values) {
+                    out.push(self.accept(report, key, bytes).await);
+                }
+            }
+            None => {
+                for _ in keys {
+                    report.tier(Tier::L2, false);
+                    out.push(L2Read::Unavailable);
+                }
+            }
         }
         out
     }
@@ -250,7 +265,7 @@ impl L2 {
         report: &Report,
         key: &str,
         bytes: Option<Vec<u8>>,
-    ) -> Option<Decoded<V>> {
+    ) -> L2Read<V> {
         let decoded = match bytes.map(|b| self.wire.decode::<V>(&b)) {
             Some(Ok(decoded)) if !decoded.remaining.is_zero() => Some(decoded),
             Some(Ok(_expired)) => None,
@@ -265,7 +280,7 @@ impl L2 {
             None => None,
         };
         report.tier(Tier::L2, decoded.is_some());
-        decoded
+        decoded.map_or(L2Read::Miss, L2Read::Hit)
     }
 
     /// Writes an entry (a value or an absence) for `ttl`.

@@ -1,0 +1,98 @@
+//! L2 hit (L1 off, so every read goes to Redis) against a bare `redis` GET +
+//! bincode decode on the same connection type (`ConnectionManager`), same run.
+//!
+//! Sequential reads of 10k keys holding a ~100-byte struct, in alternating blocks
+//! of 1,000 (bare, tiered, bare, ...) so that drift on a shared machine hits both
+//! alike. Prints p50 and p99 of each and their ratios.
+//! Run: `cargo bench --bench l2_hit` (starts its own redis-server).
+
+#[path = "support/redis_server.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tiered::{BoxError, TieredCache};
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    email: String,
+    roles: Vec<String>,
+}
+
+const KEYS: u64 = 10_000;
+const BLOCK: u64 = 1_000;
+const ROUNDS: u64 = 20;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo bench -- --list` and `cargo test --benches`
+    }
+    let server = support::RedisServer::start();
+    let cache = TieredCache::<u64, Arc<User>>::builder("bench")
+        .l1_max_entries(0)
+        .l2_redis(&server.url)
+        .l2_timeout(Duration::from_secs(1))
+        .build()?;
+    for id in 0..KEYS {
+        let user = User {
+            id,
+            name: format!("user {id}"),
+            email: format!("user{id}@example.com"),
+            roles: vec!["reader".into(), "writer".into()],
+        };
+        cache.insert(id, Arc::new(user)).await;
+    }
+    let mut bare = ConnectionManager::new(redis::Client::open(server.url.as_str())?).await?;
+    let (mut bare_lat, mut tiered_lat) = (Vec::new(), Vec::new());
+    let mut id = 0;
+    for _ in 0..ROUNDS {
+        for _ in 0..BLOCK {
+            id = (id + 7919) % KEYS;
+            let key = format!("bench:1:{id}");
+            let start = Instant::now();
+            let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut bare).await?;
+            // The same bytes tiered stores: 21-byte header + envelope, then bincode.
+            let (user, _): (User, usize) =
+                bincode::serde::decode_from_slice(&bytes[21..], bincode::config::standard())?;
+            bare_lat.push(start.elapsed());
+            assert_eq!(user.id, id);
+        }
+        for _ in 0..BLOCK {
+            id = (id + 7919) % KEYS;
+            let start = Instant::now();
+            let user = cache.get(&id).await?.expect("present in L2");
+            tiered_lat.push(start.elapsed());
+            assert_eq!(user.id, id);
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        stats.l2.hits,
+        ROUNDS * BLOCK,
+        "every tiered read was an L2 hit"
+    );
+    let (b50, b99) = support::percentiles(&mut bare_lat);
+    let (t50, t99) = support::percentiles(&mut tiered_lat);
+    println!("l2_hit: {} sequential reads each", ROUNDS * BLOCK);
+    println!(
+        "bare GET+decode   p50 {:>8.1} µs   p99 {:>8.1} µs",
+        support::micros(b50),
+        support::micros(b99)
+    );
+    println!(
+        "tiered L2 hit     p50 {:>8.1} µs   p99 {:>8.1} µs",
+        support::micros(t50),
+        support::micros(t99)
+    );
+    println!(
+        "ratio             p50 {:>8.3}×     p99 {:>8.3}×",
+        t50.as_secs_f64() / b50.as_secs_f64(),
+        t99.as_secs_f64() / b99.as_secs_f64()
+    );
+    Ok(())
+}
