@@ -89,15 +89,59 @@ pub(crate) enum Flight<V> {
 pub(crate) enum Failure {
     Load(SharedError),
     Panicked(String),
+    /// The error of a `#[cached_tier]` function, returned as it is to its callers.
+    Foreign {
+        error: Arc<dyn Any + Send + Sync>,
+        type_name: &'static str,
+    },
 }
+
+/// What a flight's first load produced.
+pub(crate) struct Fetched<V> {
+    pub(crate) value: Option<V>,
+    /// False: hand the value to the waiting callers, but cache nothing.
+    pub(crate) keep: bool,
+    /// A TTL for this entry in every tier, instead of the configured ones.
+    pub(crate) ttl: Option<Duration>,
+}
+
+impl<V> Fetched<V> {
+    fn cached(value: Option<V>) -> Self {
+        Fetched {
+            value,
+            keep: true,
+            ttl: None,
+        }
+    }
+}
+
+/// A `#[cached_tier]` function's error as seen by a plain `get` that shared its flight.
+#[derive(Debug)]
+struct ForeignError(&'static str);
+
+impl fmt::Display for ForeignError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the cached function failed with an error of type `{}`",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ForeignError {}
 
 /// Where a value being settled came from.
 #[derive(Clone, Copy)]
 enum Source {
     /// From L2, with this much of its life left: fills L1 only.
     L2(Duration),
-    /// From the loader: fills L1, and L2 when `write_l2` (L2 answered the read).
-    Loaded { write_l2: bool },
+    /// From the loader: fills L1, and L2 when `write_l2` (L2 answered the read),
+    /// for `ttl` in both when set, else for the configured TTLs.
+    Loaded {
+        write_l2: bool,
+        ttl: Option<Duration>,
+    },
 }
 
 impl<K, V> Clone for TieredCache<K, V> {
@@ -237,7 +281,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     match batch.await {
                         Ok(values) => {
                             let value = values.get(key).cloned();
-                            let source = Source::Loaded { write_l2 };
+                            let source = Source::Loaded {
+                                write_l2,
+                                ttl: None,
+                            };
                             self.settle(key, ticket, value, source, loader).await
                         }
                         Err(failure) => Flight::Failed(failure),
@@ -339,7 +386,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
 
     /// An L1 entry that may be served, counted as a hit; or a counted miss.
     #[inline]
-    async fn l1_hit(&self, key: &K) -> Option<Entry<V>> {
+    pub(crate) async fn l1_hit(&self, key: &K) -> Option<Entry<V>> {
         let inner = &*self.inner;
         let entry = inner.l1.get(key).await;
         match entry {
@@ -391,6 +438,22 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     where
         F: Future<Output = Result<Option<V>, Failure>>,
     {
+        let first = first.map(|load| load.map(|r| r.map(Fetched::cached)));
+        let result = self.fly_raw(key, first, retry).await;
+        self.settled(key, result)
+    }
+
+    /// [`fly`](Self::fly), with the flight's own outcome: for callers (the
+    /// `#[cached_tier]` support) that need a failure's original error back.
+    pub(crate) async fn fly_raw<F>(
+        &self,
+        key: &K,
+        first: Option<F>,
+        retry: Option<&dyn DynLoader<K, V>>,
+    ) -> Result<Entry<V>, Arc<Flight<V>>>
+    where
+        F: Future<Output = Result<Fetched<V>, Failure>>,
+    {
         let inner = &*self.inner;
         let flight = async {
             let ticket = inner.fence.ticket(key);
@@ -409,15 +472,17 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
             };
             match self.timed(1, first).await {
-                Ok(value) => {
-                    let source = Source::Loaded { write_l2 };
+                Ok(Fetched {
+                    value, keep: false, ..
+                }) => Flight::Settled(Entry::new(value, 0, Duration::ZERO)),
+                Ok(Fetched { value, ttl, .. }) => {
+                    let source = Source::Loaded { write_l2, ttl };
                     self.settle(key, ticket, value, source, retry).await
                 }
                 Err(failure) => Flight::Failed(failure),
             }
         };
-        let result = self.flight(key, flight).await;
-        self.settled(key, result)
+        self.flight(key, flight).await
     }
 
     /// Runs `load` as the one flight of `key` (or waits for the flight already under
@@ -459,6 +524,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     key: key.to_key_string(),
                     message: message.clone(),
                 }),
+                Flight::Failed(Failure::Foreign { type_name, .. }) => Err(Error::Load {
+                    key: key.to_key_string(),
+                    source: Arc::new(ForeignError(type_name)),
+                }),
             },
         }
     }
@@ -480,9 +549,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         loop {
             let (l1_ttl, l2_ttl) = match source {
                 Source::L2(remaining) => (inner.ttl.l1_for(&value).min(remaining), None),
-                Source::Loaded { write_l2 } => (
-                    inner.ttl.l1_for(&value),
-                    write_l2.then(|| inner.ttl.l2_for(&value)),
+                Source::Loaded { write_l2, ttl } => (
+                    ttl.unwrap_or_else(|| inner.ttl.l1_for(&value)),
+                    write_l2.then(|| ttl.unwrap_or_else(|| inner.ttl.l2_for(&value))),
                 ),
             };
             let entry = Entry::new(value, inner.clock.now(), l1_ttl);
@@ -512,7 +581,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 Ok(reloaded) => {
                     value = reloaded;
                     if let Source::L2(_) = source {
-                        source = Source::Loaded { write_l2: true };
+                        source = Source::Loaded {
+                            write_l2: true,
+                            ttl: None,
+                        };
                     }
                 }
                 Err(failure) => return Flight::Failed(failure),
@@ -554,6 +626,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
 /// What a load produced, as an [`Observer`] sees it.
 trait Loaded {
     fn outcome(&self) -> LoadOutcome;
+}
+
+impl<V> Loaded for Fetched<V> {
+    fn outcome(&self) -> LoadOutcome {
+        self.value.outcome()
+    }
 }
 
 impl<V> Loaded for Option<V> {

@@ -38,6 +38,9 @@
     rust_2018_idioms
 )]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 mod breaker;
 mod builder;
 mod cache;
@@ -73,6 +76,59 @@ pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
 #[cfg(feature = "metrics")]
 pub use observe::MetricsObserver;
 pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};
+/// Caches an `async fn` through a [`TieredCache<String, V>`].
+///
+/// Calls with the same key share one flight: the body runs once, and every caller
+/// gets its result. What is cached depends on the return type:
+/// `Result<T, E>` caches `Ok(T)` and gives every waiting caller the function's own
+/// `E` (which must be `Clone + Send + Sync + 'static`); `Option<T>` caches `Some(T)`
+/// (and `None` as absence with `negative = true`); any other `T` is cached as it is.
+/// A `Result` behind an alias (`io::Result<T>`) is a compile error: spell out
+/// `Result<T, E>` so that errors are never cached.
+///
+/// Options: `cache = EXPR` (required; a `&TieredCache<String, V>`, a `LazyLock`, or
+/// a call returning one), `key = "user:{id}"` (a format string over the arguments;
+/// default: the function name and every argument's `Display` form, escaped),
+/// `skip(pool, self)` (arguments left out of the default key; `self` must be
+/// skipped or named in `key`), `ttl = "30s"` (`ms`, `s`, `m`, `h`, `d`),
+/// `negative = true`, `unless = |v| ...` (values for which it returns `true` are
+/// returned but not cached).
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use tiered::{cached_tier, TieredCache};
+///
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct User { id: u64, name: String }
+///
+/// #[derive(Debug, Clone)]
+/// struct DbError(String);
+///
+/// static USERS: LazyLock<TieredCache<String, User>> =
+///     LazyLock::new(|| TieredCache::builder("users").build().expect("valid settings"));
+///
+/// struct Db;
+///
+/// #[cached_tier(cache = USERS, key = "user:{id}", skip(db), ttl = "5m")]
+/// async fn user(db: &Db, id: u64) -> Result<User, DbError> {
+///     let _ = db; // a query would go here
+///     if id == 0 { return Err(DbError("no user 0".into())); }
+///     Ok(User { id, name: format!("user {id}") })
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(user(&Db, 7).await.unwrap().name, "user 7");   // runs the body
+/// assert_eq!(user(&Db, 7).await.unwrap().name, "user 7");   // from the cache
+/// assert!(user(&Db, 0).await.is_err());                     // errors are not cached
+/// USERS.invalidate(&"user:7".to_owned()).await;
+/// # }
+/// ```
+///
+/// Every rule, with the compile errors, is in `docs/MACRO.md`.
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use tiered_macros::cached_tier;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,0 +1,214 @@
+//! `#[cached_tier]` at run time: one body run per key at a time, errors passed
+//! through uncached, borrowed arguments, methods, and L2 shared between instances.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use tiered::{cached_tier, TieredCache};
+use tokio::sync::Barrier;
+
+use crate::support::Redis;
+
+fn cache<V: tiered::CacheValue>(name: &str) -> TieredCache<String, V> {
+    TieredCache::builder(name).build().expect("valid settings")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct NotFound(u64);
+
+static SLOW: LazyLock<TieredCache<String, String>> = LazyLock::new(|| cache("slow"));
+static SLOW_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached_tier(cache = SLOW, key = "slow:{id}")]
+async fn slow(id: u64) -> Result<String, NotFound> {
+    SLOW_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if id == 0 {
+        return Err(NotFound(id));
+    }
+    Ok(format!("item {id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_run_the_body_once_and_share_errors_uncached() {
+    let run = |id: u64| async move {
+        let barrier = Arc::new(Barrier::new(100));
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    slow(id).await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    };
+    for result in run(1).await {
+        assert_eq!(result.unwrap(), "item 1");
+    }
+    assert_eq!(SLOW_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(slow(1).await.unwrap(), "item 1");
+    assert_eq!(SLOW_RUNS.load(Ordering::SeqCst), 1, "cached");
+
+    for result in run(0).await {
+        assert_eq!(
+            result.unwrap_err(),
+            NotFound(0),
+            "every waiter gets the function's own error"
+        );
+    }
+    assert_eq!(
+        SLOW_RUNS.load(Ordering::SeqCst),
+        2,
+        "one run for the hundred callers"
+    );
+    assert_eq!(slow(0).await.unwrap_err(), NotFound(0));
+    assert_eq!(
+        SLOW_RUNS.load(Ordering::SeqCst),
+        3,
+        "the error was not cached"
+    );
+}
+
+static BORROWED: LazyLock<TieredCache<String, String>> = LazyLock::new(|| cache("borrowed"));
+static BORROWED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug)]
+struct Config {
+    region: String,
+}
+
+// Arguments named like things the generated code needs (`key`, `cache`) are fine.
+#[cached_tier(cache = BORROWED, skip(config))]
+async fn greet(key: &str, cache: Option<&str>, config: &Config) -> String {
+    BORROWED_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{key}/{}/{}", cache.unwrap_or("-"), config.region)
+}
+
+#[tokio::test]
+async fn borrowed_arguments_and_the_default_key() {
+    let config = Config {
+        region: "eu".into(),
+    };
+    let name = String::from("ann");
+    assert_eq!(greet(&name, Some("x"), &config).await, "ann/x/eu");
+    assert_eq!(greet(&name, Some("x"), &config).await, "ann/x/eu");
+    assert_eq!(BORROWED_RUNS.load(Ordering::SeqCst), 1);
+    // `Option<&str>` is part of the key: `None` is another key.
+    assert_eq!(greet(&name, None, &config).await, "ann/-/eu");
+    assert_eq!(BORROWED_RUNS.load(Ordering::SeqCst), 2);
+    // Arguments are escaped in the default key: ("a:b", None) is not ("a", "b").
+    greet("a:b", None, &config).await;
+    greet("a", Some("b"), &config).await;
+    assert_eq!(BORROWED_RUNS.load(Ordering::SeqCst), 4);
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Profile {
+    id: u64,
+    bio: String,
+}
+
+struct Profiles {
+    cache: TieredCache<String, Profile>,
+    runs: AtomicUsize,
+}
+
+impl Profiles {
+    #[cached_tier(cache = self.cache, key = "profile:{id}", skip(self), ttl = "10m")]
+    async fn profile(&self, id: u64) -> Option<Profile> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        (id != 404).then(|| Profile {
+            id,
+            bio: format!("bio {id}"),
+        })
+    }
+
+    #[cached_tier(cache = self.cache, key = "checked:{id}", skip(self), negative = true, unless = |p| p.bio.is_empty())]
+    async fn checked(&self, id: u64) -> Option<Profile> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        match id {
+            404 => None,
+            0 => Some(Profile {
+                id,
+                bio: String::new(),
+            }),
+            _ => Some(Profile {
+                id,
+                bio: "ok".into(),
+            }),
+        }
+    }
+}
+
+fn profiles(cache: TieredCache<String, Profile>) -> Profiles {
+    Profiles {
+        cache,
+        runs: AtomicUsize::new(0),
+    }
+}
+
+#[tokio::test]
+async fn methods_with_self_skipped_option_returns_negative_and_unless() {
+    let p = profiles(cache("profiles"));
+    assert_eq!(p.profile(1).await.unwrap().bio, "bio 1");
+    assert_eq!(p.profile(1).await.unwrap().bio, "bio 1");
+    assert_eq!(p.runs.load(Ordering::SeqCst), 1);
+    // Without `negative`, `None` is not cached.
+    assert_eq!(p.profile(404).await, None);
+    assert_eq!(p.profile(404).await, None);
+    assert_eq!(p.runs.load(Ordering::SeqCst), 3);
+    assert!(
+        p.cache
+            .get(&"profile:1".to_owned())
+            .await
+            .unwrap()
+            .is_some(),
+        "the key is the format string"
+    );
+
+    let q = profiles(cache("checked"));
+    assert_eq!(q.checked(404).await, None);
+    assert_eq!(q.checked(404).await, None);
+    assert_eq!(
+        q.runs.load(Ordering::SeqCst),
+        1,
+        "negative = true caches None"
+    );
+    q.checked(0).await;
+    q.checked(0).await;
+    assert_eq!(
+        q.runs.load(Ordering::SeqCst),
+        3,
+        "unless: empty bios are not cached"
+    );
+    q.checked(5).await;
+    q.checked(5).await;
+    assert_eq!(q.runs.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_second_instance_finds_the_value_in_l2_without_running_the_body() {
+    let redis = Redis::start_own(&[]);
+    let instance = || {
+        profiles(
+            TieredCache::builder("macro-l2")
+                .l2_redis(redis.url())
+                .build()
+                .unwrap(),
+        )
+    };
+    let first = instance();
+    let second = instance();
+    assert_eq!(first.profile(9).await.unwrap().bio, "bio 9");
+    assert_eq!(second.profile(9).await.unwrap().bio, "bio 9");
+    assert_eq!(first.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(second.runs.load(Ordering::SeqCst), 0, "found in L2");
+    assert_eq!(second.cache.stats().l2.hits, 1);
+}
