@@ -286,7 +286,7 @@ mod tests {
     fn options_are_one_to_one_with_their_values() {
         let key = |part: Option<&str>| {
             let mut out = String::from("f");
-            (&KeyPart(&part)).push(&mut out);
+            KeyPart(&part).push(&mut out);
             out
         };
         assert_eq!(key(None), "f:\\0");

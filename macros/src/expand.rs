@@ -82,8 +82,8 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         Kind::Plain => (output.clone(), quote!(plain)),
     };
     if args.negative && !matches!(kind, Kind::Option { .. }) {
-        return Err(Error::new(
-            output.span(),
+        return Err(Error::new_spanned(
+            &output,
             "`negative = true` caches `None`: it needs a function returning `Option<T>`",
         ));
     }
@@ -91,7 +91,7 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         Kind::Plain => quote_spanned! {output.span()=>
             #[allow(unused_imports)]
             use #krate::__private::PlainReturn as _;
-            let () = #krate::__private::Probe::<#output>::new().check();
+            let _: () = #krate::__private::Probe::<#output>::new().check();
         },
         _ => quote!(),
     };
@@ -222,8 +222,8 @@ fn classify(output: &Type) -> syn::Result<Kind> {
     };
     match (last.ident.to_string().as_str(), types.as_slice()) {
         ("Result", [ok, _err]) => Ok(Kind::Result { ok: (*ok).clone() }),
-        ("Result", _) => Err(Error::new(
-            output.span(),
+        ("Result", _) => Err(Error::new_spanned(
+            output,
             "this `Result` does not show its error type: write it as `Result<T, E>` \
              (only `Ok` is cached; `E` goes back to every caller waiting on the key, so it must be `Clone`)",
         )),
