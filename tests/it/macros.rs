@@ -2,13 +2,11 @@
 //! through uncached, borrowed arguments, methods, and L2 shared between instances.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::support::{at_once, Redis};
 use tiered::{cached_tier, TieredCache};
-use tokio::sync::Barrier;
-
-use crate::support::Redis;
 
 fn cache<V: tiered::CacheValue>(name: &str) -> TieredCache<String, V> {
     TieredCache::builder(name).build().expect("valid settings")
@@ -32,23 +30,7 @@ async fn slow(id: u64) -> Result<String, NotFound> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_calls_run_the_body_once_and_share_errors_uncached() {
-    let run = |id: u64| async move {
-        let barrier = Arc::new(Barrier::new(100));
-        let tasks: Vec<_> = (0..100)
-            .map(|_| {
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    slow(id).await
-                })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await.unwrap());
-        }
-        results
-    };
+    let run = |id: u64| at_once(100, move || slow(id));
     for result in run(1).await {
         assert_eq!(result.unwrap(), "item 1");
     }

@@ -1,12 +1,9 @@
 //! The read path against a real PostgreSQL, counting the queries it receives.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{at_once, Postgres};
 use tiered::{Error, ManualClock, PgLoader, TieredCache};
-use tokio::sync::Barrier;
-
-use crate::support::Postgres;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct User {
@@ -44,18 +41,13 @@ async fn a_thousand_callers_of_one_cold_key_cause_one_query() {
         .loader(user_loader(pool.clone(), &table))
         .build()
         .unwrap();
-    let barrier = Arc::new(Barrier::new(1000));
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let (cache, barrier) = (cache.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                cache.get(&7).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        let user = task.await.unwrap().unwrap();
+    let users = at_once(1000, || {
+        let cache = cache.clone();
+        async move { cache.get(&7).await }
+    })
+    .await;
+    for user in users {
+        let user = user.unwrap();
         assert_eq!(
             user,
             Some(User {
@@ -123,18 +115,13 @@ async fn a_query_error_reaches_every_waiter_and_the_next_call_retries() {
         .loader(user_loader(pool.clone(), "late_users"))
         .build()
         .unwrap();
-    let barrier = Arc::new(Barrier::new(100));
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let (cache, barrier) = (cache.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                cache.get(&1).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        let err = task.await.unwrap().unwrap_err();
+    let results = at_once(100, || {
+        let cache = cache.clone();
+        async move { cache.get(&1).await }
+    })
+    .await;
+    for result in results {
+        let err = result.unwrap_err();
         let Error::Load { key, .. } = &err else {
             panic!("expected a load error, got {err:?}");
         };

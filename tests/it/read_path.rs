@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tiered::{BoxError, Error, ManualClock, TieredCache};
-use tokio::sync::Barrier;
+
+use crate::support::at_once;
 
 #[derive(Debug)]
 struct Boom(u32);
@@ -35,19 +36,14 @@ async fn a_panicking_loader_fails_every_waiter_without_poisoning_the_cache() {
         })
         .build()
         .unwrap();
-    let barrier = Arc::new(Barrier::new(50));
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (cache, barrier) = (cache.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                cache.get(&1).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        // No task panics: each one gets the contained panic as an error.
-        match task.await.expect("the caller must not panic") {
+    // No task panics (at_once would fail): each gets the contained panic as an error.
+    let results = at_once(50, || {
+        let cache = cache.clone();
+        async move { cache.get(&1).await }
+    })
+    .await;
+    for result in results {
+        match result {
             Err(Error::LoaderPanicked { key, message }) => {
                 assert_eq!(key, "1");
                 assert_eq!(message, "loader exploded on 1");

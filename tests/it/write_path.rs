@@ -35,6 +35,15 @@ fn cache_over(source: Arc<Source>) -> TieredCache<String, u64> {
         .unwrap()
 }
 
+/// A `get` running in its own task.
+fn spawn_get(
+    cache: &TieredCache<String, u64>,
+    key: &str,
+) -> tokio::task::JoinHandle<Result<Option<u64>, tiered::Error>> {
+    let (cache, key) = (cache.clone(), key.to_owned());
+    tokio::spawn(async move { cache.get(&key).await })
+}
+
 fn source(hold_first: bool) -> Arc<Source> {
     Arc::new(Source {
         version: AtomicU64::new(1),
@@ -50,10 +59,7 @@ async fn an_invalidation_during_a_load_keeps_the_old_value_out() {
     let source = source(true);
     let cache = cache_over(source.clone());
     let key = "k".to_owned();
-    let reader = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move { cache.get(&key).await })
-    };
+    let reader = spawn_get(&cache, &key);
     // The load has read version 1; the database moves on and the cache is told.
     source.started.notified().await;
     source.version.store(2, Ordering::SeqCst);
@@ -73,10 +79,7 @@ async fn invalidate_all_during_a_load_keeps_the_old_value_out() {
     let source = source(true);
     let cache = cache_over(source.clone());
     let key = "k".to_owned();
-    let reader = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move { cache.get(&key).await })
-    };
+    let reader = spawn_get(&cache, &key);
     source.started.notified().await;
     source.version.store(2, Ordering::SeqCst);
     cache.invalidate_all().await;
@@ -90,10 +93,7 @@ async fn an_insert_during_a_load_is_not_overwritten_by_the_old_value() {
     let source = source(true);
     let cache = cache_over(source.clone());
     let key = "k".to_owned();
-    let reader = {
-        let (cache, key) = (cache.clone(), key.clone());
-        tokio::spawn(async move { cache.get(&key).await })
-    };
+    let reader = spawn_get(&cache, &key);
     source.started.notified().await;
     // Write-through: the service updates the database, then the cache.
     source.version.store(3, Ordering::SeqCst);
