@@ -1,7 +1,8 @@
 //! `tiered`: a three-tier async cache for services.
 //!
-//! A [`TieredCache`] puts an in-process L1 ([moka]) in front of a [`Loader`] (the
-//! L3: Postgres through [`PgLoader`], or any async function), with one flight per
+//! A [`TieredCache`] puts an in-process L1 ([moka]) and an optional shared L2 (any
+//! [`RemoteStore`]; Redis through `RedisStore`, behind a circuit breaker) in front of
+//! a [`Loader`] (the L3: Postgres through `PgLoader`, or any async function), with one flight per
 //! key: however many callers miss the same key at once, it is loaded once and all of
 //! them get the result, value or error. A loader's `None` is remembered for a short
 //! TTL (negative caching); errors are never cached. An invalidation that races a
@@ -23,10 +24,10 @@
 //! See the README for all three tiers, and `docs/` for the design and benchmarks.
 //!
 //! # Features
-//! - `postgres` (default): [`PgLoader`], on deadpool-postgres.
+//! - `redis` (default): `RedisStore`, Redis standalone or Cluster as L2.
+//! - `postgres` (default): `PgLoader`, on deadpool-postgres.
 //! - `macros` (default): the `#[cached_tier]` attribute.
-//! - `metrics`: [`MetricsObserver`], reporting to the `metrics` facade.
-//! - `redis`: the Redis client for the shared L2 tier.
+//! - `metrics`: `MetricsObserver`, reporting to the `metrics` facade.
 //!
 //! [moka]: https://docs.rs/moka
 
