@@ -27,8 +27,10 @@ const SCAN_BATCH: usize = 1000;
 /// [`Stats::l2_errors`](crate::Stats::l2_errors), logged with the server's reason
 /// at debug level, and subject to the circuit breaker — never a failed read. Call
 /// [`RedisStore::ping`] at start-up to fail fast on a bad URL or credentials.
-/// AUTH comes from the URL (`redis://user:password@host:port/db`); `rediss://`
-/// needs TLS support in the `redis` crate (its `tokio-rustls-comp` feature).
+/// AUTH comes from the URL (`redis://user:password@host:port/db`). With the `tls`
+/// feature, `rediss://` URLs connect over TLS, verified against the system's roots;
+/// for a private CA, build the `redis::Client` yourself
+/// (`Client::build_with_tls`) and use [`RedisStore::from_client`].
 pub struct RedisStore {
     target: Target,
 }
@@ -60,17 +62,25 @@ impl RedisStore {
     /// A standalone server (`redis://[user:password@]host:port[/db]`). Only the URL is
     /// checked here; the connection is made on first use.
     pub fn standalone(url: &str) -> Result<Self, Error> {
+        install_tls_provider();
         let client = Client::open(url).map_err(|e| Error::Config(format!("redis url: {e}")))?;
-        Ok(RedisStore {
+        Ok(Self::from_client(client))
+    }
+
+    /// A standalone server through a client you configured (TLS certificates, ...).
+    pub fn from_client(client: Client) -> Self {
+        install_tls_provider();
+        RedisStore {
             target: Target::Standalone {
                 client,
                 conn: OnceCell::new(),
             },
-        })
+        }
     }
 
     /// A Redis Cluster, from the URLs of some of its nodes.
     pub fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, Error> {
+        install_tls_provider();
         let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
         let client = ClusterClient::builder(urls)
             .connection_timeout(Duration::from_secs(1))
@@ -180,6 +190,15 @@ impl RedisStore {
                 Ok(deleted)
             }
         }
+    }
+}
+
+/// rustls needs a process-wide crypto provider; install ring's unless the
+/// application already chose one.
+fn install_tls_provider() {
+    #[cfg(feature = "tls")]
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -5,6 +5,8 @@ mod support;
 mod harness;
 mod l2;
 mod l2_faults;
+#[cfg(feature = "tls")]
+mod l2_tls;
 #[cfg(feature = "macros")]
 mod macros;
 #[cfg(feature = "metrics")]

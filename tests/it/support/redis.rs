@@ -20,6 +20,7 @@ struct Own {
     dir: PathBuf,
     port: u16,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl Redis {
@@ -47,10 +48,94 @@ impl Redis {
                 dir,
                 port,
                 args,
+                tls: false,
             }),
         };
         redis.spawn();
         redis
+    }
+
+    /// A server that only speaks TLS, with a certificate for 127.0.0.1 signed by a
+    /// CA made for the test. Returns the server and the CA certificate (PEM).
+    pub fn start_tls() -> (Redis, Vec<u8>) {
+        let certs = scratch_dir("certs");
+        let openssl = find_binary("openssl", &[], "openssl");
+        let ssl = |args: &[&str]| run(Command::new(&openssl).current_dir(&certs).args(args));
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tiered-test-ca",
+        ]);
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(certs.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+            .expect("write san.ext");
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = free_port();
+        let path = |name: &str| certs.join(name).display().to_string();
+        let args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.pem"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut redis = Redis {
+            url: format!("rediss://127.0.0.1:{port}/"),
+            own: Some(Own {
+                child: None,
+                dir: certs.clone(),
+                port,
+                args,
+                tls: true,
+            }),
+        };
+        redis.spawn();
+        let ca = std::fs::read(certs.join("ca.pem")).expect("read ca.pem");
+        (redis, ca)
     }
 
     fn own(&mut self) -> &mut Own {
@@ -71,8 +156,12 @@ impl Redis {
             .spawn()
             .expect("spawn redis-server");
         own.child = Some(child);
-        let port = own.port;
-        wait_ready(port);
+        let (port, tls) = (own.port, own.tls);
+        if tls {
+            wait_listening(port);
+        } else {
+            wait_ready(port);
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -215,6 +304,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("run redis-cli");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on port {port} did not listen within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn wait_ready(port: u16) {
