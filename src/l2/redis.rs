@@ -37,7 +37,7 @@ pub struct RedisStore {
 
 enum Target {
     Standalone {
-        client: Client,
+        client: Box<Client>,
         conn: OnceCell<ConnectionManager>,
     },
     Cluster {
@@ -72,7 +72,7 @@ impl RedisStore {
         install_tls_provider();
         RedisStore {
             target: Target::Standalone {
-                client,
+                client: Box::new(client),
                 conn: OnceCell::new(),
             },
         }
@@ -116,7 +116,7 @@ impl RedisStore {
                             .set_response_timeout(Some(Duration::from_secs(1)))
                             .set_number_of_retries(1)
                             .set_max_delay(Duration::from_millis(500));
-                        ConnectionManager::new_with_config(client.clone(), config)
+                        ConnectionManager::new_with_config(Client::clone(client), config)
                     })
                     .await?;
                 Conn::Standalone(manager.clone())
