@@ -276,7 +276,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                         L2Read::Unavailable => false,
                     };
                     if loader.is_none() {
-                        return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
+                        return Flight::Settled(Entry::uncached(None));
                     }
                     match batch.await {
                         Ok(values) => {
@@ -371,7 +371,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let inner = &*self.inner;
         let mut stats = inner.report.counters.snapshot(inner.l1.entry_count());
         if let Some(l2) = &inner.l2 {
-            stats.breaker = l2.breaker_state();
+            stats.breaker = l2.breaker.state();
             stats.breaker_opened = l2.breaker.times_opened();
         }
         stats
@@ -469,12 +469,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 }
             }
             let Some(first) = first else {
-                return Flight::Settled(Entry::new(None, 0, Duration::ZERO));
+                return Flight::Settled(Entry::uncached(None));
             };
             match self.timed(1, first).await {
                 Ok(Fetched {
                     value, keep: false, ..
-                }) => Flight::Settled(Entry::new(value, 0, Duration::ZERO)),
+                }) => Flight::Settled(Entry::uncached(value)),
                 Ok(Fetched { value, ttl, .. }) => {
                     let source = Source::Loaded { write_l2, ttl };
                     self.settle(key, ticket, value, source, retry).await

@@ -43,6 +43,11 @@ impl<V> Entry<V> {
         }
     }
 
+    /// An entry handed to the callers of one flight and cached nowhere.
+    pub(crate) fn uncached(value: Option<V>) -> Self {
+        Entry { value, expires: 0 }
+    }
+
     #[inline]
     pub(crate) fn is_expired(&self, now: u64) -> bool {
         now >= self.expires

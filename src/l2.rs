@@ -13,7 +13,7 @@ use futures_util::stream::BoxStream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::Breaker;
 use crate::codec::{Decoded, Wire};
 use crate::error::BoxError;
 use crate::key::CacheKey;
@@ -95,6 +95,8 @@ pub(crate) struct L2 {
     pub(crate) breaker: Breaker,
     timeout: Duration,
     namespace: String,
+    /// The glob matching every key of `namespace`.
+    namespace_glob: String,
     wire: Wire,
     pending: Mutex<Pending>,
     has_pending: AtomicBool,
@@ -117,6 +119,7 @@ impl L2 {
             store: config.store,
             breaker: config.breaker,
             timeout: config.timeout,
+            namespace_glob: format!("{}*", escape_glob(&config.namespace)),
             namespace: config.namespace,
             wire: config.wire,
             pending: Mutex::new(Pending::default()),
@@ -188,9 +191,12 @@ impl L2 {
             (taken.keys.into_iter().collect::<Vec<_>>(), taken.clear_all)
         };
         let done = if clear_all {
-            let pattern = format!("{}*", escape_glob(&self.namespace));
             let cleared = self
-                .guarded(report, "clear", self.store.delete_matching(&pattern))
+                .guarded(
+                    report,
+                    "clear",
+                    self.store.delete_matching(&self.namespace_glob),
+                )
                 .await;
             if cleared.is_some() {
                 report.count(Counter::L2NamespaceClears);
@@ -319,18 +325,17 @@ impl L2 {
 
     /// Deletes every key of this cache's namespace, or keeps that for later.
     pub(crate) async fn clear(&self, report: &Report) {
-        let pattern = format!("{}*", escape_glob(&self.namespace));
         if self
-            .call(report, "clear", self.store.delete_matching(&pattern))
+            .call(
+                report,
+                "clear",
+                self.store.delete_matching(&self.namespace_glob),
+            )
             .await
             .is_none()
         {
             self.defer(Vec::new(), true);
         }
-    }
-
-    pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
     }
 }
 
