@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::breaker::Breaker;
+use crate::bus::{Backplane, Bus};
 use crate::cache::{CacheValue, Inner, TieredCache};
 use crate::clock::Clock;
 use crate::codec::{fingerprint, Codec, Wire};
@@ -33,6 +34,8 @@ pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// The default time the circuit breaker stays open before a probe.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// The default life of a fill reservation: a load slower than this does not fill L2.
+pub const DEFAULT_L2_FILL_WINDOW: Duration = Duration::from_secs(30);
 
 enum Capacity {
     Entries(u64),
@@ -50,7 +53,9 @@ pub struct TieredCacheBuilder<K, V> {
     clock: Clock,
     observer: Option<Arc<dyn Observer>>,
     l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
+    bus: Option<Result<Arc<dyn Backplane>, Error>>,
     l2_prefix: String,
+    l2_fill_window: Duration,
     l2_timeout: Duration,
     breaker: (u32, Duration),
     codec: Codec,
@@ -83,7 +88,9 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             clock: Clock::system(),
             observer: None,
             l2: None,
+            bus: None,
             l2_prefix: String::new(),
+            l2_fill_window: DEFAULT_L2_FILL_WINDOW,
             l2_timeout: DEFAULT_L2_TIMEOUT,
             breaker: (DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOLDOWN),
             codec: Codec::default(),
@@ -91,28 +98,57 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         }
     }
 
-    /// A standalone Redis server as the L2 tier
+    /// A standalone Redis server as the L2 tier and the invalidation bus
     /// (`redis://[user:password@]host:port[/db]`). A malformed URL fails
     /// [`build`](Self::build); an unreachable server or wrong credentials are L2
-    /// failures (see [`RedisStore`](crate::RedisStore)).
+    /// failures (see [`RedisStore`](crate::RedisStore)). To share one connection
+    /// between caches, build a `RedisStore` once and use [`redis`](Self::redis).
     #[cfg(feature = "redis")]
-    pub fn l2_redis(mut self, url: &str) -> Self {
-        let store = crate::RedisStore::standalone(url).map(|s| Arc::new(s) as Arc<dyn RemoteStore>);
-        self.l2 = Some(store);
+    pub fn l2_redis(self, url: &str) -> Self {
+        self.redis_store(crate::RedisStore::standalone(url))
+    }
+
+    /// A Redis Cluster as the L2 tier and the invalidation bus, from the URLs of
+    /// some of its nodes.
+    #[cfg(feature = "redis")]
+    pub fn l2_redis_cluster<S: AsRef<str>>(self, urls: &[S]) -> Self {
+        self.redis_store(crate::RedisStore::cluster(urls))
+    }
+
+    /// `store` (shared with its clones: one connection, one subscription) as the
+    /// L2 tier and the invalidation bus.
+    #[cfg(feature = "redis")]
+    pub fn redis(self, store: crate::RedisStore) -> Self {
+        self.redis_store(Ok(store))
+    }
+
+    #[cfg(feature = "redis")]
+    fn redis_store(mut self, store: Result<crate::RedisStore, Error>) -> Self {
+        self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
+        self.l2 = Some(store.map(|s| Arc::new(s) as Arc<dyn RemoteStore>));
         self
     }
 
-    /// A Redis Cluster as the L2 tier, from the URLs of some of its nodes.
-    #[cfg(feature = "redis")]
-    pub fn l2_redis_cluster<S: AsRef<str>>(mut self, urls: &[S]) -> Self {
-        let store = crate::RedisStore::cluster(urls).map(|s| Arc::new(s) as Arc<dyn RemoteStore>);
-        self.l2 = Some(store);
-        self
-    }
-
-    /// Any [`RemoteStore`] as the L2 tier.
+    /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
+    /// sets one).
     pub fn l2(mut self, store: impl RemoteStore) -> Self {
         self.l2 = Some(Ok(Arc::new(store)));
+        self
+    }
+
+    /// Any [`Backplane`] as the invalidation bus: `insert` and `invalidate*` on one
+    /// instance then reach the L1 of every other. Without a bus, other instances
+    /// keep their L1 copies until their L1 TTL.
+    pub fn bus(mut self, backplane: impl Backplane) -> Self {
+        self.bus = Some(Ok(Arc::new(backplane)));
+        self
+    }
+
+    /// How long a reader's fill reservation lasts in L2: a load slower than this
+    /// does not fill L2 (its value still goes to L1). Default:
+    /// [`DEFAULT_L2_FILL_WINDOW`].
+    pub fn l2_fill_window(mut self, window: Duration) -> Self {
+        self.l2_fill_window = window;
         self
     }
 
@@ -267,13 +303,28 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         if self.l2_timeout.is_zero() {
             return Err(Error::Config("l2_timeout must be greater than zero".into()));
         }
+        if self.l2_fill_window.is_zero() {
+            return Err(Error::Config(
+                "l2_fill_window must be greater than zero".into(),
+            ));
+        }
+        let namespace = format!("{}{}:{}:", self.l2_prefix, self.name, self.schema_version);
+        let bus = match self.bus {
+            None => None,
+            Some(backplane) => Some(Bus::new(
+                backplane?,
+                format!("tiered-bus:{namespace}"),
+                self.l2_timeout,
+            )),
+        };
         let l2 = match self.l2 {
             None => None,
             Some(store) => Some(L2::new(L2Config {
                 store: store?,
                 breaker: Breaker::new(self.breaker.0, self.breaker.1, self.clock.clone()),
                 timeout: self.l2_timeout,
-                namespace: format!("{}{}:{}:", self.l2_prefix, self.name, self.schema_version),
+                reservation_ttl: self.l2_fill_window,
+                namespace,
                 wire: Wire {
                     codec: self.codec,
                     fingerprint: fingerprint::<V>(self.schema_version),
@@ -284,6 +335,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             l1: l1::build(&self.name, capacity),
             l1_enabled,
             l2,
+            bus,
             name: self.name,
             loader: self.loader,
             ttl: self.ttl,

@@ -6,10 +6,14 @@
 //! 2       1     wire-format version (1)
 //! 3       1     codec id (1 = bincode 2, 2 = JSON)
 //! 4       8     schema fingerprint of V (little endian)
-//! 12      1     kind: 0 = remembered absence, 1 = value
-//! 13      8     expires at, Unix milliseconds (little endian)
+//! 12      1     kind: 0 = remembered absence, 1 = value, 2 = fill reservation
+//! 13      8     expires at, Unix milliseconds (little endian); for kind 2, a
+//!               random token that makes each reservation unique
 //! 21      ..    the value, encoded by the codec (kind 1 only)
 //! ```
+//!
+//! A fill reservation (kind 2) is what a reader leaves in an empty key before it
+//! loads: its fill replaces exactly those bytes or nothing (see `l2.rs`).
 //!
 //! Anything that does not decode — other magic, version, codec or fingerprint,
 //! truncated bytes, bytes the codec rejects, trailing bytes — is a [`DecodeError`],
@@ -27,6 +31,7 @@ const MAGIC: [u8; 2] = *b"TR";
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 12;
 const ENVELOPE_LEN: usize = HEADER_LEN + 9;
+const KIND_RESERVATION: u8 = 2;
 
 /// The serde format of values in the shared tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -159,10 +164,23 @@ impl Wire {
         Ok(out)
     }
 
+    /// A new fill reservation: a header, kind 2 and a random token.
+    pub(crate) fn reservation(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENVELOPE_LEN);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.codec.id());
+        out.extend_from_slice(&self.fingerprint.to_le_bytes());
+        out.push(KIND_RESERVATION);
+        out.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+        out
+    }
+
+    /// An entry, or `Ok(None)` for a fill reservation.
     pub(crate) fn decode<V: DeserializeOwned>(
         &self,
         bytes: &[u8],
-    ) -> Result<Decoded<V>, DecodeError> {
+    ) -> Result<Option<Decoded<V>>, DecodeError> {
         if bytes.len() < ENVELOPE_LEN {
             return Err(if bytes.starts_with(&MAGIC) || bytes.len() < MAGIC.len() {
                 DecodeError::Truncated
@@ -183,6 +201,9 @@ impl Wire {
         if header[4..12] != self.fingerprint.to_le_bytes() {
             return Err(DecodeError::Fingerprint);
         }
+        if body[0] == KIND_RESERVATION && body.len() == 9 {
+            return Ok(None);
+        }
         let expires = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
         let remaining =
             Duration::from_millis(expires.saturating_sub(unix_millis(SystemTime::now())));
@@ -192,7 +213,7 @@ impl Wire {
             1 => Some(self.codec.decode(&body[9..]).map_err(DecodeError::Value)?),
             kind => return Err(DecodeError::Kind(kind)),
         };
-        Ok(Decoded { value, remaining })
+        Ok(Some(Decoded { value, remaining }))
     }
 }
 
@@ -228,11 +249,14 @@ mod tests {
                 name: "a".into(),
             };
             let bytes = w.encode(Some(&user), Duration::from_secs(60)).unwrap();
-            let back: Decoded<User> = w.decode(&bytes).unwrap();
+            let back: Decoded<User> = w.decode(&bytes).unwrap().unwrap();
             assert_eq!(back.value, Some(user));
             assert!(back.remaining > Duration::from_secs(58));
             let none = w.encode::<User>(None, Duration::from_secs(5)).unwrap();
-            assert_eq!(w.decode::<User>(&none).unwrap().value, None);
+            assert_eq!(w.decode::<User>(&none).unwrap().unwrap().value, None);
+            let (r1, r2) = (w.reservation(), w.reservation());
+            assert_ne!(r1, r2, "every reservation is unique");
+            assert!(w.decode::<User>(&r1).unwrap().is_none());
         }
     }
 

@@ -1,34 +1,57 @@
-//! Keeps loads that raced an invalidation from writing their (old) value back.
+//! Keeps loads that raced an invalidation from writing their (old) value into L1.
 //!
-//! A load takes a [`Ticket`] before it starts. Invalidations and explicit inserts
-//! bump the generation of the key's shard (or the epoch, for `invalidate_all`) while
-//! holding the shard's lock and removing the key from L1 under it. A finished load
-//! writes its value only through [`Fence::commit`], which holds the same lock and
-//! writes nothing if the generation moved since the ticket. So once `invalidate(k)`
-//! has returned, no value loaded before it can land in the cache.
+//! A load takes a [`Ticket`] before it reads L2. An invalidation first makes its
+//! change in L2 (delete, overwrite), and only then moves the fence: under the
+//! key's shard lock it bumps the shard's generation and changes L1. A finished
+//! load writes L1 only through [`Fence::commit`], which holds the same lock and
+//! writes nothing if the generation moved since the ticket. So a load either
+//! committed before the invalidation touched L1 (and the invalidation removes its
+//! value), or its ticket predates the bump (and it is refused), or its ticket is
+//! newer and its L2 read came after the L2 change (it saw no old value).
+//!
+//! Patterns and `invalidate_all` cannot name a shard: they take the fence's global
+//! lock for writing (commits hold it for reading, only around their L1 write, never
+//! across Redis I/O), record the pattern (or bump the epoch) and change L1 under it.
+//! A commit is refused if a pattern recorded after its ticket matches its key.
 //!
 //! Generations are per shard, not per key: an invalidation of another key of the
 //! same shard during a load makes that load retry (a false positive costs one extra
 //! load, never a stale value). With 256 shards this is rare.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_util::lock::Mutex;
+use futures_util::lock::Mutex as AsyncMutex;
+use tokio::sync::RwLock;
+
+use crate::key::CacheKey;
+use crate::pattern::Pattern;
 
 const SHARDS: usize = 256;
 
+/// How many recent patterns a commit is checked against; a ticket older than all
+/// of them is refused.
+const RECENT_PATTERNS: usize = 64;
+
 pub(crate) struct Fence {
     shards: Box<[Shard]>,
+    /// Held for reading by commits, for writing by pattern and global changes.
+    global: RwLock<()>,
     epoch: AtomicU64,
+    /// How many patterns were ever recorded.
+    pattern_seq: AtomicU64,
+    /// The last [`RECENT_PATTERNS`] patterns, with their sequence numbers.
+    patterns: Mutex<VecDeque<(u64, Arc<Pattern>)>>,
     hasher: foldhash::fast::FixedState,
 }
 
 #[derive(Default)]
 struct Shard {
     generation: AtomicU64,
-    lock: Mutex<()>,
+    lock: AsyncMutex<()>,
 }
 
 /// What a load saw before it started.
@@ -37,66 +60,112 @@ pub(crate) struct Ticket {
     shard: usize,
     generation: u64,
     epoch: u64,
+    pattern_seq: u64,
 }
 
 impl Fence {
     pub(crate) fn new() -> Self {
         Fence {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            global: RwLock::new(()),
             epoch: AtomicU64::new(0),
+            pattern_seq: AtomicU64::new(0),
+            patterns: Mutex::new(VecDeque::with_capacity(RECENT_PATTERNS)),
             hasher: foldhash::fast::FixedState::default(),
         }
     }
 
-    fn shard_of<K: Hash + ?Sized>(&self, key: &K) -> usize {
+    fn shard_of<K: CacheKey>(&self, key: &K) -> usize {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    /// Taken before a load starts.
-    pub(crate) fn ticket<K: Hash + ?Sized>(&self, key: &K) -> Ticket {
+    /// Taken before a load reads L2.
+    pub(crate) fn ticket<K: CacheKey>(&self, key: &K) -> Ticket {
         let shard = self.shard_of(key);
         Ticket {
             shard,
             generation: self.shards[shard].generation.load(Ordering::Acquire),
             epoch: self.epoch.load(Ordering::Acquire),
+            pattern_seq: self.pattern_seq.load(Ordering::Acquire),
         }
     }
 
-    /// Runs `write` unless the key was invalidated (or overwritten) since `ticket`
-    /// was taken. Returns whether it ran.
-    pub(crate) async fn commit<F: Future<Output = ()>>(&self, ticket: Ticket, write: F) -> bool {
+    /// Runs `write` (an L1 write of `key`) unless `key` was invalidated or
+    /// overwritten since `ticket` was taken. Returns whether it ran.
+    pub(crate) async fn commit<K: CacheKey, F: Future<Output = ()>>(
+        &self,
+        key: &K,
+        ticket: Ticket,
+        write: F,
+    ) -> bool {
+        let _global = self.global.read().await;
         let shard = &self.shards[ticket.shard];
         let _guard = shard.lock.lock().await;
         let clean = shard.generation.load(Ordering::Acquire) == ticket.generation
-            && self.epoch.load(Ordering::Acquire) == ticket.epoch;
+            && self.epoch.load(Ordering::Acquire) == ticket.epoch
+            && !self.pattern_since(ticket.pattern_seq, key);
         if clean {
             write.await;
         }
         clean
     }
 
-    /// Runs `change` (a removal or an overwrite of `key`) so that no load that
-    /// started before it can commit afterwards.
-    pub(crate) async fn supersede<K, F, T>(&self, key: &K, change: F) -> T
-    where
-        K: Hash + ?Sized,
-        F: Future<Output = T>,
-    {
+    /// Whether a pattern recorded after `seq` matches `key` (or may have: it is no
+    /// longer among the recent ones).
+    fn pattern_since<K: CacheKey>(&self, seq: u64, key: &K) -> bool {
+        if self.pattern_seq.load(Ordering::Acquire) == seq {
+            return false;
+        }
+        let patterns = self.patterns.lock().unwrap_or_else(PoisonError::into_inner);
+        let oldest_kept = patterns.front().map_or(u64::MAX, |(n, _)| *n);
+        if oldest_kept > seq + 1 {
+            return true;
+        }
+        let key = key.to_key_string();
+        patterns
+            .iter()
+            .any(|(n, pattern)| *n > seq && pattern.matches(&key))
+    }
+
+    /// Runs `change` (an L1 removal or overwrite of `key`, after the L2 change
+    /// landed) so that no load that took its ticket before can commit afterwards.
+    pub(crate) async fn supersede<K: CacheKey, F: Future<Output = T>, T>(
+        &self,
+        key: &K,
+        change: F,
+    ) -> T {
         let shard = &self.shards[self.shard_of(key)];
         let _guard = shard.lock.lock().await;
         shard.generation.fetch_add(1, Ordering::AcqRel);
         change.await
     }
 
-    /// Runs `change` (a removal of everything) so that no load that started before
-    /// it can commit afterwards.
-    pub(crate) async fn supersede_all<F: Future<Output = T>, T>(&self, change: F) -> T {
-        let mut guards = Vec::with_capacity(SHARDS);
-        for shard in self.shards.iter() {
-            guards.push(shard.lock.lock().await);
+    /// Records `pattern` and runs `change` (its L1 removal) so that no load of a
+    /// matching key that took its ticket before can commit afterwards.
+    pub(crate) async fn supersede_pattern<T>(
+        &self,
+        pattern: Arc<Pattern>,
+        change: impl FnOnce() -> T,
+    ) -> T {
+        let _global = self.global.write().await;
+        {
+            let mut patterns = self.patterns.lock().unwrap_or_else(PoisonError::into_inner);
+            let seq = self.pattern_seq.load(Ordering::Acquire) + 1;
+            if patterns.len() == RECENT_PATTERNS {
+                patterns.pop_front();
+            }
+            patterns.push_back((seq, pattern));
+            self.pattern_seq.store(seq, Ordering::Release);
         }
+        change()
+    }
+
+    /// Runs `change` (a removal of everything from L1) so that no load that took
+    /// its ticket before can commit afterwards.
+    pub(crate) async fn supersede_all<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _global = self.global.write().await;
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        change.await
+        change()
     }
 }
 
@@ -112,29 +181,52 @@ mod tests {
     #[test]
     fn a_clean_ticket_commits() {
         let fence = Fence::new();
-        let ticket = fence.ticket("a");
-        assert!(run(fence.commit(ticket, async {})));
+        let ticket = fence.ticket(&"a");
+        assert!(run(fence.commit(&"a", ticket, async {})));
     }
 
     #[test]
     fn an_invalidation_after_the_ticket_blocks_the_commit() {
         let fence = Fence::new();
-        let ticket = fence.ticket("a");
-        run(fence.supersede("a", async {}));
+        let ticket = fence.ticket(&"a");
+        run(fence.supersede(&"a", async {}));
         let mut wrote = false;
-        assert!(!run(fence.commit(ticket, async { wrote = true })));
+        assert!(!run(fence.commit(&"a", ticket, async { wrote = true })));
         assert!(!wrote);
-        let fresh = fence.ticket("a");
-        assert!(run(fence.commit(fresh, async {})));
+        let fresh = fence.ticket(&"a");
+        assert!(run(fence.commit(&"a", fresh, async {})));
     }
 
     #[test]
     fn invalidate_all_blocks_every_open_ticket() {
         let fence = Fence::new();
-        let tickets: Vec<_> = (0..100).map(|i| fence.ticket(&i)).collect();
-        run(fence.supersede_all(async {}));
-        for ticket in tickets {
-            assert!(!run(fence.commit(ticket, async {})));
+        let tickets: Vec<_> = (0..100u64).map(|i| (i, fence.ticket(&i))).collect();
+        run(fence.supersede_all(|| ()));
+        for (key, ticket) in tickets {
+            assert!(!run(fence.commit(&key, ticket, async {})));
         }
+    }
+
+    #[test]
+    fn a_pattern_blocks_only_the_keys_it_matches() {
+        let fence = Fence::new();
+        let (a, b) = ("user:1", "order:1");
+        let (ta, tb) = (fence.ticket(&a), fence.ticket(&b));
+        run(fence.supersede_pattern(Arc::new(Pattern::new("user:*")), || ()));
+        assert!(!run(fence.commit(&a, ta, async {})));
+        assert!(run(fence.commit(&b, tb, async {})));
+    }
+
+    #[test]
+    fn a_ticket_older_than_every_kept_pattern_is_refused() {
+        let fence = Fence::new();
+        let key = "unrelated";
+        let ticket = fence.ticket(&key);
+        for _ in 0..=RECENT_PATTERNS {
+            run(fence.supersede_pattern(Arc::new(Pattern::new("other:*")), || ()));
+        }
+        assert!(!run(fence.commit(&key, ticket, async {})));
+        let fresh = fence.ticket(&key);
+        assert!(run(fence.commit(&key, fresh, async {})));
     }
 }

@@ -22,6 +22,17 @@ pub trait CacheKey: Hash + Eq + Clone + Send + Sync + 'static {
         self.write_key(&mut out);
         out
     }
+
+    /// The key whose string form is `s`: the inverse of
+    /// [`write_key`](CacheKey::write_key), used to apply other instances'
+    /// invalidations (which travel as strings) to L1. The default, `None`, makes
+    /// the cache find the key by comparing string forms instead, which costs a
+    /// walk of L1's entries; implement it for composite keys when invalidations
+    /// are frequent.
+    fn from_key_str(s: &str) -> Option<Self> {
+        let _ = s;
+        None
+    }
 }
 
 macro_rules! str_keys {
@@ -30,10 +41,20 @@ macro_rules! str_keys {
             fn write_key(&self, out: &mut String) {
                 out.push_str(self);
             }
+
+            fn from_key_str(s: &str) -> Option<Self> {
+                Some(s.into())
+            }
         }
     )*};
 }
-str_keys!(String, Box<str>, Arc<str>, &'static str);
+str_keys!(String, Box<str>, Arc<str>);
+
+impl CacheKey for &'static str {
+    fn write_key(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
 
 macro_rules! int_keys {
     ($($t:ty),*) => {$(
@@ -42,6 +63,10 @@ macro_rules! int_keys {
                 use std::fmt::Write;
                 // Writing to a String cannot fail.
                 let _ = write!(out, "{self}");
+            }
+
+            fn from_key_str(s: &str) -> Option<Self> {
+                s.parse().ok()
             }
         }
     )*};
@@ -59,5 +84,20 @@ mod tests {
         assert_eq!(Arc::<str>::from("x").to_key_string(), "x");
         assert_eq!((-42i64).to_key_string(), "-42");
         assert_eq!(u128::MAX.to_key_string(), u128::MAX.to_string());
+    }
+
+    #[test]
+    fn parsing_inverts_rendering() {
+        for key in ["", "user:1", "é*?[x]"] {
+            assert_eq!(
+                String::from_key_str(&key.to_key_string()).as_deref(),
+                Some(key)
+            );
+        }
+        for n in [i64::MIN, -1, 0, 42, i64::MAX] {
+            assert_eq!(i64::from_key_str(&n.to_key_string()), Some(n));
+        }
+        assert_eq!(u8::from_key_str("256"), None);
+        assert_eq!(<&'static str>::from_key_str("a"), None);
     }
 }

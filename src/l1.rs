@@ -39,7 +39,9 @@ where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    let builder = Cache::builder().name(name);
+    // Invalidation closures: patterns (`invalidate_pattern`, and keys received from
+    // other instances that cannot be parsed back) are removed lazily by moka.
+    let builder = Cache::builder().name(name).support_invalidation_closures();
     let builder = match capacity {
         L1Capacity::Entries(max) => builder.max_capacity(max),
         L1Capacity::Weight { max, weigher } => {

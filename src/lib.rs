@@ -44,24 +44,28 @@
 pub mod __private;
 mod breaker;
 mod builder;
+mod bus;
 mod cache;
 mod clock;
 mod codec;
 mod entry;
 mod error;
 mod fence;
+mod flight;
 mod key;
 mod l1;
 mod l2;
 mod l3;
 mod observe;
+mod pattern;
 
 pub use breaker::BreakerState;
 pub use builder::{
     TieredCacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_JITTER,
-    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL,
-    DEFAULT_NEGATIVE_TTL,
+    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_FILL_WINDOW, DEFAULT_L2_TIMEOUT,
+    DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
 };
+pub use bus::{Backplane, Delivery};
 pub use cache::{CacheValue, TieredCache};
 pub use clock::{Clock, ManualClock};
 pub use codec::{Codec, DecodeError};
@@ -70,13 +74,14 @@ pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;
 #[cfg(feature = "redis")]
 pub use l2::RedisStore;
-pub use l2::RemoteStore;
+pub use l2::{RemoteStore, ScanCursor, ScanStep};
 #[cfg(feature = "postgres")]
 pub use l3::PgLoader;
 pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
 #[cfg(feature = "metrics")]
 pub use observe::MetricsObserver;
 pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};
+pub use pattern::{escape_glob, Pattern};
 /// Caches an `async fn` through a [`TieredCache<String, V>`].
 ///
 /// Calls with the same key share one flight: the body runs once, and every caller

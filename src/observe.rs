@@ -61,6 +61,8 @@ pub trait Observer: Send + Sync + 'static {
     fn invalidated(&self, all: bool) {
         let _ = all;
     }
+    /// Another instance's invalidation arrived through the bus and was applied.
+    fn invalidation_received(&self) {}
     /// A shared-tier call failed or timed out (the read went on without it).
     fn l2_error(&self) {}
     /// The shared tier's circuit breaker changed state.
@@ -101,8 +103,15 @@ pub struct Stats {
     pub superseded: u64,
     /// Explicit `insert` calls.
     pub inserts: u64,
-    /// `invalidate` and `invalidate_all` calls.
+    /// `invalidate`, `invalidate_pattern` and `invalidate_all` calls.
     pub invalidations: u64,
+    /// Invalidations received from other instances through the bus.
+    pub invalidations_received: u64,
+    /// Times the bus subscription was re-established after a loss, each of which
+    /// cleared L1 (messages may have been missed meanwhile).
+    pub bus_resubscribes: u64,
+    /// Bus messages that could not be published at first (kept and sent again).
+    pub bus_publish_errors: u64,
     /// Entries in L1 (approximate: moka counts asynchronously).
     pub l1_entries: u64,
 }
@@ -146,9 +155,12 @@ pub(crate) enum Counter {
     Superseded,
     Inserts,
     Invalidations,
+    InvalidationsReceived,
+    BusResubscribes,
+    BusPublishErrors,
 }
 
-const COUNTERS: usize = Counter::Invalidations as usize + 1;
+const COUNTERS: usize = Counter::BusPublishErrors as usize + 1;
 const LANES: usize = 16;
 
 /// Counters striped over cache-line-padded lanes, one lane per thread (modulo), so
@@ -221,6 +233,9 @@ impl Counters {
             superseded: self.get(Counter::Superseded),
             inserts: self.get(Counter::Inserts),
             invalidations: self.get(Counter::Invalidations),
+            invalidations_received: self.get(Counter::InvalidationsReceived),
+            bus_resubscribes: self.get(Counter::BusResubscribes),
+            bus_publish_errors: self.get(Counter::BusPublishErrors),
             l1_entries,
         }
     }

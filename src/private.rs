@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use crate::cache::{CacheValue, Failure, Fetched, Flight};
+use crate::cache::CacheValue;
+use crate::flight::{Failure, Fetched, Flight};
 use crate::TieredCache;
 
 /// The per-function options of the attribute.
@@ -243,7 +244,7 @@ where
     let shared = match cache.fly_raw(&key, Some(first), None).await {
         Ok(entry) => Ok(entry.value),
         Err(flight) => match &*flight {
-            Flight::Settled(entry) => Ok(entry.value.clone()),
+            Flight::Settled(entry) | Flight::Superseded(entry) => Ok(entry.value.clone()),
             Flight::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
                 Some(error) => return Err(error.clone()),
                 None => Ok(None),

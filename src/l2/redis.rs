@@ -5,22 +5,33 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd};
+use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use crate::error::{BoxError, Error};
-use crate::l2::RemoteStore;
+use crate::l2::{RemoteStore, ScanCursor, ScanStep};
 
 /// How many keys one `SCAN` step asks for, and one `UNLINK` removes.
 const SCAN_BATCH: usize = 1000;
 
-/// Redis as the shared tier.
+/// Reads a key; if it is empty, leaves the reservation `ARGV[1]` for `ARGV[2]` ms.
+const GET_OR_RESERVE: &str = "local v = redis.call('GET', KEYS[1]) \
+if v then return v end \
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+return false";
+
+/// Writes `ARGV[2]` for `ARGV[3]` ms only if the key holds exactly `ARGV[1]`.
+const REPLACE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end \
+return 0";
+
+/// Redis as the shared tier, and as the invalidation bus.
 ///
 /// Connections are made on first use, in the background of a read: a server that
 /// is down (or a wrong password) is an L2 failure like any other — counted in
@@ -31,8 +42,21 @@ const SCAN_BATCH: usize = 1000;
 /// feature, `rediss://` URLs connect over TLS, verified against the system's roots;
 /// for a private CA, build the `redis::Client` yourself
 /// (`Client::build_with_tls`) and use [`RedisStore::from_client`].
+///
+/// Cloning is cheap, and clones share one connection and one pub/sub
+/// subscription: build one store per Redis and hand it to every cache with
+/// [`TieredCacheBuilder::redis`](crate::TieredCacheBuilder::redis).
+#[derive(Clone)]
 pub struct RedisStore {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
     target: Target,
+    /// Where pub/sub connections go: the server, or each node of a cluster in turn
+    /// (a cluster forwards every `PUBLISH` to all its nodes).
+    pub(crate) pubsub: Vec<Client>,
+    pub(crate) hub: crate::bus::RedisHub,
 }
 
 enum Target {
@@ -48,7 +72,7 @@ enum Target {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.target {
+        let kind = match &self.shared.target {
             Target::Standalone { .. } => "standalone",
             Target::Cluster { .. } => "cluster",
         };
@@ -59,6 +83,16 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
+    fn new(target: Target, pubsub: Vec<Client>) -> Self {
+        RedisStore {
+            shared: Arc::new(Shared {
+                target,
+                pubsub,
+                hub: crate::bus::RedisHub::default(),
+            }),
+        }
+    }
+
     /// A standalone server (`redis://[user:password@]host:port[/db]`). Only the URL is
     /// checked here; the connection is made on first use.
     pub fn standalone(url: &str) -> Result<Self, Error> {
@@ -70,30 +104,38 @@ impl RedisStore {
     /// A standalone server through a client you configured (TLS certificates, ...).
     pub fn from_client(client: Client) -> Self {
         install_tls_provider();
-        RedisStore {
-            target: Target::Standalone {
+        let pubsub = vec![client.clone()];
+        Self::new(
+            Target::Standalone {
                 client: Box::new(client),
                 conn: OnceCell::new(),
             },
-        }
+            pubsub,
+        )
     }
 
     /// A Redis Cluster, from the URLs of some of its nodes.
     pub fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, Error> {
         install_tls_provider();
         let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
-        let client = ClusterClient::builder(urls)
+        let client = ClusterClient::builder(urls.clone())
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(Duration::from_secs(1))
             .retries(1)
             .build()
             .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
-        Ok(RedisStore {
-            target: Target::Cluster {
+        let pubsub = urls
+            .iter()
+            .map(|url| Client::open(*url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
+        Ok(Self::new(
+            Target::Cluster {
                 client: Box::new(client),
                 conn: OnceCell::new(),
             },
-        })
+            pubsub,
+        ))
     }
 
     /// Connects (if not yet connected) and sends `PING`: the server's error, such as
@@ -107,7 +149,7 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<Conn, BoxError> {
-        Ok(match &self.target {
+        Ok(match &self.shared.target {
             Target::Standalone { client, conn } => {
                 let manager = conn
                     .get_or_try_init(|| {
@@ -130,7 +172,7 @@ impl RedisStore {
         })
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BoxError> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BoxError> {
         Ok(match self.connection().await? {
             Conn::Standalone(mut c) => cmd.query_async(&mut c).await?,
             Conn::Cluster(mut c) => cmd.query_async(&mut c).await?,
@@ -144,50 +186,70 @@ impl RedisStore {
         Ok(())
     }
 
-    /// `SCAN` + `UNLINK` over one node's keyspace.
-    async fn delete_matching_on<C: ConnectionLike>(
+    /// One `SCAN` step + `UNLINK` of what it found, on one node.
+    async fn scan_step<C: ConnectionLike>(
         &self,
         conn: &mut C,
         pattern: &str,
-    ) -> Result<u64, BoxError> {
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH)
-                .query_async(conn)
-                .await?;
-            if !keys.is_empty() {
-                self.unlink(&keys).await?;
-                deleted += keys.len() as u64;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
+        position: u64,
+    ) -> Result<(u64, u64), BoxError> {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(position)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            self.unlink(&keys).await?;
         }
+        Ok((next, keys.len() as u64))
     }
 
-    async fn delete_matching_all(&self, pattern: &str) -> Result<u64, BoxError> {
+    async fn delete_matching_step(
+        &self,
+        pattern: &str,
+        cursor: ScanCursor,
+    ) -> Result<ScanStep, BoxError> {
         match self.connection().await? {
-            Conn::Standalone(mut c) => self.delete_matching_on(&mut c, pattern).await,
+            Conn::Standalone(mut c) => {
+                let (next, deleted) = self.scan_step(&mut c, pattern, cursor.position).await?;
+                Ok(ScanStep {
+                    deleted,
+                    next: (next != 0).then_some(ScanCursor {
+                        node: 0,
+                        position: next,
+                    }),
+                })
+            }
             Conn::Cluster(c) => {
-                let mut deleted = 0;
-                for (host, port) in masters(&mut c.clone()).await? {
-                    let mut node = NodeConn {
-                        conn: c.clone(),
-                        route: RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host,
-                            port,
-                        }),
-                    };
-                    deleted += self.delete_matching_on(&mut node, pattern).await?;
-                }
-                Ok(deleted)
+                let masters = masters(&mut c.clone()).await?;
+                let Some((host, port)) = masters.get(cursor.node).cloned() else {
+                    return Ok(ScanStep {
+                        deleted: 0,
+                        next: None,
+                    });
+                };
+                let mut node = NodeConn {
+                    conn: c,
+                    route: RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                };
+                let (next, deleted) = self.scan_step(&mut node, pattern, cursor.position).await?;
+                let next = if next != 0 {
+                    Some(ScanCursor {
+                        node: cursor.node,
+                        position: next,
+                    })
+                } else if cursor.node + 1 < masters.len() {
+                    Some(ScanCursor {
+                        node: cursor.node + 1,
+                        position: 0,
+                    })
+                } else {
+                    None
+                };
+                Ok(ScanStep { deleted, next })
             }
         }
     }
@@ -228,6 +290,8 @@ async fn masters(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, Box
     if out.is_empty() {
         return Err("CLUSTER NODES listed no reachable master".into());
     }
+    // A stable order, so that a walk's cursor names the same node across steps.
+    out.sort();
     Ok(out)
 }
 
@@ -276,6 +340,25 @@ impl RemoteStore for RedisStore {
         .boxed()
     }
 
+    fn get_or_reserve<'a>(
+        &'a self,
+        key: &'a str,
+        reservation: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+        async move {
+            let eval = redis::cmd("EVAL")
+                .arg(GET_OR_RESERVE)
+                .arg(1)
+                .arg(key)
+                .arg(reservation)
+                .arg(millis(ttl))
+                .clone();
+            self.query(&eval).await
+        }
+        .boxed()
+    }
+
     fn set<'a>(
         &'a self,
         key: &'a str,
@@ -283,9 +366,35 @@ impl RemoteStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         async move {
-            let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            self.query::<()>(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(millis))
-                .await
+            self.query::<()>(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await
+        }
+        .boxed()
+    }
+
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        async move {
+            let eval = redis::cmd("EVAL")
+                .arg(REPLACE)
+                .arg(1)
+                .arg(key)
+                .arg(expected)
+                .arg(value)
+                .arg(millis(ttl))
+                .clone();
+            Ok(self.query::<i64>(&eval).await? == 1)
         }
         .boxed()
     }
@@ -294,37 +403,16 @@ impl RemoteStore for RedisStore {
         self.unlink(keys).boxed()
     }
 
-    fn delete_matching<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<u64, BoxError>> {
-        self.delete_matching_all(pattern).boxed()
-    }
-
-    fn publish<'a>(
+    fn delete_matching<'a>(
         &'a self,
-        channel: &'a str,
-        message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        async move {
-            self.query::<()>(redis::cmd("PUBLISH").arg(channel).arg(message))
-                .await
-        }
-        .boxed()
+        pattern: &'a str,
+        cursor: ScanCursor,
+    ) -> BoxFuture<'a, Result<ScanStep, BoxError>> {
+        self.delete_matching_step(pattern, cursor).boxed()
     }
+}
 
-    fn subscribe<'a>(
-        &'a self,
-        channel: &'a str,
-    ) -> BoxFuture<'a, Result<BoxStream<'static, Vec<u8>>, BoxError>> {
-        async move {
-            let Target::Standalone { client, .. } = &self.target else {
-                return Err("subscribing through a Redis Cluster is not supported yet".into());
-            };
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
-            let messages = pubsub
-                .into_on_message()
-                .map(|msg| msg.get_payload_bytes().to_vec());
-            Ok(messages.boxed())
-        }
-        .boxed()
-    }
+/// A TTL as Redis `PX` milliseconds (at least 1).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }

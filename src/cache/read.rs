@@ -1,0 +1,164 @@
+//! The read path: L1, then one flight per key (`flight.rs`) to L2 and the loader.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use futures_util::FutureExt;
+
+use crate::cache::{CacheValue, TieredCache};
+use crate::entry::Entry;
+use crate::error::{BoxError, Error};
+use crate::flight::{shared, Failure, Fetched};
+use crate::key::CacheKey;
+use crate::l2::L2Read;
+use crate::observe::{Counter, Tier};
+
+impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
+    /// The value of `key`: from L1, else from L2, else from the loader (one flight
+    /// however many callers ask at once). `Ok(None)` means the loader found nothing,
+    /// which is remembered for the negative TTL. Without a loader, only the cache
+    /// tiers are read. L2 failures never fail a read: they are counted misses.
+    pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
+        if let Some(entry) = self.l1_hit(key).await {
+            return Ok(entry.value);
+        }
+        // Boxed: the miss path's state machine is large, and keeping it out of
+        // `get`'s future keeps a hit from moving it around.
+        Box::pin(self.fly(key, None::<std::future::Ready<_>>)).await
+    }
+
+    /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
+    /// from `load` (which is only polled on a miss, and only by one of the callers
+    /// asking at once). `load`'s error comes back as [`Error::Load`], whose
+    /// `source()` is the original error. If the key is invalidated while `load`
+    /// runs, its value is returned to this caller but cached nowhere, and callers
+    /// that were waiting on it run their own `load` instead.
+    pub async fn get_with<F, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    where
+        F: Future<Output = Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        if let Some(entry) = self.l1_hit(key).await {
+            return Ok(entry.value);
+        }
+        let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
+        Box::pin(self.fly(key, Some(first))).await
+    }
+
+    /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
+    /// round trip, and what is still missing is loaded with one
+    /// [`Loader::load_many`](crate::Loader::load_many) call, while each key still
+    /// shares the flight of any concurrent `get` of it. Duplicate keys are looked
+    /// up once.
+    pub async fn get_many(&self, keys: &[K]) -> Result<HashMap<K, V>, Error> {
+        let inner = &*self.inner;
+        let mut found = HashMap::with_capacity(keys.len());
+        let mut seen = HashSet::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for key in keys {
+            if !seen.insert(key) {
+                continue;
+            }
+            match self.l1_hit(key).await {
+                Some(Entry { value: Some(v), .. }) => {
+                    found.insert(key.clone(), v);
+                }
+                Some(_) => {}
+                None => missing.push(key.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        self.start_bus().await;
+        let tickets: Vec<_> = missing.iter().map(|k| inner.fence.ticket(k)).collect();
+        let from_l2: Vec<Option<L2Read<V>>> = match &inner.l2 {
+            Some(l2) => {
+                let l2_keys: Vec<String> = missing.iter().map(|k| l2.key(k)).collect();
+                let reads = l2.get_many(&inner.report, &l2_keys).await;
+                reads.into_iter().map(Some).collect()
+            }
+            None => missing.iter().map(|_| None).collect(),
+        };
+        let loader = inner.loader.as_deref();
+        let to_load: Vec<K> = missing
+            .iter()
+            .zip(&from_l2)
+            .filter(|(_, read)| !matches!(read, Some(L2Read::Hit(_))))
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Polled only if some key still needs loading after L2, by the first such flight.
+        let batch = async {
+            let Some(loader) = loader else {
+                return Ok(Arc::new(HashMap::new()));
+            };
+            let load = loader.load_many(&to_load).map(|r| r.map_err(shared));
+            Ok::<_, Failure>(Arc::new(self.timed(to_load.len(), load).await?))
+        }
+        .shared();
+        let flights = missing
+            .iter()
+            .zip(tickets)
+            .zip(from_l2)
+            .map(|((key, ticket), read)| {
+                let batch = batch.clone();
+                let first = loader.map(|_| {
+                    batch.map(move |values| {
+                        values.map(|values| Fetched::cached(values.get(key).cloned()))
+                    })
+                });
+                self.fly_prepared(key, first, read.map(|read| (ticket, read)))
+            });
+        for (key, result) in missing.iter().zip(join_all(flights).await) {
+            if let Some(value) = result? {
+                found.insert(key.clone(), value);
+            }
+        }
+        Ok(found)
+    }
+
+    /// An L1 entry that may be served, counted as a hit; or a counted miss.
+    #[inline]
+    pub(crate) async fn l1_hit(&self, key: &K) -> Option<Entry<V>> {
+        let inner = &*self.inner;
+        let entry = inner.l1.get(key).await;
+        match entry {
+            Some(entry) if !entry.is_expired(inner.clock.now()) => {
+                inner.report.tier(Tier::L1, true);
+                if entry.value.is_none() {
+                    inner.report.count(Counter::NegativeHits);
+                }
+                Some(entry)
+            }
+            expired => {
+                inner.report.tier(Tier::L1, false);
+                if expired.is_some() {
+                    Box::pin(self.remove_if_expired(key)).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Drops `key` if it is still expired, so that the next flight loads it instead
+    /// of finding it.
+    async fn remove_if_expired(&self, key: &K) {
+        let now = self.inner.clock.now();
+        self.inner
+            .l1
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let expired = current.is_some_and(|e| e.value().is_expired(now));
+                async move {
+                    if expired {
+                        moka::ops::compute::Op::Remove
+                    } else {
+                        moka::ops::compute::Op::Nop
+                    }
+                }
+            })
+            .await;
+    }
+}
