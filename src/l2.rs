@@ -185,6 +185,8 @@ pub(crate) struct L2 {
     pending: Mutex<Pending>,
     has_pending: AtomicBool,
     flushing: futures_util::lock::Mutex<()>,
+    /// Whether a background task is replaying owed deletions.
+    pub(crate) flusher: AtomicBool,
 }
 
 /// Settings of the L2 tier, from the builder.
@@ -232,6 +234,7 @@ impl L2 {
             pending: Mutex::new(Pending::default()),
             has_pending: AtomicBool::new(false),
             flushing: futures_util::lock::Mutex::new(()),
+            flusher: AtomicBool::new(false),
         }
     }
 
@@ -246,6 +249,11 @@ impl L2 {
     /// The store glob of a glob over cache keys.
     pub(crate) fn glob(&self, pattern: &str) -> String {
         format!("{}{pattern}", self.namespace_glob)
+    }
+
+    /// Whether deletions are owed.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -336,7 +344,7 @@ impl L2 {
     /// (reads of the store must wait until then: they could see a deleted value).
     /// Progress is kept across calls, and only confirmed work leaves the list, so a
     /// cancelled or failed flush loses nothing.
-    async fn flush_pending(&self, report: &Report) -> bool {
+    pub(crate) async fn flush_pending(&self, report: &Report) -> bool {
         let Some(_flushing) = self.flushing.try_lock() else {
             return false; // another caller is flushing; this read skips L2
         };

@@ -41,8 +41,14 @@ impl Pattern {
         &self.glob
     }
 
-    /// Whether `key` matches, exactly as Redis's `SCAN MATCH` decides.
+    /// Whether `key` matches, exactly as Redis's `SCAN MATCH` decides for the key
+    /// inside a cache's namespace (`{namespace}{key}` against
+    /// `{escaped namespace}{pattern}`). That differs from matching the bare key in
+    /// one case only: the empty key, which a pattern of `*`s matches.
     pub fn matches(&self, key: &str) -> bool {
+        if key.is_empty() {
+            return self.glob.bytes().all(|b| b == b'*');
+        }
         let mut skip_longer = false;
         match_bytes(self.glob.as_bytes(), key.as_bytes(), &mut skip_longer, 0)
     }
@@ -205,8 +211,8 @@ mod tests {
         assert!(m("h[b-a]llo", "hallo"), "reversed ranges are swapped");
         assert!(m("a\\*b", "a*b") && !m("a\\*b", "axb"));
         assert!(m("", "") && !m("", "a") && m("a*", "a"));
-        // Redis never matches an empty string against a non-empty pattern.
-        assert!(!m("*", ""));
+        // The empty key (after its namespace) matches `*`s only.
+        assert!(m("*", "") && m("**", "") && !m("?", "") && !m("[a]*", ""));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! bus. A change that cannot reach L2 is owed: replayed before this instance reads
 //! L2 again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,11 +173,54 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .await;
     }
 
+    /// Publishes `message`, and makes sure that what L2 still owes is replayed in
+    /// the background (other instances read L2 too: they must not wait for this
+    /// one's next read to stop seeing what it deleted).
     async fn publish(&self, message: Message) {
+        self.keep_flushing();
         if let Some(bus) = &self.inner.bus {
             if !bus.publish(message).await {
                 self.inner.report.count(Counter::BusPublishErrors);
             }
         }
+    }
+
+    /// Starts the background replay of owed L2 deletions, unless it runs or
+    /// nothing is owed. It retries with backoff (50 ms doubling to 5 s) until
+    /// nothing is owed or the cache is dropped.
+    fn keep_flushing(&self) {
+        let Some(l2) = &self.inner.l2 else {
+            return;
+        };
+        if !l2.has_pending() || l2.flusher.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            l2.flusher.store(false, Ordering::Release);
+            return;
+        };
+        let cache = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(inner) = cache.upgrade() else {
+                    return;
+                };
+                let Some(l2) = inner.l2.as_ref() else {
+                    return;
+                };
+                if l2.flush_pending(&inner.report).await {
+                    l2.flusher.store(false, Ordering::Release);
+                    // Owed again meanwhile, with nobody to see to it: go on.
+                    if !l2.has_pending() || l2.flusher.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    delay = Duration::from_millis(50);
+                } else {
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        });
     }
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod fleet;
 mod harness;
 mod l2;
 mod l2_faults;
@@ -11,6 +12,8 @@ mod l2_tls;
 mod macros;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod patterns;
 mod postgres_loader;
+mod races;
 mod read_path;
 mod write_path;

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod gated;
 mod postgres;
 pub mod redis;
+pub mod versions;
 
 pub use self::postgres::Postgres;
 pub use self::redis::{Redis, RedisCluster};

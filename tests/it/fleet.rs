@@ -1,0 +1,309 @@
+//! Several instances of one cache on one Redis (standalone and Cluster): what one
+//! changes, the others stop serving, and a load that raced an invalidation never
+//! writes its old value back anywhere.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tiered::{RedisStore, TieredCache, TieredCacheBuilder};
+
+use crate::support::versions::{instance, until_value, Versions};
+use crate::support::{Redis, RedisCluster};
+
+type Tier<'a> = dyn Fn(TieredCacheBuilder<String, u64>) -> TieredCacheBuilder<String, u64> + 'a;
+
+/// insert / invalidate / invalidate_pattern / invalidate_all on A reach B's L1.
+async fn changes_reach_other_instances(tier: &Tier<'_>) {
+    let db = Versions::new();
+    let a = instance(&db, "fleet", tier);
+    let b = instance(&db, "fleet", tier);
+
+    // invalidate
+    assert_eq!(b.get(&"k1".into()).await.unwrap(), Some(1));
+    db.set("k1", 2);
+    a.invalidate(&"k1".into()).await;
+    until_value(&b, "k1", 2).await;
+    assert!(b.stats().invalidations_received >= 1);
+
+    // insert
+    assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
+    db.set("k2", 5);
+    a.insert("k2".into(), 5).await;
+    until_value(&b, "k2", 5).await;
+
+    // a pattern: only the matching keys are dropped
+    let users: Vec<String> = (0..20).map(|i| format!("user:{i}")).collect();
+    for key in users.iter().chain([&"order:1".to_owned()]) {
+        assert_eq!(b.get(key).await.unwrap(), Some(1));
+    }
+    for key in &users {
+        db.set(key, 3);
+    }
+    db.set("order:1", 3);
+    a.invalidate_pattern("user:*").await;
+    for key in &users {
+        until_value(&b, key, 3).await;
+    }
+    assert_eq!(
+        b.get(&"order:1".into()).await.unwrap(),
+        Some(1),
+        "not matched: still cached"
+    );
+
+    // everything
+    db.set("order:1", 4);
+    a.invalidate_all().await;
+    until_value(&b, "order:1", 4).await;
+
+    for cache in [&a, &b] {
+        let stats = cache.stats();
+        assert_eq!(stats.l2_errors, 0, "{stats:?}");
+        assert_eq!(stats.bus_publish_errors, 0, "{stats:?}");
+    }
+}
+
+/// B's load reads the old row and is held while A invalidates; released at once
+/// or 50 ms later, its value is nowhere afterwards.
+async fn a_racing_load_never_writes_back(tier: &Tier<'_>, name: &str, release_after: Duration) {
+    let db = Versions::new();
+    let a = instance(&db, name, tier);
+    let b = instance(&db, name, tier);
+    let key = "row".to_owned();
+    db.hold_next_load();
+    let reader = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.get(&key).await })
+    };
+    db.held.notified().await; // B's load read version 1
+    db.set(&key, 2);
+    a.invalidate(&key).await;
+    tokio::time::sleep(release_after).await;
+    db.release();
+    let first = reader.await.unwrap().unwrap();
+    assert!(matches!(first, Some(1) | Some(2)), "{first:?}");
+
+    // Nobody serves version 1 any more: not B, not A, not a fresh instance.
+    assert_eq!(b.get(&key).await.unwrap(), Some(2));
+    assert_eq!(a.get(&key).await.unwrap(), Some(2));
+    let fresh = instance(&db, name, tier);
+    assert_eq!(fresh.get(&key).await.unwrap(), Some(2));
+    assert!(b.stats().superseded >= 1, "{:?}", b.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_changes_reach_other_instances() {
+    let redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    changes_reach_other_instances(&|b| b.l2_redis(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_changes_reach_other_instances() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    changes_reach_other_instances(&|b| b.l2_redis_cluster(&urls)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_sharing_one_store_share_its_subscription() {
+    let redis = Redis::start_own(&[]);
+    let store = RedisStore::standalone(redis.url()).unwrap();
+    let other = store.clone();
+    changes_reach_other_instances(&move |b| b.redis(store.clone())).await;
+    // One subscriber connection for both instances (and a second test's caches).
+    let db = Versions::new();
+    let c = instance(&db, "shared", |b| b.redis(other.clone()));
+    let d = instance(&db, "shared", |b| b.redis(other.clone()));
+    assert_eq!(d.get(&"x".into()).await.unwrap(), Some(1));
+    db.set("x", 2);
+    c.invalidate(&"x".into()).await;
+    until_value(&d, "x", 2).await;
+    let clients = redis.cli(&["client", "list"]);
+    let subscribers = clients.lines().filter(|l| l.contains("flags=P")).count();
+    assert_eq!(subscribers, 1, "{clients}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_a_racing_load_never_writes_back() {
+    let redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let tier = move |b: TieredCacheBuilder<String, u64>| b.l2_redis(&url);
+    a_racing_load_never_writes_back(&tier, "race0", Duration::ZERO).await;
+    a_racing_load_never_writes_back(&tier, "race50", Duration::from_millis(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_racing_load_never_writes_back() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let tier = move |b: TieredCacheBuilder<String, u64>| b.l2_redis_cluster(&urls);
+    a_racing_load_never_writes_back(&tier, "race0", Duration::ZERO).await;
+    a_racing_load_never_writes_back(&tier, "race50", Duration::from_millis(50)).await;
+}
+
+/// Without Redis (no L2): the bus alone is what stops B's held load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_message_stops_a_local_load_in_flight() {
+    let redis = Redis::start_own(&[]);
+    let store = RedisStore::standalone(redis.url()).unwrap();
+    let db = Versions::new();
+    let a = instance(&db, "busonly", |b| b.bus(store.clone()));
+    let b = instance(&db, "busonly", |b| b.bus(store.clone()));
+    let key = "row".to_owned();
+    assert_eq!(a.get(&"warm".into()).await.unwrap(), Some(1)); // A subscribed
+    db.hold_next_load();
+    let reader = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.get(&key).await })
+    };
+    db.held.notified().await;
+    db.set(&key, 2);
+    a.invalidate(&key).await;
+    // Wait until B applied the message, then let its load finish.
+    let start = std::time::Instant::now();
+    while b.stats().invalidations_received == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no message");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    db.release();
+    reader.await.unwrap().unwrap();
+    assert_eq!(b.get(&key).await.unwrap(), Some(2));
+}
+
+/// Redis killed while B holds entries, an invalidation on A during the outage:
+/// once Redis is back, B's stale entries are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_invalidated_during_a_bus_outage_are_gone_after_reconnect() {
+    let mut redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let db = Versions::new();
+    let tier = |b: TieredCacheBuilder<String, u64>| {
+        b.l2_redis(&url)
+            .l2_breaker(5, Duration::from_millis(200))
+            .l2_timeout(Duration::from_millis(100))
+    };
+    let a = instance(&db, "outage", tier);
+    let b = instance(&db, "outage", tier);
+    for key in ["k1", "k2", "k3"] {
+        assert_eq!(b.get(&key.into()).await.unwrap(), Some(1));
+    }
+    redis.kill();
+    db.set("k1", 2);
+    a.invalidate(&"k1".into()).await;
+    assert_eq!(
+        b.get(&"k1".into()).await.unwrap(),
+        Some(1),
+        "no bus: B still has it (this is what the reconnect must repair)"
+    );
+    redis.restart();
+    until_value(&b, "k1", 2).await;
+    assert!(b.stats().bus_resubscribes >= 1, "{:?}", b.stats());
+    let loads_before = db.loads.load(Ordering::SeqCst);
+    assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
+    assert!(
+        db.loads.load(Ordering::SeqCst) > loads_before,
+        "all of L1 was cleared: k2 reloaded"
+    );
+}
+
+/// Two OS processes: this test and a child process (this same test binary,
+/// running [`child_instance`]) on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_see_each_others_invalidations() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let redis = Redis::start_own(&[]);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fleet::child_instance",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TIERED_CHILD_REDIS", redis.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child instance");
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |line: &str| -> String {
+        writeln!(to_child, "{line}").unwrap();
+        loop {
+            let mut reply = String::new();
+            assert!(
+                from_child.read_line(&mut reply).unwrap() > 0,
+                "child exited"
+            );
+            if let Some(answer) = reply.strip_prefix("> ") {
+                return answer.trim().to_owned();
+            }
+        }
+    };
+    // The "database" both processes load from is a Redis key outside the cache.
+    let set_row = |v: u64| redis.cli(&["set", "row:k", &v.to_string()]);
+    set_row(1);
+    let a = TieredCache::<String, u64>::builder("procs")
+        .l2_redis(redis.url())
+        .l1_ttl(Duration::from_secs(3600))
+        .loader_fn(|_k: String| async { Ok::<_, tiered::BoxError>(Some(0)) })
+        .build()
+        .unwrap();
+    assert_eq!(ask("get"), "1");
+    set_row(2);
+    a.invalidate(&"k".into()).await;
+    let start = std::time::Instant::now();
+    while ask("get") != "2" {
+        assert!(start.elapsed() < Duration::from_secs(10), "child kept 1");
+    }
+    set_row(3);
+    a.invalidate_pattern("*").await;
+    while ask("get") != "3" {
+        assert!(start.elapsed() < Duration::from_secs(20), "child kept 2");
+    }
+    assert_eq!(ask("received"), "2");
+    ask("quit");
+    assert!(child.wait().unwrap().success());
+}
+
+/// The child side of [`two_processes_see_each_others_invalidations`]: reads
+/// commands from stdin, answers on stdout after `> `.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by two_processes_see_each_others_invalidations as a child process"]
+async fn child_instance() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let url = std::env::var("TIERED_CHILD_REDIS").expect("started by the parent test");
+    let row_url = url.clone();
+    let cache = TieredCache::<String, u64>::builder("procs")
+        .l2_redis(&url)
+        .l1_ttl(Duration::from_secs(3600))
+        .loader_fn(move |key: String| {
+            let url = row_url.clone();
+            async move {
+                let client = redis::Client::open(url)?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let row: u64 = redis::cmd("GET")
+                    .arg(format!("row:{key}"))
+                    .query_async(&mut conn)
+                    .await?;
+                Ok::<_, tiered::BoxError>(Some(row))
+            }
+        })
+        .build()
+        .unwrap();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let answer = match line.trim() {
+            "get" => format!("{:?}", cache.get(&"k".into()).await.unwrap().unwrap()),
+            "received" => cache.stats().invalidations_received.to_string(),
+            "quit" => {
+                println!("> bye");
+                return;
+            }
+            other => format!("unknown command {other}"),
+        };
+        println!("> {answer}");
+    }
+}
