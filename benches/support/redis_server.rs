@@ -13,6 +13,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -24,6 +29,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/install-deps)");
@@ -53,6 +59,21 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `redis-cli` against `url`'s port.
+pub fn cli(url: &str, args: &[&str]) -> String {
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .expect("a port");
+    let out = Command::new("redis-cli")
+        .args(["-p", port])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// p50 and p99 of `samples` (sorted in place).

@@ -24,6 +24,7 @@ pub struct MetricsObserver {
     coalesced: Counter,
     superseded: Counter,
     invalidations: Counter,
+    invalidations_received: Counter,
     l2_errors: Counter,
     breaker: Gauge,
 }
@@ -44,6 +45,7 @@ impl MetricsObserver {
             coalesced: metrics::counter!("tiered_coalesced_total", "cache" => cache.clone()),
             superseded: metrics::counter!("tiered_superseded_total", "cache" => cache.clone()),
             invalidations: metrics::counter!("tiered_invalidations_total", "cache" => cache.clone()),
+            invalidations_received: metrics::counter!("tiered_invalidations_received_total", "cache" => cache.clone()),
             l2_errors: metrics::counter!("tiered_l2_errors_total", "cache" => cache.clone()),
             breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
         }
@@ -86,6 +88,10 @@ impl Observer for MetricsObserver {
 
     fn invalidated(&self, _all: bool) {
         self.invalidations.increment(1);
+    }
+
+    fn invalidation_received(&self) {
+        self.invalidations_received.increment(1);
     }
 
     fn l2_error(&self) {
