@@ -107,6 +107,9 @@ impl Message {
 /// Publishes beyond this many are collapsed into one [`Message::All`].
 const MAX_UNSENT: usize = 1000;
 
+/// How long after a failed publish the next change only keeps its message.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// One cache's end of the bus.
 pub(crate) struct Bus {
     backplane: std::sync::Arc<dyn Backplane>,
@@ -117,6 +120,8 @@ pub(crate) struct Bus {
     /// Messages whose publish failed, sent again before the next one.
     unsent: Mutex<Vec<Message>>,
     has_unsent: AtomicBool,
+    /// When a send last failed (then sends wait [`RETRY_AFTER`]).
+    failed_at: Mutex<Option<std::time::Instant>>,
     /// The listener task, started on first use (`None` outside a tokio runtime);
     /// aborted with the cache.
     pub(crate) listener: OnceLock<Option<listener::Handle>>,
@@ -146,6 +151,7 @@ impl Bus {
             timeout,
             unsent: Mutex::new(Vec::new()),
             has_unsent: AtomicBool::new(false),
+            failed_at: Mutex::new(None),
             listener: OnceLock::new(),
             ready: AtomicBool::new(false),
             ready_notify: tokio::sync::Notify::new(),
@@ -157,9 +163,19 @@ impl Bus {
     }
 
     /// Sends `message` (after any that could not be sent before). Returns whether
-    /// everything was sent; what was not is kept for the next call.
+    /// everything was sent; what was not is kept for the next call. Within
+    /// [`RETRY_AFTER`] of a failed send, nothing is tried (an unreachable Redis
+    /// costs a change no timeout); the listener sends what is kept when its
+    /// subscription comes back.
     pub(crate) async fn publish(&self, message: Message) -> bool {
         self.keep(message);
+        let failed_at = *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return false;
+        }
         self.send_unsent().await
     }
 
@@ -192,6 +208,11 @@ impl Bus {
         }
         let done = unsent.is_empty();
         self.has_unsent.store(!done, Ordering::Release);
+        drop(unsent);
+        *self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (!done).then(std::time::Instant::now);
         done
     }
 

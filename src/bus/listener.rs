@@ -20,20 +20,23 @@ impl Drop for Handle {
 }
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
-    /// Starts the bus listener on first use, and waits (up to the L2 timeout) for
-    /// its subscription, so that L1 holds nothing read before it.
+    /// Starts the bus listener on first use. The caller that starts it waits (up
+    /// to the L2 timeout, once) for the subscription, so that what it reads is not
+    /// cleared again when the subscription comes up; nobody else ever waits.
     pub(crate) async fn start_bus(&self) {
         let Some(bus) = &self.inner.bus else {
             return;
         };
-        if bus.ready.load(Ordering::Acquire) {
+        if bus.listener.get().is_some() {
             return;
         }
         let subscribed = bus.ready_notify.notified();
-        if bus.listener.get_or_init(|| start(self)).is_none() {
-            return;
-        }
-        if !bus.ready.load(Ordering::Acquire) {
+        let mut started = false;
+        let listening = bus.listener.get_or_init(|| {
+            started = true;
+            start(self)
+        });
+        if started && listening.is_some() && !bus.ready.load(Ordering::Acquire) {
             let _ = tokio::time::timeout(bus.timeout, subscribed).await;
         }
     }

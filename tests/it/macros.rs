@@ -194,3 +194,36 @@ async fn a_second_instance_finds_the_value_in_l2_without_running_the_body() {
     assert_eq!(second.runs.load(Ordering::SeqCst), 0, "found in L2");
     assert_eq!(second.cache.stats().l2.hits, 1);
 }
+
+static RACED: LazyLock<TieredCache<String, u64>> = LazyLock::new(|| cache("raced"));
+static RACED_ROW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static RACED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static RACED_HELD: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static RACED_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[cached_tier(cache = RACED, key = "row")]
+async fn raced_row() -> u64 {
+    let version = RACED_ROW.load(Ordering::SeqCst);
+    if RACED_RUNS.fetch_add(1, Ordering::SeqCst) == 0 {
+        RACED_HELD.notify_one();
+        RACED_RELEASE.notified().await;
+    }
+    version
+}
+
+/// A caller that waited on a body run invalidated meanwhile runs its own body
+/// instead of taking the superseded value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_a_superseded_body_run_do_not_get_the_old_value() {
+    let runner = tokio::spawn(raced_row());
+    RACED_HELD.notified().await;
+    let waiter = tokio::spawn(raced_row());
+    tokio::time::sleep(Duration::from_millis(50)).await; // the waiter joins the flight
+    RACED_ROW.store(2, Ordering::SeqCst);
+    RACED.invalidate(&"row".to_owned()).await;
+    RACED_RELEASE.notify_one();
+    let ran = runner.await.unwrap();
+    assert!(ran == 1 || ran == 2, "{ran}");
+    assert_eq!(waiter.await.unwrap(), 2);
+    assert_eq!(raced_row().await, 2);
+}
