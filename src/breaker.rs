@@ -1,14 +1,29 @@
 //! The circuit breaker in front of the shared tier.
 //!
-//! Closed → (N consecutive failures) → Open for the cool-down → Half-open: one probe
-//! is let through; its success closes the breaker, its failure opens it again.
-//! While open (and while the probe is out), calls are not made at all.
+//! Closed → (N consecutive failures) → Open. While open, no call is made at all,
+//! and a background task probes the store (`PING`, off the read path): first after
+//! the probe delay, then with exponential backoff and jitter up to the cool-down.
+//! The first successful probe closes the breaker, so a blip of Redis costs about
+//! the probe delay, not the whole cool-down. Outside a tokio runtime (no task can
+//! be spawned) the breaker falls back to a read-path probe: after the cool-down
+//! one call is let through (half-open); its success closes the breaker, its
+//! failure opens it again.
+//!
+//! One breaker serves every cache on one `RedisStore`: they share its state, its
+//! probe and its transitions (each cache's observer hears them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::clock::{saturating_nanos, Clock};
+use crate::l2::RemoteStore;
+use crate::observe::Report;
+
+/// How long one background probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A failed probe is tried once more after this.
+const RETRY_PROBE: Duration = Duration::from_millis(100);
 
 /// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,7 +32,7 @@ pub enum BreakerState {
     /// Calls go through.
     #[default]
     Closed,
-    /// Calls are skipped until the cool-down ends.
+    /// Calls are skipped; the store is probed in the background.
     Open,
     /// One probe call is allowed; its outcome decides.
     HalfOpen,
@@ -25,19 +40,49 @@ pub enum BreakerState {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: u64 },
-    HalfOpen { probe_out: bool },
+    Closed {
+        failures: u32,
+    },
+    /// `probing`: a background task decides when to close; reads never probe.
+    Open {
+        until: u64,
+        probing: bool,
+    },
+    HalfOpen {
+        probe_out: bool,
+    },
+}
+
+/// The breaker's settings, from the builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BreakerSettings {
+    pub(crate) failures: u32,
+    /// The backoff cap of background probes, and the wait before a read-path probe.
+    pub(crate) cooldown: Duration,
+    /// The first background probe's delay.
+    pub(crate) probe_delay: Duration,
 }
 
 /// A circuit breaker with an injectable clock.
-#[derive(Debug)]
 pub(crate) struct Breaker {
     state: Mutex<State>,
-    threshold: u32,
-    cooldown: u64,
+    settings: BreakerSettings,
     clock: Clock,
     opened: AtomicU64,
+    /// The store probed while open.
+    store: Arc<dyn RemoteStore>,
+    /// The reports of the caches that use this breaker.
+    listeners: Mutex<Vec<Weak<Report>>>,
+    this: Weak<Breaker>,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Leave to make one call. Report its outcome with [`Permit::success`] or
@@ -50,18 +95,44 @@ pub(crate) struct Permit<'a> {
     decided: bool,
 }
 
-/// A state change, for observers.
+/// A state change.
 pub(crate) type Transition = Option<BreakerState>;
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration, clock: Clock) -> Self {
-        Breaker {
+    pub(crate) fn new(
+        settings: BreakerSettings,
+        clock: Clock,
+        store: Arc<dyn RemoteStore>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
-            threshold: threshold.max(1),
-            cooldown: saturating_nanos(cooldown),
+            settings: BreakerSettings {
+                failures: settings.failures.max(1),
+                ..settings
+            },
             clock,
             opened: AtomicU64::new(0),
+            store,
+            listeners: Mutex::new(Vec::new()),
+            this: this.clone(),
+        })
+    }
+
+    /// Reports this breaker's transitions to `report` (as long as it lives).
+    pub(crate) fn listen(&self, report: &Arc<Report>) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|l| l.strong_count() > 0);
+        listeners.push(Arc::downgrade(report));
+    }
+
+    fn notify(&self, transition: Transition) -> Transition {
+        if transition.is_some() {
+            let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for report in listeners.iter().filter_map(Weak::upgrade) {
+                report.breaker(transition);
+            }
         }
+        transition
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -72,21 +143,28 @@ impl Breaker {
     }
 
     /// A permit, or `None` while the breaker is open (or its probe is out). The
-    /// second value is the transition this caused (open → half-open).
+    /// second value is the transition this caused (open → half-open), already
+    /// reported to the listeners.
     pub(crate) fn permit(&self) -> (Option<Permit<'_>>, Transition) {
-        let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => (Some(self.permit_of(false)), None),
-            State::Open { until } if self.clock.now() >= until => {
-                *state = State::HalfOpen { probe_out: true };
-                (Some(self.permit_of(true)), Some(BreakerState::HalfOpen))
+        let (permit, transition) = {
+            let mut state = self.lock();
+            match *state {
+                State::Closed { .. } => (Some(self.permit_of(false)), None),
+                State::Open {
+                    until,
+                    probing: false,
+                } if self.clock.now() >= until => {
+                    *state = State::HalfOpen { probe_out: true };
+                    (Some(self.permit_of(true)), Some(BreakerState::HalfOpen))
+                }
+                State::HalfOpen { probe_out: false } => {
+                    *state = State::HalfOpen { probe_out: true };
+                    (Some(self.permit_of(true)), None)
+                }
+                State::Open { .. } | State::HalfOpen { probe_out: true } => (None, None),
             }
-            State::HalfOpen { probe_out: false } => {
-                *state = State::HalfOpen { probe_out: true };
-                (Some(self.permit_of(true)), None)
-            }
-            State::Open { .. } | State::HalfOpen { probe_out: true } => (None, None),
-        }
+        };
+        (permit, self.notify(transition))
     }
 
     fn permit_of(&self, probe: bool) -> Permit<'_> {
@@ -110,12 +188,85 @@ impl Breaker {
         self.opened.load(Ordering::Relaxed)
     }
 
+    /// Opens the breaker and starts the background probe (when a tokio runtime
+    /// can run it).
     fn open(&self, state: &mut State) -> Transition {
+        let probing = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(probe(self.this.clone(), self.settings));
+                true
+            }
+            Err(_) => false,
+        };
         *state = State::Open {
-            until: self.clock.now().saturating_add(self.cooldown),
+            until: self
+                .clock
+                .now()
+                .saturating_add(saturating_nanos(self.settings.cooldown)),
+            probing,
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
         Some(BreakerState::Open)
+    }
+
+    /// A background probe succeeded: close (unless something else decided first).
+    fn probed(&self) -> Transition {
+        let transition = {
+            let mut state = self.lock();
+            match *state {
+                State::Open { probing: true, .. } => {
+                    *state = State::Closed { failures: 0 };
+                    Some(BreakerState::Closed)
+                }
+                _ => None,
+            }
+        };
+        self.notify(transition)
+    }
+
+    fn is_probing(&self) -> bool {
+        matches!(*self.lock(), State::Open { probing: true, .. })
+    }
+}
+
+/// Probes `breaker`'s store until a `PING` succeeds (then closes the breaker) or
+/// the breaker is gone or no longer waiting for this probe. Delays: the probe
+/// delay, doubling up to the cool-down, each plus up to 25% jitter.
+async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings) {
+    let mut delay = settings.probe_delay;
+    loop {
+        let jitter = delay.mul_f64(fastrand::f64() * 0.25);
+        tokio::time::sleep(delay + jitter).await;
+        let Some(b) = breaker.upgrade() else {
+            return;
+        };
+        if !b.is_probing() {
+            return;
+        }
+        let store = Arc::clone(&b.store);
+        drop(b);
+        let ping = || async {
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+                Ok(Ok(()))
+            )
+        };
+        // A reconnecting client's first command after a restart fails (it finds
+        // its old connection broken and reconnects): try once more, shortly.
+        let ok = ping().await || {
+            tokio::time::sleep(RETRY_PROBE).await;
+            ping().await
+        };
+        let Some(b) = breaker.upgrade() else {
+            return;
+        };
+        if ok {
+            tracing::info!("L2 probe succeeded: closing the circuit breaker");
+            b.probed();
+            return;
+        }
+        tracing::debug!(?delay, "L2 probe failed");
+        delay = (delay * 2).min(settings.cooldown);
     }
 }
 
@@ -123,6 +274,11 @@ impl Permit<'_> {
     /// The call succeeded. Returns the transition it caused, if any.
     pub(crate) fn success(mut self) -> Transition {
         self.decided = true;
+        let transition = self.decide_success();
+        self.breaker.notify(transition)
+    }
+
+    fn decide_success(&self) -> Transition {
         let mut state = self.breaker.lock();
         match *state {
             State::HalfOpen { .. } if self.probe => {
@@ -140,11 +296,16 @@ impl Permit<'_> {
     /// The call failed or timed out. Returns the transition it caused, if any.
     pub(crate) fn failure(mut self) -> Transition {
         self.decided = true;
+        let transition = self.decide_failure();
+        self.breaker.notify(transition)
+    }
+
+    fn decide_failure(&self) -> Transition {
         let breaker = self.breaker;
         let mut state = breaker.lock();
         match *state {
             State::HalfOpen { .. } if self.probe => breaker.open(&mut state),
-            State::Closed { failures } if failures + 1 >= breaker.threshold => {
+            State::Closed { failures } if failures + 1 >= breaker.settings.failures => {
                 breaker.open(&mut state)
             }
             State::Closed { failures } => {
@@ -174,12 +335,139 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn breaker() -> (Breaker, ManualClock) {
+    use crate::error::BoxError;
+    use futures_util::future::BoxFuture;
+    use std::sync::atomic::AtomicBool;
+
+    /// A store that only answers `PING`, as told.
+    #[derive(Debug, Default)]
+    struct Pingable {
+        up: AtomicBool,
+        pings: AtomicU64,
+    }
+
+    impl RemoteStore for Pingable {
+        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn get_many<'a>(
+            &'a self,
+            _: &'a [String],
+        ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn get_or_reserve<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn set<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn replace<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+            _: &'a [u8],
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool, BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn delete<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn delete_matching<'a>(
+            &'a self,
+            _: &'a str,
+            _: crate::l2::ScanCursor,
+        ) -> BoxFuture<'a, Result<crate::l2::ScanStep, BoxError>> {
+            Box::pin(async { Err("only ping".into()) })
+        }
+        fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            let up = self.up.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("down".into())
+                }
+            })
+        }
+    }
+
+    fn settings(probe_delay: Duration) -> BreakerSettings {
+        BreakerSettings {
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+            probe_delay,
+        }
+    }
+
+    fn breaker() -> (Arc<Breaker>, ManualClock) {
         let clock = ManualClock::new();
+        let store = Arc::new(Pingable::default());
         (
-            Breaker::new(3, Duration::from_secs(30), clock.clone().into()),
+            Breaker::new(
+                settings(Duration::from_millis(500)),
+                clock.clone().into(),
+                store,
+            ),
             clock,
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_open_a_background_probe_closes_it_and_reads_never_probe() {
+        let store = Arc::new(Pingable::default());
+        let b = Breaker::new(
+            settings(Duration::from_millis(500)),
+            Clock::system(),
+            store.clone(),
+        );
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        // Probes back off (0.5 s, 1 s, 2 s, ...; each a ping and one retry);
+        // reads get no permit meanwhile.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(b.permit().0.is_none(), "reads never probe");
+        let pings = store.pings.load(Ordering::SeqCst);
+        assert!((4..=6).contains(&pings), "{pings} pings in 4 s");
+        store.up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.permit().0.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_backoff_is_capped_by_the_cooldown() {
+        let store = Arc::new(Pingable::default());
+        let b = Breaker::new(
+            BreakerSettings {
+                failures: 1,
+                cooldown: Duration::from_secs(2),
+                probe_delay: Duration::from_millis(500),
+            },
+            Clock::system(),
+            store.clone(),
+        );
+        fail(&b);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // 0.5 + 1 + 2 + 2 + ... (each up to 25% longer, plus 0.1 s for the retry):
+        // at least 60 / 2.6 probes of two pings.
+        let pings = store.pings.load(Ordering::SeqCst);
+        assert!(pings >= 46, "{pings} pings in 60 s");
+        drop(b);
     }
 
     fn fail(b: &Breaker) -> Transition {

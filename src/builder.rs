@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerSettings};
 use crate::bus::{Backplane, Bus};
 use crate::cache::{CacheValue, Inner, TieredCache};
 use crate::clock::Clock;
@@ -32,8 +32,12 @@ pub const DEFAULT_L2_TTL: Duration = Ttl::LONG;
 pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
 /// The default number of consecutive L2 failures that open the circuit breaker.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
-/// The default time the circuit breaker stays open before a probe.
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// The default cap of the circuit breaker's probe backoff (and, outside a tokio
+/// runtime, the time it stays open before a read probes): Redis is probed at
+/// least this often while the breaker is open.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+/// The default delay of the circuit breaker's first background probe.
+pub const DEFAULT_BREAKER_PROBE_DELAY: Duration = Duration::from_millis(500);
 /// The default life of a fill reservation: a load slower than this does not fill L2.
 pub const DEFAULT_L2_FILL_WINDOW: Duration = Duration::from_secs(30);
 
@@ -57,7 +61,12 @@ pub struct TieredCacheBuilder<K, V> {
     l2_prefix: String,
     l2_fill_window: Duration,
     l2_timeout: Duration,
-    breaker: (u32, Duration),
+    breaker: BreakerSettings,
+    /// Whether `l2_probe_delay` was set (else it is kept within the cool-down).
+    probe_delay_set: bool,
+    /// The store whose shared breaker this cache uses, if it is a `RedisStore`.
+    #[cfg(feature = "redis")]
+    redis: Option<crate::RedisStore>,
     codec: Codec,
     schema_version: u32,
 }
@@ -92,7 +101,14 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             l2_prefix: String::new(),
             l2_fill_window: DEFAULT_L2_FILL_WINDOW,
             l2_timeout: DEFAULT_L2_TIMEOUT,
-            breaker: (DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOLDOWN),
+            breaker: BreakerSettings {
+                failures: DEFAULT_BREAKER_FAILURES,
+                cooldown: DEFAULT_BREAKER_COOLDOWN,
+                probe_delay: DEFAULT_BREAKER_PROBE_DELAY,
+            },
+            probe_delay_set: false,
+            #[cfg(feature = "redis")]
+            redis: None,
             codec: Codec::default(),
             schema_version: 1,
         }
@@ -124,6 +140,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
 
     #[cfg(feature = "redis")]
     fn redis_store(mut self, store: Result<crate::RedisStore, Error>) -> Self {
+        self.redis = store.as_ref().ok().cloned();
         self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
         self.l2 = Some(store.map(|s| Arc::new(s) as Arc<dyn RemoteStore>));
         self
@@ -132,6 +149,10 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
     /// sets one).
     pub fn l2(mut self, store: impl RemoteStore) -> Self {
+        #[cfg(feature = "redis")]
+        {
+            self.redis = None;
+        }
         self.l2 = Some(Ok(Arc::new(store)));
         self
     }
@@ -172,11 +193,26 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         self
     }
 
-    /// The circuit breaker: open after `failures` consecutive L2 failures, probe
-    /// again after `cooldown`. Defaults: [`DEFAULT_BREAKER_FAILURES`],
-    /// [`DEFAULT_BREAKER_COOLDOWN`].
+    /// The circuit breaker: open after `failures` consecutive L2 failures (at
+    /// least 1); while open, the store is probed in the background (`PING`),
+    /// with backoff from the probe delay doubling up to `cooldown`, and the first
+    /// success closes it. Defaults: [`DEFAULT_BREAKER_FAILURES`],
+    /// [`DEFAULT_BREAKER_COOLDOWN`]. Caches sharing a `RedisStore` share its
+    /// breaker, made with the settings of the first cache built on it.
     pub fn l2_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.breaker = (failures, cooldown);
+        self.breaker.failures = failures;
+        self.breaker.cooldown = cooldown;
+        self
+    }
+
+    /// The delay before the breaker's first background probe once it opened
+    /// (then the delay doubles, up to the cool-down): how soon reads use Redis
+    /// again after it comes back, against how often a dead Redis is probed.
+    /// Default: [`DEFAULT_BREAKER_PROBE_DELAY`], or the cool-down if that is
+    /// shorter. Longer than the cool-down is a build error.
+    pub fn l2_probe_delay(mut self, delay: Duration) -> Self {
+        self.breaker.probe_delay = delay;
+        self.probe_delay_set = true;
         self
     }
 
@@ -308,6 +344,31 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 "l2_fill_window must be greater than zero".into(),
             ));
         }
+        let mut breaker = self.breaker;
+        if !self.probe_delay_set {
+            breaker.probe_delay = breaker.probe_delay.min(breaker.cooldown);
+        }
+        if breaker.failures == 0 {
+            return Err(Error::Config(
+                "l2_breaker: failures must be at least 1".into(),
+            ));
+        }
+        if breaker.cooldown.is_zero() {
+            return Err(Error::Config(
+                "l2_breaker: the cool-down must be greater than zero".into(),
+            ));
+        }
+        if breaker.probe_delay.is_zero() || breaker.probe_delay > breaker.cooldown {
+            return Err(Error::Config(format!(
+                "l2_probe_delay must be greater than zero and at most the cool-down \
+                 ({:?}), got {:?}",
+                breaker.cooldown, breaker.probe_delay
+            )));
+        }
+        let report = Arc::new(Report {
+            counters: Counters::new(),
+            observer: self.observer,
+        });
         let namespace = format!("{}{}:{}:", self.l2_prefix, self.name, self.schema_version);
         let bus = match self.bus {
             None => None,
@@ -320,8 +381,20 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         let l2 = match self.l2 {
             None => None,
             Some(store) => Some(L2::new(L2Config {
+                breaker: {
+                    let store = store.clone()?;
+                    let make = || Breaker::new(breaker, self.clock.clone(), store);
+                    #[cfg(feature = "redis")]
+                    let breaker = match &self.redis {
+                        Some(redis) => Arc::clone(redis.shared.breaker.get_or_init(make)),
+                        None => make(),
+                    };
+                    #[cfg(not(feature = "redis"))]
+                    let breaker = make();
+                    breaker.listen(&report);
+                    breaker
+                },
                 store: store?,
-                breaker: Breaker::new(self.breaker.0, self.breaker.1, self.clock.clone()),
                 timeout: self.l2_timeout,
                 reservation_ttl: self.l2_fill_window,
                 namespace,
@@ -341,10 +414,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             ttl: self.ttl,
             clock: self.clock,
             fence: Fence::new(),
-            report: Report {
-                counters: Counters::new(),
-                observer: self.observer,
-            },
+            report,
         }))
     }
 }
@@ -395,5 +465,22 @@ mod tests {
             .l1_ttl(Duration::ZERO)
             .build();
         assert!(matches!(ttl, Err(Error::Config(m)) if m.contains("l1_ttl")));
+    }
+
+    #[test]
+    fn breaker_settings_are_checked() {
+        let build = |f: fn(TieredCacheBuilder<u64, u64>) -> TieredCacheBuilder<u64, u64>| {
+            f(TieredCache::builder("t")).build().map(|_| ())
+        };
+        assert!(build(|b| b.l2_breaker(0, Duration::from_secs(1))).is_err());
+        assert!(build(|b| b.l2_breaker(5, Duration::ZERO)).is_err());
+        assert!(build(|b| b.l2_probe_delay(Duration::ZERO)).is_err());
+        assert!(build(|b| b.l2_probe_delay(Duration::from_secs(60))).is_err());
+        // An unset probe delay follows a short cool-down.
+        assert!(build(|b| b.l2_breaker(5, Duration::from_millis(100))).is_ok());
+        assert!(build(|b| b
+            .l2_breaker(5, Duration::from_secs(60))
+            .l2_probe_delay(Duration::from_secs(60)))
+        .is_ok());
     }
 }

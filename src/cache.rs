@@ -64,7 +64,7 @@ pub(crate) struct Inner<K, V> {
     pub(crate) ttl: TtlPolicy,
     pub(crate) clock: Clock,
     pub(crate) fence: Fence,
-    pub(crate) report: Report,
+    pub(crate) report: Arc<Report>,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {

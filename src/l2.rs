@@ -84,6 +84,12 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     /// Removes `keys`.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>>;
 
+    /// Checks that the store answers (the circuit breaker's background probe).
+    /// The default reads a key that is never written.
+    fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move { self.get("tiered:ping").await.map(|_| ()) })
+    }
+
     /// One step of removing every key that matches the Redis glob `pattern`
     /// (`SCAN MATCH` + `UNLINK` of one batch, on every node of a cluster in turn),
     /// starting at `cursor` ([`ScanCursor::default`] for the first step). Keys that
@@ -175,7 +181,7 @@ enum Work {
 /// The L2 tier of one cache.
 pub(crate) struct L2 {
     store: Arc<dyn RemoteStore>,
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
     timeout: Duration,
     reservation_ttl: Duration,
     namespace: String,
@@ -192,7 +198,7 @@ pub(crate) struct L2 {
 /// Settings of the L2 tier, from the builder.
 pub(crate) struct L2Config {
     pub(crate) store: Arc<dyn RemoteStore>,
-    pub(crate) breaker: Breaker,
+    pub(crate) breaker: Arc<Breaker>,
     pub(crate) timeout: Duration,
     pub(crate) reservation_ttl: Duration,
     /// `{prefix}{cache name}:{schema version}:`
@@ -277,27 +283,26 @@ impl L2 {
     where
         F: Future<Output = Result<T, BoxError>>,
     {
-        let (permit, transition) = self.breaker.permit();
-        report.breaker(transition);
-        let permit = permit?;
+        // Transitions reach every cache on this breaker through its listeners.
+        let permit = self.breaker.permit().0?;
         let span = tracing::debug_span!("tiered.l2", op);
         let result =
             tracing::Instrument::instrument(tokio::time::timeout(self.timeout, call), span).await;
         match result {
             Ok(Ok(value)) => {
-                report.breaker(permit.success());
+                permit.success();
                 Some(value)
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "L2 call failed");
                 report.l2_error();
-                report.breaker(permit.failure());
+                permit.failure();
                 None
             }
             Err(_elapsed) => {
                 tracing::debug!(op, timeout = ?self.timeout, "L2 call timed out");
                 report.l2_error();
-                report.breaker(permit.failure());
+                permit.failure();
                 None
             }
         }

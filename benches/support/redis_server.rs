@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     pub url: String,
+    port: u16,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -22,26 +24,25 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dir = std::env::temp_dir().join(format!("tiered-bench-redis-{port}"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/install-deps)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         RedisServer {
-            child,
+            child: spawn(port, &extra),
             url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            extra,
         }
+    }
+
+    /// SIGKILL, then a new empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.port, &self.extra);
+    }
+
+    /// SIGKILL: the server and its data are gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn signal(&self, signal: &str) {
@@ -51,6 +52,26 @@ impl RedisServer {
             .status()
             .expect("kill");
     }
+}
+
+fn spawn(port: u16, extra: &[String]) -> Child {
+    let dir = std::env::temp_dir().join(format!("tiered-bench-redis-{port}"));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/install-deps)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for RedisServer {

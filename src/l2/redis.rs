@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     /// (a cluster forwards every `PUBLISH` to all its nodes).
     pub(crate) pubsub: Vec<Client>,
     pub(crate) hub: crate::bus::RedisHub,
+    /// The circuit breaker of every cache on this store (made by the first).
+    pub(crate) breaker: std::sync::OnceLock<Arc<crate::breaker::Breaker>>,
 }
 
 enum Target {
@@ -89,6 +91,7 @@ impl RedisStore {
                 target,
                 pubsub,
                 hub: crate::bus::RedisHub::default(),
+                breaker: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -401,6 +404,10 @@ impl RemoteStore for RedisStore {
 
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>> {
         self.unlink(keys).boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        RedisStore::ping(self).boxed()
     }
 
     fn delete_matching<'a>(

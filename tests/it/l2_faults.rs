@@ -73,8 +73,13 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<(u64, u64, Duration)>>) -> (u
     total
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(Duration::from_secs(20), what, check).await;
+}
+
+/// A liveness bound, not a speed claim: fails only if `check` never holds.
+async fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -319,4 +324,108 @@ async fn an_invalidation_that_cannot_reach_redis_is_replayed_before_l2_is_read_a
         0,
         "the reload refilled L2"
     );
+}
+
+/// With the default breaker settings (5 failures, probes from 0.5 s backing off to
+/// 30 s), reads come back to Redis once it returns, without waiting out the
+/// cool-down: after a freeze, and after a kill and an empty restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_default_settings_reads_return_to_redis_after_an_outage() {
+    let mut redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let counter = loads.clone();
+    let cache = TieredCache::<String, String>::builder("defaults")
+        .l2_redis(&url)
+        .l1_max_entries(0)
+        .loader_fn(move |key: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(format!("value of {key}"))) }
+        })
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = readers(&cache, &stop);
+    eventually("L2 hits", || cache.stats().l2.hits > 50).await;
+
+    for outage in ["freeze", "kill"] {
+        match outage {
+            "freeze" => redis.freeze(),
+            _ => redis.kill(),
+        }
+        eventually("the breaker opens", || {
+            cache.stats().breaker == BreakerState::Open
+        })
+        .await;
+        // Calls already under way when it opened time out (and count) first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let errors_open = cache.stats().l2_errors;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            cache.stats().l2_errors,
+            errors_open,
+            "{outage}: no read calls Redis (or waits for a probe) while open"
+        );
+        match outage {
+            "freeze" => redis.thaw(),
+            _ => redis.restart(),
+        }
+        let hits = cache.stats().l2.hits;
+        eventually_within(
+            Duration::from_secs(40),
+            "reads served from Redis again",
+            || cache.stats().l2.hits > hits + 50,
+        )
+        .await;
+        assert_eq!(cache.stats().breaker, BreakerState::Closed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, errors, _) = finish(tasks).await;
+    assert_eq!(errors, 0, "{reads} reads");
+}
+
+/// Caches on one `RedisStore` share its breaker: one cache's failures open it for
+/// all, each cache's observer hears the transitions, and one probe closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_on_one_store_share_one_breaker() {
+    #[derive(Clone, Default)]
+    struct Transitions(Arc<std::sync::Mutex<Vec<BreakerState>>>);
+    impl tiered::Observer for Transitions {
+        fn breaker(&self, state: BreakerState) {
+            self.0.lock().unwrap().push(state);
+        }
+    }
+    let mut redis = Redis::start_own(&[]);
+    let store = RedisStore::standalone(redis.url()).unwrap();
+    let build = |name: &str, seen: &Transitions| {
+        TieredCache::<String, String>::builder(name)
+            .redis(store.clone())
+            .l1_max_entries(0)
+            .observer(seen.clone())
+            .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key)) })
+            .build()
+            .unwrap()
+    };
+    let (seen_a, seen_b) = (Transitions::default(), Transitions::default());
+    let (a, b) = (build("one", &seen_a), build("two", &seen_b));
+    a.get(&"k".into()).await.unwrap();
+    b.get(&"k".into()).await.unwrap();
+    redis.kill();
+    for n in 0..10 {
+        a.get(&format!("x{n}")).await.unwrap();
+    }
+    assert_eq!(a.stats().breaker, BreakerState::Open);
+    assert_eq!(b.stats().breaker, BreakerState::Open, "shared");
+    let b_errors = b.stats().l2_errors;
+    b.get(&"y".into()).await.unwrap();
+    assert_eq!(b.stats().l2_errors, b_errors, "b skips Redis too");
+    redis.restart();
+    eventually_within(Duration::from_secs(20), "the probe closes it", || {
+        b.stats().breaker == BreakerState::Closed
+    })
+    .await;
+    for seen in [&seen_a, &seen_b] {
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen, [BreakerState::Open, BreakerState::Closed], "{seen:?}");
+    }
 }
