@@ -36,6 +36,8 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// runtime, the time it stays open before a read probes): Redis is probed at
 /// least this often while the breaker is open.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+/// The longest `l2_timeout` the builder accepts.
+const MAX_L2_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default delay of the circuit breaker's first background probe.
 pub const DEFAULT_BREAKER_PROBE_DELAY: Duration = Duration::from_millis(500);
 /// The default life of a fill reservation: a load slower than this does not fill L2.
@@ -58,7 +60,8 @@ pub struct TieredCacheBuilder<K, V> {
     observer: Option<Arc<dyn Observer>>,
     l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
     bus: Option<Result<Arc<dyn Backplane>, Error>>,
-    l2_prefix: String,
+    /// `None`: the executable's name.
+    l2_prefix: Option<String>,
     l2_fill_window: Duration,
     l2_timeout: Duration,
     breaker: BreakerSettings,
@@ -98,7 +101,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             observer: None,
             l2: None,
             bus: None,
-            l2_prefix: String::new(),
+            l2_prefix: None,
             l2_fill_window: DEFAULT_L2_FILL_WINDOW,
             l2_timeout: DEFAULT_L2_TIMEOUT,
             breaker: BreakerSettings {
@@ -179,15 +182,22 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         self
     }
 
-    /// Put before every L2 key (`{prefix}{name}:{schema version}:{key}`), e.g. the
-    /// service's name. Default: none.
+    /// The namespace of the service that owns this cache, first in every L2 key
+    /// (`{prefix}:{name}:{schema version}:{key}`) and in the bus channel: caches of
+    /// the same name in services with other prefixes never read, overwrite or
+    /// invalidate each other's entries. Up to 128 characters of
+    /// `[A-Za-z0-9_.:-]`; `""` for none (`{name}:{schema version}:{key}`).
+    /// Default: the executable's file name (so one binary's instances share, and
+    /// other binaries are kept apart); set it explicitly when several binaries
+    /// (an API and its worker) share a cache, or for keys that outlive a rename.
     pub fn l2_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.l2_prefix = prefix.into();
+        self.l2_prefix = Some(prefix.into());
         self
     }
 
-    /// The time limit of every L2 call; a call that takes longer is a failure and
-    /// the read goes on without L2. Default: [`DEFAULT_L2_TIMEOUT`].
+    /// The time limit of every L2 call (at most 60 s); a call that takes longer
+    /// is a failure and the read goes on without L2. Default:
+    /// [`DEFAULT_L2_TIMEOUT`].
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
         self.l2_timeout = timeout;
         self
@@ -326,6 +336,19 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         if self.ttl.l1.is_zero() {
             return Err(Error::Config("l1_ttl must be greater than zero".into()));
         }
+        for (setting, ttl) in [
+            ("l1_ttl", self.ttl.l1),
+            ("l2_ttl", self.ttl.l2),
+            ("negative_ttl", self.ttl.negative),
+            ("l2_fill_window", self.l2_fill_window),
+            ("l2_breaker cool-down", self.breaker.cooldown),
+        ] {
+            if ttl > Ttl::MAX {
+                return Err(Error::Config(format!(
+                    "{setting} must be at most Ttl::MAX (10 years), got {ttl:?}"
+                )));
+            }
+        }
         let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
         let capacity = match self.capacity {
             Capacity::Entries(max) => L1Capacity::Entries(max),
@@ -336,8 +359,12 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                     .unwrap_or_else(l1::serialized_size_weigher::<K, V>),
             },
         };
-        if self.l2_timeout.is_zero() {
-            return Err(Error::Config("l2_timeout must be greater than zero".into()));
+        if self.l2_timeout.is_zero() || self.l2_timeout > MAX_L2_TIMEOUT {
+            return Err(Error::Config(format!(
+                "l2_timeout must be greater than zero and at most {MAX_L2_TIMEOUT:?} (a read \
+                 may wait this long for Redis), got {:?}",
+                self.l2_timeout
+            )));
         }
         if self.l2_fill_window.is_zero() {
             return Err(Error::Config(
@@ -369,7 +396,15 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             counters: Counters::new(),
             observer: self.observer,
         });
-        let namespace = format!("{}{}:{}:", self.l2_prefix, self.name, self.schema_version);
+        let prefix = match self.l2_prefix {
+            Some(prefix) => validate_prefix(prefix)?,
+            None => executable_prefix(),
+        };
+        let namespace = if prefix.is_empty() {
+            format!("{}:{}:", self.name, self.schema_version)
+        } else {
+            format!("{prefix}:{}:{}:", self.name, self.schema_version)
+        };
         let bus = match self.bus {
             None => None,
             Some(backplane) => Some(Bus::new(
@@ -419,6 +454,46 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 }
 
+/// Prefixes may hold `:` (`svc:prod`): the name and the schema version after them
+/// have none, so a namespace still splits one way only.
+fn validate_prefix(prefix: String) -> Result<String, Error> {
+    let valid = prefix.len() <= 128
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if valid {
+        Ok(prefix)
+    } else {
+        Err(Error::Config(format!(
+            "l2_prefix {prefix:?} must be up to 128 characters of [A-Za-z0-9_.:-]"
+        )))
+    }
+}
+
+/// The default prefix: the executable's file name, reduced to `[A-Za-z0-9_.-]`.
+fn executable_prefix() -> String {
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "tiered".to_owned()
+    } else {
+        name
+    }
+}
+
 /// Names become part of every L2 key (`{prefix}{name}:{schema}:{key}`), so they are
 /// kept to characters that cannot be confused with the separator or a glob.
 fn validate_name(name: &str) -> Result<(), Error> {
@@ -465,6 +540,37 @@ mod tests {
             .l1_ttl(Duration::ZERO)
             .build();
         assert!(matches!(ttl, Err(Error::Config(m)) if m.contains("l1_ttl")));
+    }
+
+    #[test]
+    fn prefixes_are_checked_and_default_to_the_executable() {
+        for bad in ["a b", "a*", "x?", "[y]", "é", &"p".repeat(129)] {
+            assert!(validate_prefix(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        for good in ["", "svc", "svc:prod", "users-api.v2"] {
+            assert!(validate_prefix(good.to_owned()).is_ok(), "{good:?}");
+        }
+        let default = executable_prefix();
+        assert!(!default.is_empty());
+        assert!(validate_prefix(default).is_ok());
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        let build = |f: fn(TieredCacheBuilder<u64, u64>) -> TieredCacheBuilder<u64, u64>| {
+            f(TieredCache::builder("t")).build().map(|_| ())
+        };
+        for bad in [
+            build(|b| b.l1_ttl(Duration::MAX)),
+            build(|b| b.l2_ttl(Duration::MAX)),
+            build(|b| b.negative_ttl(Duration::MAX)),
+            build(|b| b.l2_fill_window(Duration::MAX)),
+            build(|b| b.l2_breaker(5, Duration::MAX)),
+            build(|b| b.l2_timeout(Duration::MAX)),
+        ] {
+            assert!(matches!(bad, Err(Error::Config(_))), "{bad:?}");
+        }
+        assert!(build(|b| b.l2_ttl(Ttl::MAX).l1_ttl(Ttl::MAX)).is_ok());
     }
 
     #[test]

@@ -106,6 +106,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         &self.inner.name
     }
 
+    /// The Redis (L2) key that holds `key`'s entry, if the cache has an L2:
+    /// `{prefix}:{name}:{schema version}:{key}`.
+    pub fn l2_key(&self, key: &K) -> Option<String> {
+        self.inner.l2.as_ref().map(|l2| l2.key(key))
+    }
+
     /// A snapshot of the cache's counters.
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;

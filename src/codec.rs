@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::entry::Ttl;
 use crate::error::BoxError;
 
 const MAGIC: [u8; 2] = *b"TR";
@@ -68,15 +69,42 @@ impl Codec {
     fn decode<V: DeserializeOwned>(self, bytes: &[u8]) -> Result<V, BoxError> {
         match self {
             Codec::Bincode => {
-                let (value, read) =
-                    bincode::serde::decode_from_slice(bytes, bincode::config::standard())?;
+                let (value, read) = bincode_decode_limited(bytes)?;
                 if read != bytes.len() {
                     return Err(format!("{} trailing bytes", bytes.len() - read).into());
                 }
                 Ok(value)
             }
+            // serde_json allocates only for what the input holds, and limits
+            // nesting to 128 levels.
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
         }
+    }
+}
+
+/// How much more memory than its encoded size a bincode value may claim while it
+/// decodes (a `Vec<String>` of empty strings claims 24 bytes for each encoded
+/// byte). bincode reads length prefixes and allocates for them before reading the
+/// elements: without a limit, a few crafted bytes claiming a 2^47-byte string
+/// abort the process.
+const DECODE_MEMORY_PER_BYTE: usize = 64;
+
+/// bincode with an allocation limit of at least [`DECODE_MEMORY_PER_BYTE`] times
+/// the input's length (the limit is a const generic: the smallest of a few tiers).
+fn bincode_decode_limited<V: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(V, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    let claim = bytes.len().saturating_mul(DECODE_MEMORY_PER_BYTE);
+    match claim {
+        c if c <= 64 * KIB => decode_from_slice(bytes, standard().with_limit::<{ 64 * KIB }>()),
+        c if c <= MIB => decode_from_slice(bytes, standard().with_limit::<MIB>()),
+        c if c <= 16 * MIB => decode_from_slice(bytes, standard().with_limit::<{ 16 * MIB }>()),
+        c if c <= 256 * MIB => decode_from_slice(bytes, standard().with_limit::<{ 256 * MIB }>()),
+        _ => decode_from_slice(bytes, standard().with_limit::<{ 4096 * MIB }>()),
     }
 }
 
@@ -150,7 +178,8 @@ impl Wire {
         value: Option<&V>,
         ttl: Duration,
     ) -> Result<Vec<u8>, BoxError> {
-        let expires = unix_millis(SystemTime::now() + ttl);
+        let now = SystemTime::now();
+        let expires = unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
@@ -310,6 +339,73 @@ mod tests {
                 noise[..12].copy_from_slice(&good[..12]);
             }
             let _ = w.decode::<User>(&noise);
+        }
+    }
+
+    /// A valid header and envelope, then `body` as the value bytes.
+    fn crafted(w: &Wire, body: &[u8]) -> Vec<u8> {
+        let mut bytes = w
+            .encode(
+                Some(&User {
+                    id: 1,
+                    name: String::new(),
+                }),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        bytes.truncate(ENVELOPE_LEN);
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn huge_length_prefixes_are_an_error_not_an_allocation() {
+        let w = wire(Codec::Bincode);
+        // id = 1, then a string claiming 2^47 bytes (varint: 253 + u64).
+        let mut body = vec![1u8, 253];
+        body.extend_from_slice(&(1u64 << 47).to_le_bytes());
+        assert!(w.decode::<User>(&crafted(&w, &body)).is_err());
+        // A Vec<u64> claiming 2^40 elements.
+        let vecs = Wire {
+            codec: Codec::Bincode,
+            fingerprint: fingerprint::<Vec<u64>>(1),
+        };
+        let mut body = vec![253u8];
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let mut bytes = vecs
+            .encode(Some(&vec![1u64]), Duration::from_secs(60))
+            .unwrap();
+        bytes.truncate(ENVELOPE_LEN);
+        bytes.extend_from_slice(&body);
+        assert!(vecs.decode::<Vec<u64>>(&bytes).is_err());
+    }
+
+    #[test]
+    fn legitimate_values_that_claim_more_than_they_weigh_still_decode() {
+        let w = Wire {
+            codec: Codec::Bincode,
+            fingerprint: fingerprint::<Vec<String>>(1),
+        };
+        let value = vec![String::new(); 100_000];
+        let bytes = w.encode(Some(&value), Duration::from_secs(60)).unwrap();
+        let back = w.decode::<Vec<String>>(&bytes).unwrap().unwrap();
+        assert_eq!(back.value, Some(value));
+    }
+
+    /// Arbitrary bytes behind a valid header: an error or a value, never a panic or
+    /// an abort (a bounded fuzz run; `scripts/test` runs it with the unit tests).
+    #[test]
+    fn arbitrary_bodies_behind_a_valid_header_never_crash() {
+        let w = wire(Codec::Bincode);
+        let mut rng = fastrand::Rng::with_seed(42);
+        for _ in 0..200_000 {
+            let len = rng.usize(0..48);
+            let mut body: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            // Often a large varint length prefix where the string's length goes.
+            if len > 10 && rng.bool() {
+                body[1] = 251 + rng.u8(0..4);
+            }
+            let _ = w.decode::<User>(&crafted(&w, &body));
         }
     }
 

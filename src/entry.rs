@@ -15,6 +15,11 @@ use crate::clock::saturating_nanos;
 pub struct Ttl;
 
 impl Ttl {
+    /// The longest TTL a cache keeps an entry for (10 years): the builder rejects
+    /// longer TTLs, and [`insert_with_ttl`](crate::TieredCache::insert_with_ttl)
+    /// shortens them to this, so that expiry times never overflow and Redis never
+    /// refuses an expiry.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
     /// One minute.
     pub const SHORT: Duration = Duration::from_secs(60);
     /// Five minutes.
@@ -36,10 +41,11 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    /// `ttl` is clamped to [`Ttl::MAX`].
     pub(crate) fn new(value: Option<V>, now: u64, ttl: Duration) -> Self {
         Entry {
             value,
-            expires: now.saturating_add(saturating_nanos(ttl)),
+            expires: now.saturating_add(saturating_nanos(ttl.min(Ttl::MAX))),
         }
     }
 

@@ -30,11 +30,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
-    /// jitter) in each. A zero `ttl` removes the key instead.
+    /// jitter) in each; a `ttl` past [`Ttl::MAX`](crate::Ttl::MAX) is shortened to
+    /// it. A zero `ttl` removes the key instead.
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return self.invalidate(&key).await;
         }
+        let ttl = ttl.min(crate::Ttl::MAX);
         self.write(key, value, ttl, ttl).await;
     }
 

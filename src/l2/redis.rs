@@ -419,7 +419,9 @@ impl RemoteStore for RedisStore {
     }
 }
 
-/// A TTL as Redis `PX` milliseconds (at least 1).
+/// A TTL as Redis `PX` milliseconds: at least 1, at most [`Ttl::MAX`](crate::Ttl::MAX)
+/// (Redis refuses an expiry past `i64` milliseconds).
 fn millis(ttl: Duration) -> u64 {
+    let ttl = ttl.min(crate::Ttl::MAX);
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }

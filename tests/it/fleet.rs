@@ -206,65 +206,141 @@ async fn entries_invalidated_during_a_bus_outage_are_gone_after_reconnect() {
     );
 }
 
-/// Two OS processes: this test and a child process (this same test binary,
-/// running [`child_instance`]) on one Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_see_each_others_invalidations() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+/// A child process: this same test binary (or a copy of it under another name),
+/// running [`child_instance`], driven line by line.
+struct ChildInstance {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
 
-    let redis = Redis::start_own(&[]);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "fleet::child_instance",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("TIERED_CHILD_REDIS", redis.url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the child instance");
-    let mut to_child = child.stdin.take().unwrap();
-    let mut from_child = BufReader::new(child.stdout.take().unwrap());
-    let mut ask = |line: &str| -> String {
-        writeln!(to_child, "{line}").unwrap();
+impl ChildInstance {
+    fn spawn(exe: &std::path::Path, redis_url: &str) -> ChildInstance {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "fleet::child_instance",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("TIERED_CHILD_REDIS", redis_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the child instance");
+        let to = child.stdin.take().unwrap();
+        let from = std::io::BufReader::new(child.stdout.take().unwrap());
+        ChildInstance { child, to, from }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.to, "{line}").unwrap();
         loop {
             let mut reply = String::new();
-            assert!(
-                from_child.read_line(&mut reply).unwrap() > 0,
-                "child exited"
-            );
+            assert!(self.from.read_line(&mut reply).unwrap() > 0, "child exited");
             if let Some(answer) = reply.strip_prefix("> ") {
                 return answer.trim().to_owned();
             }
         }
-    };
-    // The "database" both processes load from is a Redis key outside the cache.
+    }
+
+    fn quit(mut self) {
+        self.ask("quit");
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// The cache both sides of the process tests build (the "database" is the Redis
+/// key `row:{key}`, outside every cache).
+fn procs_cache(url: &str, prefix: Option<&str>) -> TieredCache<String, u64> {
+    let row_url = url.to_owned();
+    let builder = TieredCache::<String, u64>::builder("procs")
+        .l2_redis(url)
+        .l1_ttl(Duration::from_secs(3600));
+    match prefix {
+        Some(prefix) => builder.l2_prefix(prefix),
+        None => builder,
+    }
+    .loader_fn(move |key: String| {
+        let url = row_url.clone();
+        async move {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let row: u64 = redis::cmd("GET")
+                .arg(format!("row:{key}"))
+                .query_async(&mut conn)
+                .await?;
+            Ok::<_, tiered::BoxError>(Some(row))
+        }
+    })
+    .build()
+    .unwrap()
+}
+
+/// Two OS processes: this test and a child process (this same test binary,
+/// running [`child_instance`]) on one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_see_each_others_invalidations() {
+    let redis = Redis::start_own(&[]);
+    let mut child = ChildInstance::spawn(&std::env::current_exe().unwrap(), redis.url());
     let set_row = |v: u64| redis.cli(&["set", "row:k", &v.to_string()]);
     set_row(1);
-    let a = TieredCache::<String, u64>::builder("procs")
-        .l2_redis(redis.url())
-        .l1_ttl(Duration::from_secs(3600))
-        .loader_fn(|_k: String| async { Ok::<_, tiered::BoxError>(Some(0)) })
-        .build()
-        .unwrap();
-    assert_eq!(ask("get"), "1");
+    let a = procs_cache(redis.url(), None);
+    assert_eq!(child.ask("get"), "1");
     set_row(2);
     a.invalidate(&"k".into()).await;
     let start = std::time::Instant::now();
-    while ask("get") != "2" {
+    while child.ask("get") != "2" {
         assert!(start.elapsed() < Duration::from_secs(10), "child kept 1");
     }
     set_row(3);
     a.invalidate_pattern("*").await;
-    while ask("get") != "3" {
+    while child.ask("get") != "3" {
         assert!(start.elapsed() < Duration::from_secs(20), "child kept 2");
     }
-    assert_eq!(ask("received"), "2");
-    ask("quit");
-    assert!(child.wait().unwrap().success());
+    assert_eq!(child.ask("received"), "2");
+    child.quit();
+}
+
+/// Two services (two executables) with a cache of the same name on one Redis,
+/// with default settings: neither reads, nor clears, the other's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_with_the_same_cache_name_stay_isolated_by_default() {
+    let redis = Redis::start_own(&[]);
+    let dir = crate::support::scratch_dir("other-service");
+    let other = dir.join("other-service");
+    std::fs::copy(std::env::current_exe().unwrap(), &other).expect("copy the test binary");
+    redis.cli(&["set", "row:k", "2"]);
+    let ours = procs_cache(redis.url(), None);
+    ours.insert("k".into(), 1).await;
+    let mut theirs = ChildInstance::spawn(&other, redis.url());
+    assert_eq!(
+        theirs.ask("get"),
+        "2",
+        "the other service loads its own value"
+    );
+    assert_eq!(theirs.ask("invalidate_all"), "done");
+    let fresh = procs_cache(redis.url(), None);
+    assert_eq!(
+        fresh.get(&"k".into()).await.unwrap(),
+        Some(1),
+        "ours survived"
+    );
+    assert_eq!(fresh.stats().l2.hits, 1);
+    assert_eq!(
+        ours.stats().invalidations_received,
+        0,
+        "their bus is not ours"
+    );
+    theirs.quit();
+    // An explicit shared prefix shares.
+    let a = procs_cache(redis.url(), Some("shop"));
+    a.insert("s".into(), 7).await;
+    let b = procs_cache(redis.url(), Some("shop"));
+    assert_eq!(b.get(&"s".into()).await.unwrap(), Some(7));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The child side of [`two_processes_see_each_others_invalidations`]: reads
@@ -275,29 +351,16 @@ async fn child_instance() {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let url = std::env::var("TIERED_CHILD_REDIS").expect("started by the parent test");
-    let row_url = url.clone();
-    let cache = TieredCache::<String, u64>::builder("procs")
-        .l2_redis(&url)
-        .l1_ttl(Duration::from_secs(3600))
-        .loader_fn(move |key: String| {
-            let url = row_url.clone();
-            async move {
-                let client = redis::Client::open(url)?;
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                let row: u64 = redis::cmd("GET")
-                    .arg(format!("row:{key}"))
-                    .query_async(&mut conn)
-                    .await?;
-                Ok::<_, tiered::BoxError>(Some(row))
-            }
-        })
-        .build()
-        .unwrap();
+    let cache = procs_cache(&url, None);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
         let answer = match line.trim() {
             "get" => format!("{:?}", cache.get(&"k".into()).await.unwrap().unwrap()),
             "received" => cache.stats().invalidations_received.to_string(),
+            "invalidate_all" => {
+                cache.invalidate_all().await;
+                "done".to_owned()
+            }
             "quit" => {
                 println!("> bye");
                 return;

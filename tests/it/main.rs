@@ -4,6 +4,7 @@ mod support;
 
 mod fleet;
 mod harness;
+mod hostile;
 mod l2;
 mod l2_faults;
 #[cfg(feature = "tls")]
