@@ -5,14 +5,15 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::future::Shared as SharedFuture;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd};
-use std::sync::Arc;
-use tokio::sync::OnceCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::{BoxError, Error};
 use crate::l2::{RemoteStore, ScanCursor, ScanStep};
@@ -53,6 +54,8 @@ pub struct RedisStore {
 
 pub(crate) struct Shared {
     target: Target,
+    conn: OnceLock<Conn>,
+    connecting: Mutex<Option<(u64, Attempt)>>,
     /// Where pub/sub connections go: the server, or each node of a cluster in turn
     /// (a cluster forwards every `PUBLISH` to all its nodes).
     pub(crate) pubsub: Vec<Client>,
@@ -61,22 +64,55 @@ pub(crate) struct Shared {
     pub(crate) breaker: std::sync::OnceLock<Arc<crate::breaker::Breaker>>,
 }
 
+#[derive(Clone)]
 enum Target {
-    Standalone {
-        client: Box<Client>,
-        conn: OnceCell<ConnectionManager>,
-    },
-    Cluster {
-        client: Box<ClusterClient>,
-        conn: OnceCell<ClusterConnection>,
-    },
+    Standalone(Box<Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+/// How long a connection attempt may take (TLS and AUTH across a network
+/// included); it runs apart from the calls waiting for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Numbers connection attempts, so that a failed one forgets only itself.
+static CONNECT_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
+type Attempt = SharedFuture<BoxFuture<'static, Result<Conn, Arc<str>>>>;
+
+/// Makes the connection of `target`.
+async fn connect(target: Target) -> Result<Conn, Arc<str>> {
+    let made = match target {
+        Target::Standalone(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(Duration::from_secs(1)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            let connect = ConnectionManager::new_with_config(*client, config);
+            tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map(|r| r.map(Conn::Standalone))
+        }
+        Target::Cluster(client) => {
+            tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+                .await
+                .map(|r| r.map(Conn::Cluster))
+        }
+    };
+    match made {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(Arc::from(error.to_string())),
+        Err(_) => Err(Arc::from(format!(
+            "connecting took longer than {CONNECT_TIMEOUT:?}"
+        ))),
+    }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.shared.target {
-            Target::Standalone { .. } => "standalone",
-            Target::Cluster { .. } => "cluster",
+            Target::Standalone(_) => "standalone",
+            Target::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
             .field("kind", &kind)
@@ -89,6 +125,8 @@ impl RedisStore {
         RedisStore {
             shared: Arc::new(Shared {
                 target,
+                conn: OnceLock::new(),
+                connecting: Mutex::new(None),
                 pubsub,
                 hub: crate::bus::RedisHub::default(),
                 breaker: std::sync::OnceLock::new(),
@@ -108,13 +146,7 @@ impl RedisStore {
     pub fn from_client(client: Client) -> Self {
         install_tls_provider();
         let pubsub = vec![client.clone()];
-        Self::new(
-            Target::Standalone {
-                client: Box::new(client),
-                conn: OnceCell::new(),
-            },
-            pubsub,
-        )
+        Self::new(Target::Standalone(Box::new(client)), pubsub)
     }
 
     /// A Redis Cluster, from the URLs of some of its nodes.
@@ -132,13 +164,7 @@ impl RedisStore {
             .map(|url| Client::open(*url))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
-        Ok(Self::new(
-            Target::Cluster {
-                client: Box::new(client),
-                conn: OnceCell::new(),
-            },
-            pubsub,
-        ))
+        Ok(Self::new(Target::Cluster(Box::new(client)), pubsub))
     }
 
     /// Connects (if not yet connected) and sends `PING`: the server's error, such as
@@ -151,28 +177,57 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The connection, made once in a task of its own: a caller whose call times
+    /// out stops waiting, but the connection attempt goes on (under its own
+    /// [`CONNECT_TIMEOUT`]) and the next call finds it made. A failed attempt is
+    /// forgotten, and the next call starts another.
     async fn connection(&self) -> Result<Conn, BoxError> {
-        Ok(match &self.shared.target {
-            Target::Standalone { client, conn } => {
-                let manager = conn
-                    .get_or_try_init(|| {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(Duration::from_secs(1)))
-                            .set_response_timeout(Some(Duration::from_secs(1)))
-                            .set_number_of_retries(1)
-                            .set_max_delay(Duration::from_millis(500));
-                        ConnectionManager::new_with_config(Client::clone(client), config)
-                    })
-                    .await?;
-                Conn::Standalone(manager.clone())
+        if let Some(conn) = self.shared.conn.get() {
+            return Ok(conn.clone());
+        }
+        let (id, attempt) = {
+            let mut slot = self
+                .shared
+                .connecting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(conn) = self.shared.conn.get() {
+                return Ok(conn.clone());
             }
-            Target::Cluster { client, conn } => {
-                let connection = conn
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await?;
-                Conn::Cluster(connection.clone())
+            match &*slot {
+                Some((id, attempt)) => (*id, attempt.clone()),
+                None => {
+                    let id = CONNECT_ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+                    let task = tokio::spawn(connect(self.shared.target.clone()));
+                    let attempt = task
+                        .map(|joined| match joined {
+                            Ok(result) => result,
+                            Err(panic) => Err(Arc::from(panic.to_string())),
+                        })
+                        .boxed()
+                        .shared();
+                    *slot = Some((id, attempt.clone()));
+                    (id, attempt)
+                }
             }
-        })
+        };
+        match attempt.await {
+            Ok(conn) => {
+                let _ = self.shared.conn.set(conn.clone());
+                Ok(conn)
+            }
+            Err(error) => {
+                let mut slot = self
+                    .shared
+                    .connecting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if slot.as_ref().is_some_and(|(current, _)| *current == id) {
+                    *slot = None;
+                }
+                Err(error.to_string().into())
+            }
+        }
     }
 
     pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BoxError> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tiered::{BoxError, Error, TieredCache, Ttl};
 
+use crate::support::slow_proxy::SlowProxy;
 use crate::support::Redis;
 
 fn instance(url: &str) -> TieredCache<String, String> {
@@ -107,5 +108,35 @@ async fn huge_ttls_are_clamped_or_rejected() {
             .build(),
     ] {
         assert!(matches!(build, Err(Error::Config(m)) if m.contains("Ttl::MAX")));
+    }
+}
+
+/// A connect (with AUTH) that takes 1.5 s, longer than a call (100 ms) or a probe
+/// (1 s) waits:
+/// the connection is made in the background and Redis is used once it is up
+/// (before, each call started a connect and dropped it at its timeout: never).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_slower_than_the_call_timeout_still_succeeds() {
+    let redis = Redis::start_own(&["--requirepass", "s3cret"]);
+    let proxy = SlowProxy::start(redis.port(), Duration::from_millis(1500)).await;
+    let url = format!("redis://:s3cret@127.0.0.1:{}/", proxy.port);
+    let cache = TieredCache::<String, String>::builder("slowconn")
+        .l2_redis(&url)
+        .l1_max_entries(0)
+        .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key)) })
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while cache.stats().l2.hits == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never connected: {:?}",
+            cache.stats()
+        );
+        n += 1;
+        let key = format!("k{}", n % 4);
+        assert_eq!(cache.get(&key).await.unwrap(), Some(key));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -6,6 +6,7 @@
 pub mod gated;
 mod postgres;
 pub mod redis;
+pub mod slow_proxy;
 pub mod versions;
 
 pub use self::postgres::Postgres;
