@@ -37,6 +37,10 @@ const MAX_LOAD_ATTEMPTS: u32 = 3;
 /// How one flight ended, as shared with every caller that waited on it.
 pub(crate) enum Flight<V> {
     Settled(Entry<V>),
+    /// What a load returned that is not to be cached (`#[cached_tier]`'s `unless`,
+    /// or an absence without `negative`): the answer for every caller of this
+    /// flight, cached nowhere.
+    Unkept(Option<V>),
     /// Loaded, but invalidated each time before it could be cached, with nothing
     /// to load again with. Only the caller that ran the flight may take this value
     /// (its call overlapped the invalidation); waiters fly again.
@@ -173,6 +177,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             Ok(entry) => Ok(entry.value),
             Err(flight) => match &*flight {
                 Flight::Settled(entry) | Flight::Superseded(entry) => Ok(entry.value.clone()),
+                Flight::Unkept(value) => Ok(value.clone()),
                 Flight::Failed(Failure::Load(source)) => Err(Error::Load {
                     key: key.to_key_string(),
                     source: Arc::clone(source),
@@ -245,7 +250,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 Err(failure) => return Flight::Failed(failure),
             };
             if !fetched.keep {
-                return Flight::Settled(Entry::uncached(fetched.value));
+                return Flight::Unkept(fetched.value);
             }
             let l1_ttl = fetched
                 .ttl

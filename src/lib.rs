@@ -94,7 +94,8 @@ pub use pattern::{escape_glob, Pattern};
 ///
 /// Options: `cache = EXPR` (required; a `&TieredCache<String, V>`, a `LazyLock`, or
 /// a call returning one), `key = "user:{id}"` (a format string over the arguments;
-/// default: the function name and every argument's `Display` form, escaped),
+/// default: the function's path (crate, modules, an inherent method's type) and
+/// every argument's `Display` form, escaped),
 /// `skip(pool, self)` (arguments left out of the default key; `self` must be
 /// skipped or named in `key`), `ttl = "30s"` (`ms`, `s`, `m`, `h`, `d`),
 /// `negative = true`, `unless = |v| ...` (values for which it returns `true` are

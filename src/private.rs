@@ -241,25 +241,29 @@ where
             }),
         }
     };
-    let shared = match cache.fly_raw(&key, Some(first), None).await {
-        Ok(entry) => Ok(entry.value),
+    // `answered`: a run of a body of this function said so (its value, or its
+    // `None`), which every caller of the flight takes.
+    let (shared, answered) = match cache.fly_raw(&key, Some(first), None).await {
+        Ok(entry) => (Ok(entry.value), false),
         Err(flight) => match &*flight {
-            Flight::Settled(entry) | Flight::Superseded(entry) => Ok(entry.value.clone()),
+            Flight::Settled(entry) | Flight::Superseded(entry) => (Ok(entry.value.clone()), false),
+            Flight::Unkept(value) => (Ok(value.clone()), true),
             Flight::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
                 Some(error) => return Err(error.clone()),
-                None => Ok(None),
+                None => (Ok(None), false),
             },
             Flight::Failed(Failure::Panicked(message)) => {
                 panic!("the cached function panicked: {message}")
             }
-            Flight::Failed(Failure::Load(_)) => Ok(None),
+            Flight::Failed(Failure::Load(_)) => (Ok(None), false),
         },
     };
     match (shared, take()) {
-        // The flight gave nothing this function can return (an absence it does
-        // not cache, or another caller's failure of another type) and this
-        // caller's body has not run: run it, uncached.
-        (Ok(None), Some(body)) if !options.negative => body.await,
+        // The flight gave nothing this function can return (an absence cached by
+        // another writer that this function does not cache, or another caller's
+        // failure of another type) and this caller's body has not run: run it,
+        // uncached.
+        (Ok(None), Some(body)) if !options.negative && !answered => body.await,
         (shared, _) => shared,
     }
 }

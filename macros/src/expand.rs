@@ -53,7 +53,6 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
                     "`self` would be part of the default key: add `skip(self)`, or write a `key`",
                 ));
             }
-            let function_name = sig.ident.to_string();
             // Mixed-site hygiene: an argument named like this cannot clash with it.
             let buffer = Ident::new("key", Span::mixed_site());
             let parts = names.iter().filter(|n| !args.skip.contains(n)).map(|name| {
@@ -64,7 +63,14 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
             quote!({
                 #[allow(unused_imports)]
                 use #krate::__private::{DisplayPart as _, OptionPart as _};
-                let mut #buffer = ::std::string::String::from(#function_name);
+                // The function's full path (crate, module, and the type of an
+                // inherent method): `users::find` and `admins::find` never share.
+                let mut #buffer = {
+                    fn __tiered_key_origin() {}
+                    let path = ::std::any::type_name_of_val(&__tiered_key_origin);
+                    let path = path.strip_suffix("::__tiered_key_origin").unwrap_or(path);
+                    ::std::string::String::from(path)
+                };
                 #(#parts)*
                 #buffer
             })

@@ -227,3 +227,62 @@ async fn waiters_of_a_superseded_body_run_do_not_get_the_old_value() {
     assert_eq!(waiter.await.unwrap(), 2);
     assert_eq!(raced_row().await, 2);
 }
+
+static SHARED_BY_MODULES: LazyLock<TieredCache<String, String>> =
+    LazyLock::new(|| cache("by_module"));
+
+mod users {
+    use super::SHARED_BY_MODULES;
+    use tiered::cached_tier;
+
+    #[cached_tier(cache = SHARED_BY_MODULES)]
+    pub async fn find(id: u64) -> String {
+        format!("user {id}")
+    }
+}
+
+mod admins {
+    use super::SHARED_BY_MODULES;
+    use tiered::cached_tier;
+
+    #[cached_tier(cache = SHARED_BY_MODULES)]
+    pub async fn find(id: u64) -> String {
+        format!("admin {id}")
+    }
+}
+
+/// Functions of the same name in two modules, on one cache, with default keys:
+/// the key holds the function's path, so they never answer for each other.
+#[tokio::test]
+async fn default_keys_of_same_named_functions_in_two_modules_do_not_collide() {
+    assert_eq!(users::find(1).await, "user 1");
+    assert_eq!(admins::find(1).await, "admin 1");
+    assert_eq!(users::find(1).await, "user 1");
+    assert_eq!(SHARED_BY_MODULES.stats().l1.hits, 1);
+}
+
+static MISSING: LazyLock<TieredCache<String, String>> = LazyLock::new(|| cache("missing"));
+static MISSING_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached_tier(cache = MISSING, key = "row:{id}")]
+async fn missing_row(id: u64) -> Option<String> {
+    MISSING_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (id != 0).then(|| format!("row {id}"))
+}
+
+/// An `Option` function without `negative` whose row is missing: 50 callers at
+/// once share one body run (its `None` is returned to all, cached nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_row_runs_the_body_once_for_all_waiting_callers() {
+    for result in at_once(50, || missing_row(0)).await {
+        assert_eq!(result, None);
+    }
+    assert_eq!(
+        MISSING_RUNS.load(Ordering::SeqCst),
+        1,
+        "one flight, one body run"
+    );
+    assert_eq!(missing_row(0).await, None);
+    assert_eq!(MISSING_RUNS.load(Ordering::SeqCst), 2, "None is not cached");
+}
