@@ -1,7 +1,7 @@
 //! A [`Loader`] over deadpool-postgres: one parameterised query, a row mapper, and
 //! an optional `= ANY($1)` query that loads a whole batch in one round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,8 +21,14 @@ type RowMapper<K, V> = dyn Fn(&Row) -> Result<(K, V), tokio_postgres::Error> + S
 /// it) as `$1` and returns at most one row; the row mapper turns a row into the
 /// key and value. With [`many`](PgLoader::many), `get_many` sends one query with all
 /// the missing keys as an array in `$1` (`WHERE id = ANY($1)`), and the mapper's key
-/// tells which row answers which key. Statements are prepared once per connection
-/// (`prepare_cached`).
+/// tells which row answers which key. If a row's mapped key is not one of the
+/// requested keys (a `char(n)` column pads, a `citext` column folds case), the keys
+/// left unmatched are loaded one by one with the single-key query, so a batch never
+/// caches as absent a key that `get` would find (logged at warn level: make the
+/// mapper return the key as requested to keep one query per batch). Two requested
+/// keys that the database treats as one (`'Alice'` and `'alice'` on `citext`) are
+/// beyond what this can see: key such columns by a normalized form. Statements are
+/// prepared once per connection (`prepare_cached`).
 ///
 /// ```no_run
 /// use tiered::{PgLoader, TieredCache};
@@ -133,10 +139,35 @@ where
         let statement = client.prepare_cached(many).await?;
         let params: Vec<P> = keys.iter().map(|k| (self.param)(k)).collect();
         let rows = client.query(&statement, &[&params]).await?;
+        drop(client);
+        let requested: HashSet<&K> = keys.iter().collect();
         let mut found = HashMap::with_capacity(rows.len());
+        let mut unplaced = 0;
         for row in &rows {
             let (key, value) = (self.map_row)(row)?;
-            found.insert(key, value);
+            if requested.contains(&key) {
+                found.insert(key, value);
+            } else {
+                unplaced += 1;
+            }
+        }
+        if unplaced > 0 {
+            // The mapper's keys are not the requested ones (`char(n)` padding, a
+            // case-insensitive column, a `param` on a richer key): a row the batch
+            // cannot place must not leave its key cached as absent. Load what is
+            // unmatched one by one, exactly as `get` would.
+            tracing::warn!(
+                unplaced,
+                "PgLoader::many: rows whose mapped key was not among the requested \
+                 keys; loading the unmatched keys one by one"
+            );
+            for key in keys {
+                if !found.contains_key(key) {
+                    if let Some(value) = self.load(key).await? {
+                        found.insert(key.clone(), value);
+                    }
+                }
+            }
         }
         Ok(found)
     }

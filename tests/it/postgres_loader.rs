@@ -238,3 +238,44 @@ async fn postgres_down_is_an_error_with_its_cause_and_cached_values_still_serve(
         "L1 still serves"
     );
 }
+
+/// A `char(8)` key column pads what the row mapper reads ("ab" comes back as
+/// "ab      "): the batch must not cache those keys as absent while `get` finds
+/// them. (Before, `get_many` returned nothing and cached every key as absent.)
+#[tokio::test]
+async fn get_many_agrees_with_get_when_the_mapper_key_differs_from_the_requested_key() {
+    let pg = Postgres::start();
+    let pool = pg.pool(2);
+    let table = format!("codes_{}", std::process::id());
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table};
+             CREATE TABLE {table} (code char(8) PRIMARY KEY, label text NOT NULL);
+             INSERT INTO {table} VALUES ('ab', 'label ab'), ('cd', 'label cd');"
+        ))
+        .await
+        .unwrap();
+    let loader = PgLoader::new(
+        pool.clone(),
+        format!("SELECT code, label FROM {table} WHERE code = $1"),
+        |row| Ok((row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?)),
+    )
+    .many(format!(
+        "SELECT code, label FROM {table} WHERE code = ANY($1)"
+    ));
+    let batch = TieredCache::<String, String>::builder("codes")
+        .loader(loader)
+        .build()
+        .unwrap();
+    let keys: Vec<String> = ["ab", "cd", "zz"].map(String::from).to_vec();
+    let got = batch.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got["ab"], "label ab");
+    assert_eq!(
+        batch.get(&"cd".to_owned()).await.unwrap().as_deref(),
+        Some("label cd")
+    );
+    assert_eq!(batch.get(&"zz".to_owned()).await.unwrap(), None);
+}
