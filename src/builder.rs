@@ -8,7 +8,7 @@ use crate::breaker::{Breaker, BreakerSettings};
 use crate::bus::{Backplane, Bus};
 use crate::cache::{CacheValue, Inner, TieredCache};
 use crate::clock::Clock;
-use crate::codec::{fingerprint, Codec, Wire};
+use crate::codec::{fingerprint, Codec, Wire, DEFAULT_L2_MAX_VALUE_BYTES};
 use crate::entry::{Ttl, TtlPolicy};
 use crate::error::{BoxError, Error};
 use crate::fence::Fence;
@@ -62,6 +62,10 @@ pub struct TieredCacheBuilder<K, V> {
     bus: Option<Result<Arc<dyn Backplane>, Error>>,
     /// `None`: the executable's name.
     l2_prefix: Option<String>,
+    l2_compress_from: Option<usize>,
+    l2_max_value_bytes: usize,
+    #[cfg(feature = "encryption")]
+    l2_encryption: Option<crate::Encryption>,
     l2_fill_window: Duration,
     l2_timeout: Duration,
     breaker: BreakerSettings,
@@ -102,6 +106,10 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             l2: None,
             bus: None,
             l2_prefix: None,
+            l2_compress_from: None,
+            l2_max_value_bytes: DEFAULT_L2_MAX_VALUE_BYTES,
+            #[cfg(feature = "encryption")]
+            l2_encryption: None,
             l2_fill_window: DEFAULT_L2_FILL_WINDOW,
             l2_timeout: DEFAULT_L2_TIMEOUT,
             breaker: BreakerSettings {
@@ -223,6 +231,32 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     pub fn l2_probe_delay(mut self, delay: Duration) -> Self {
         self.breaker.probe_delay = delay;
         self.probe_delay_set = true;
+        self
+    }
+
+    /// LZ4-compresses L2 payloads of at least `from_bytes` bytes (kept only when
+    /// smaller), flagged in each entry's header. Default: off.
+    pub fn l2_compression(mut self, from_bytes: usize) -> Self {
+        self.l2_compress_from = Some(from_bytes);
+        self
+    }
+
+    /// The largest value in L2, as encoded by the codec (before compression):
+    /// larger values are not written to L2 (they stay in L1, counted in
+    /// [`Stats::l2_oversized`](crate::Stats)), and larger entries read from L2
+    /// (or decompressing to more) are counted misses. At least 1 KiB. Default:
+    /// [`DEFAULT_L2_MAX_VALUE_BYTES`] (16 MiB).
+    pub fn l2_max_value_bytes(mut self, max: usize) -> Self {
+        self.l2_max_value_bytes = max;
+        self
+    }
+
+    /// Encrypts L2 values at rest (AES-256-GCM; see [`Encryption`](crate::Encryption)
+    /// for key rotation). Entries that do not open, and unencrypted ones, are
+    /// counted misses. Default: off.
+    #[cfg(feature = "encryption")]
+    pub fn l2_encryption(mut self, keys: crate::Encryption) -> Self {
+        self.l2_encryption = Some(keys);
         self
     }
 
@@ -366,6 +400,12 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 self.l2_timeout
             )));
         }
+        if self.l2_max_value_bytes < 1024 {
+            return Err(Error::Config(format!(
+                "l2_max_value_bytes must be at least 1024, got {}",
+                self.l2_max_value_bytes
+            )));
+        }
         if self.l2_fill_window.is_zero() {
             return Err(Error::Config(
                 "l2_fill_window must be greater than zero".into(),
@@ -436,6 +476,10 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 wire: Wire {
                     codec: self.codec,
                     fingerprint: fingerprint::<V>(self.schema_version),
+                    compress_from: self.l2_compress_from,
+                    max_value_bytes: self.l2_max_value_bytes,
+                    #[cfg(feature = "encryption")]
+                    encryption: self.l2_encryption,
                 },
             })),
         };

@@ -3,21 +3,28 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "TR"
-//! 2       1     wire-format version (1)
-//! 3       1     codec id (1 = bincode 2, 2 = JSON)
+//! 2       1     wire-format version (2)
+//! 3       1     codec id (1 = bincode 2, 2 = JSON, 3 = MessagePack)
 //! 4       8     schema fingerprint of V (little endian)
-//! 12      1     kind: 0 = remembered absence, 1 = value, 2 = fill reservation
-//! 13      8     expires at, Unix milliseconds (little endian); for kind 2, a
+//! 12      1     flags: bit 0 = LZ4-compressed, bit 1 = encrypted
+//! 13      1     the encryption key's id (0 when not encrypted)
+//! 14      1     kind: 0 = remembered absence, 1 = value, 2 = fill reservation
+//! 15      8     expires at, Unix milliseconds (little endian); for kind 2, a
 //!               random token that makes each reservation unique
-//! 21      ..    the value, encoded by the codec (kind 1 only)
+//! 23      ..    the payload: the value encoded by the codec (kind 1), then
+//!               compressed (u32 original length + LZ4 block), then encrypted
+//!               (nonce + AES-256-GCM ciphertext and tag, authenticating bytes
+//!               0..23 and the Redis key); an encrypted absence seals nothing
 //! ```
 //!
 //! A fill reservation (kind 2) is what a reader leaves in an empty key before it
 //! loads: its fill replaces exactly those bytes or nothing (see `l2.rs`).
 //!
-//! Anything that does not decode — other magic, version, codec or fingerprint,
-//! truncated bytes, bytes the codec rejects, trailing bytes — is a [`DecodeError`],
-//! which the cache treats as a miss (counted, and the key deleted).
+//! Anything that does not decode — other magic, version, codec, fingerprint, flags
+//! or key, truncated bytes, a payload past the size limit, bytes that do not open,
+//! decompress or decode, trailing bytes — is a [`DecodeError`], which the cache
+//! treats as a miss (counted, and the key deleted). Version 1 entries (no flags)
+//! read as misses.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,11 +35,24 @@ use serde::Serialize;
 use crate::entry::Ttl;
 use crate::error::BoxError;
 
+#[cfg(feature = "encryption")]
+mod encryption;
+#[cfg(feature = "encryption")]
+pub use self::encryption::Encryption;
+
 const MAGIC: [u8; 2] = *b"TR";
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 12;
+const VERSION: u8 = 2;
+const HEADER_LEN: usize = 14;
 const ENVELOPE_LEN: usize = HEADER_LEN + 9;
 const KIND_RESERVATION: u8 = 2;
+const FLAG_LZ4: u8 = 1;
+const FLAG_ENCRYPTED: u8 = 2;
+/// Room for what sealing and compressing add to a payload (nonce, tag, length).
+const SEAL_OVERHEAD: usize = 12 + 16 + 4;
+
+/// The default largest encoded value (before compression) written to or read from
+/// L2.
+pub const DEFAULT_L2_MAX_VALUE_BYTES: usize = 16 << 20;
 
 /// The serde format of values in the shared tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +66,9 @@ pub enum Codec {
     /// JSON (serde_json): self-describing, so it handles every serde type; larger and
     /// slower than bincode.
     Json,
+    /// MessagePack (rmp-serde, structs as maps): self-describing like JSON, so it
+    /// handles every serde type, and more compact; between bincode and JSON in cost.
+    MessagePack,
 }
 
 impl Codec {
@@ -53,6 +76,7 @@ impl Codec {
         match self {
             Codec::Bincode => 1,
             Codec::Json => 2,
+            Codec::MessagePack => 3,
         }
     }
 
@@ -62,6 +86,7 @@ impl Codec {
                 bincode::serde::encode_into_std_write(value, out, bincode::config::standard())?;
             }
             Codec::Json => serde_json::to_writer(out, value)?,
+            Codec::MessagePack => rmp_serde::encode::write_named(out, value)?,
         }
         Ok(())
     }
@@ -78,6 +103,16 @@ impl Codec {
             // serde_json allocates only for what the input holds, and limits
             // nesting to 128 levels.
             Codec::Json => Ok(serde_json::from_slice(bytes)?),
+            // rmp-serde allocates only for what the input holds, and limits
+            // nesting to 1024 levels.
+            Codec::MessagePack => {
+                let mut reader = bytes;
+                let value = rmp_serde::from_read(&mut reader)?;
+                if !reader.is_empty() {
+                    return Err(format!("{} trailing bytes", reader.len()).into());
+                }
+                Ok(value)
+            }
         }
     }
 }
@@ -126,6 +161,17 @@ pub enum DecodeError {
     Kind(u8),
     /// The codec rejected the value bytes.
     Value(BoxError),
+    /// Flags this version does not know, or a value unencrypted where encryption
+    /// is required.
+    Flags(u8),
+    /// The payload is larger than the configured limit.
+    TooLarge(usize),
+    /// Encrypted under a key id this cache does not have.
+    UnknownKey(u8),
+    /// Did not open: wrong key, tampered or truncated ciphertext.
+    Decrypt,
+    /// The compressed payload does not decompress to its stated length.
+    Decompress,
 }
 
 impl fmt::Display for DecodeError {
@@ -138,6 +184,11 @@ impl fmt::Display for DecodeError {
             DecodeError::Fingerprint => f.write_str("entry written for another schema"),
             DecodeError::Kind(k) => write!(f, "unknown entry kind {k}"),
             DecodeError::Value(e) => write!(f, "value does not decode: {e}"),
+            DecodeError::Flags(flags) => write!(f, "unexpected flags {flags:#04x}"),
+            DecodeError::TooLarge(n) => write!(f, "a payload of {n} bytes is past the limit"),
+            DecodeError::UnknownKey(id) => write!(f, "encrypted under unknown key id {id}"),
+            DecodeError::Decrypt => f.write_str("does not open with its key"),
+            DecodeError::Decompress => f.write_str("does not decompress"),
         }
     }
 }
@@ -159,10 +210,16 @@ pub(crate) fn fingerprint<V>(schema_version: u32) -> u64 {
 }
 
 /// Encodes and decodes one cache's entries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Wire {
     pub(crate) codec: Codec,
     pub(crate) fingerprint: u64,
+    /// Payloads of at least this many bytes are LZ4-compressed (if that helps).
+    pub(crate) compress_from: Option<usize>,
+    /// The largest encoded value (before compression) written or read.
+    pub(crate) max_value_bytes: usize,
+    #[cfg(feature = "encryption")]
+    pub(crate) encryption: Option<Encryption>,
 }
 
 /// A decoded entry: the value (or absence) and how long it has left.
@@ -172,43 +229,107 @@ pub(crate) struct Decoded<V> {
     pub(crate) remaining: Duration,
 }
 
+/// Why a value was not written to L2.
+#[derive(Debug)]
+pub(crate) enum EncodeError {
+    Codec(BoxError),
+    /// The payload is past the limit (the value stays L1-only).
+    TooLarge(usize),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::Codec(e) => write!(f, "value does not encode: {e}"),
+            EncodeError::TooLarge(n) => write!(f, "a payload of {n} bytes is past the limit"),
+        }
+    }
+}
+
 impl Wire {
-    pub(crate) fn encode<V: Serialize>(
-        &self,
-        value: Option<&V>,
-        ttl: Duration,
-    ) -> Result<Vec<u8>, BoxError> {
-        let now = SystemTime::now();
-        let expires = unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
-        let mut out = Vec::with_capacity(64);
+    /// A wire for tests and defaults: no compression, no encryption.
+    #[cfg(test)]
+    pub(crate) fn plain(codec: Codec, fingerprint: u64) -> Self {
+        Wire {
+            codec,
+            fingerprint,
+            compress_from: None,
+            max_value_bytes: DEFAULT_L2_MAX_VALUE_BYTES,
+            #[cfg(feature = "encryption")]
+            encryption: None,
+        }
+    }
+
+    fn header(&self, out: &mut Vec<u8>, flags: u8, key_id: u8, kind: u8, stamp: u64) {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.codec.id());
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
-        out.push(u8::from(value.is_some()));
-        out.extend_from_slice(&expires.to_le_bytes());
+        out.push(flags);
+        out.push(key_id);
+        out.push(kind);
+        out.extend_from_slice(&stamp.to_le_bytes());
+    }
+
+    /// The bytes of an entry stored at `l2_key` (which encryption authenticates).
+    pub(crate) fn encode<V: Serialize>(
+        &self,
+        value: Option<&V>,
+        ttl: Duration,
+        l2_key: &str,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let now = SystemTime::now();
+        let expires = unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
+        let mut payload = Vec::new();
         if let Some(value) = value {
-            self.codec.encode_into(value, &mut out)?;
+            self.codec
+                .encode_into(value, &mut payload)
+                .map_err(EncodeError::Codec)?;
         }
+        if payload.len() > self.max_value_bytes {
+            return Err(EncodeError::TooLarge(payload.len()));
+        }
+        let mut flags = 0;
+        if let Some(from) = self.compress_from {
+            if value.is_some() && payload.len() >= from {
+                let len = u32::try_from(payload.len())
+                    .map_err(|_| EncodeError::TooLarge(payload.len()))?;
+                let mut compressed = len.to_le_bytes().to_vec();
+                compressed.extend_from_slice(&lz4_flex::block::compress(&payload));
+                if compressed.len() < payload.len() {
+                    payload = compressed;
+                    flags |= FLAG_LZ4;
+                }
+            }
+        }
+        let kind = u8::from(value.is_some());
+        let mut out = Vec::with_capacity(ENVELOPE_LEN + payload.len() + SEAL_OVERHEAD);
+        #[cfg(feature = "encryption")]
+        if let Some(encryption) = &self.encryption {
+            flags |= FLAG_ENCRYPTED;
+            self.header(&mut out, flags, encryption.write_key_id(), kind, expires);
+            let aad = [&out[..], l2_key.as_bytes()].concat();
+            out.extend_from_slice(&encryption.seal(&payload, &aad));
+            return Ok(out);
+        }
+        let _ = l2_key;
+        self.header(&mut out, flags, 0, kind, expires);
+        out.extend_from_slice(&payload);
         Ok(out)
     }
 
     /// A new fill reservation: a header, kind 2 and a random token.
     pub(crate) fn reservation(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ENVELOPE_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(self.codec.id());
-        out.extend_from_slice(&self.fingerprint.to_le_bytes());
-        out.push(KIND_RESERVATION);
-        out.extend_from_slice(&fastrand::u64(..).to_le_bytes());
+        self.header(&mut out, 0, 0, KIND_RESERVATION, fastrand::u64(..));
         out
     }
 
-    /// An entry, or `Ok(None)` for a fill reservation.
+    /// The entry stored at `l2_key`, or `Ok(None)` for a fill reservation.
     pub(crate) fn decode<V: DeserializeOwned>(
         &self,
         bytes: &[u8],
+        l2_key: &str,
     ) -> Result<Option<Decoded<V>>, DecodeError> {
         if bytes.len() < ENVELOPE_LEN {
             return Err(if bytes.starts_with(&MAGIC) || bytes.len() < MAGIC.len() {
@@ -217,32 +338,87 @@ impl Wire {
                 DecodeError::BadMagic
             });
         }
-        let (header, body) = bytes.split_at(HEADER_LEN);
-        if header[..2] != MAGIC {
+        if bytes.len() > ENVELOPE_LEN + self.max_value_bytes + SEAL_OVERHEAD {
+            return Err(DecodeError::TooLarge(bytes.len() - ENVELOPE_LEN));
+        }
+        let (envelope, payload) = bytes.split_at(ENVELOPE_LEN);
+        if envelope[..2] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
-        if header[2] != VERSION {
-            return Err(DecodeError::Version(header[2]));
+        if envelope[2] != VERSION {
+            return Err(DecodeError::Version(envelope[2]));
         }
-        if header[3] != self.codec.id() {
-            return Err(DecodeError::Codec(header[3]));
+        if envelope[3] != self.codec.id() {
+            return Err(DecodeError::Codec(envelope[3]));
         }
-        if header[4..12] != self.fingerprint.to_le_bytes() {
+        if envelope[4..12] != self.fingerprint.to_le_bytes() {
             return Err(DecodeError::Fingerprint);
         }
-        if body[0] == KIND_RESERVATION && body.len() == 9 {
+        let (flags, key_id, kind) = (envelope[12], envelope[13], envelope[14]);
+        if kind == KIND_RESERVATION && flags == 0 && payload.is_empty() {
             return Ok(None);
         }
-        let expires = u64::from_le_bytes(body[1..9].try_into().expect("8 bytes"));
+        if flags & !(FLAG_LZ4 | FLAG_ENCRYPTED) != 0 {
+            return Err(DecodeError::Flags(flags));
+        }
+        let opened = self.open(flags, key_id, envelope, payload, l2_key)?;
+        let payload: &[u8] = opened.as_deref().unwrap_or(payload);
+        let decompressed;
+        let payload = if flags & FLAG_LZ4 != 0 {
+            decompressed = self.decompress(payload)?;
+            &decompressed[..]
+        } else {
+            payload
+        };
+        let expires = u64::from_le_bytes(envelope[15..23].try_into().expect("8 bytes"));
         let remaining =
             Duration::from_millis(expires.saturating_sub(unix_millis(SystemTime::now())));
-        let value = match body[0] {
-            0 if body.len() == 9 => None,
-            0 => return Err(DecodeError::Value("trailing bytes after an absence".into())),
-            1 => Some(self.codec.decode(&body[9..]).map_err(DecodeError::Value)?),
+        let value = match kind {
+            0 if payload.is_empty() && flags & FLAG_LZ4 == 0 => None,
+            0 => return Err(DecodeError::Value("a payload after an absence".into())),
+            1 => Some(self.codec.decode(payload).map_err(DecodeError::Value)?),
             kind => return Err(DecodeError::Kind(kind)),
         };
         Ok(Some(Decoded { value, remaining }))
+    }
+
+    /// The opened payload of an encrypted entry (`None`: not encrypted). With
+    /// encryption configured, every entry must be encrypted.
+    #[allow(unused_variables)]
+    fn open(
+        &self,
+        flags: u8,
+        key_id: u8,
+        envelope: &[u8],
+        payload: &[u8],
+        l2_key: &str,
+    ) -> Result<Option<Vec<u8>>, DecodeError> {
+        let encrypted = flags & FLAG_ENCRYPTED != 0;
+        #[cfg(feature = "encryption")]
+        if let Some(encryption) = &self.encryption {
+            if !encrypted {
+                return Err(DecodeError::Flags(flags));
+            }
+            let aad = [envelope, l2_key.as_bytes()].concat();
+            return encryption.open(key_id, payload, &aad).map(Some);
+        }
+        if encrypted {
+            return Err(DecodeError::UnknownKey(key_id));
+        }
+        Ok(None)
+    }
+
+    fn decompress(&self, payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let (len, block) = payload.split_at_checked(4).ok_or(DecodeError::Decompress)?;
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if len > self.max_value_bytes {
+            return Err(DecodeError::TooLarge(len));
+        }
+        let out = lz4_flex::block::decompress(block, len).map_err(|_| DecodeError::Decompress)?;
+        if out.len() != len {
+            return Err(DecodeError::Decompress);
+        }
+        Ok(out)
     }
 }
 
@@ -263,29 +439,28 @@ mod tests {
     }
 
     fn wire(codec: Codec) -> Wire {
-        Wire {
-            codec,
-            fingerprint: fingerprint::<User>(1),
-        }
+        Wire::plain(codec, fingerprint::<User>(1))
     }
+
+    const KEY: &str = "ns:1:k";
 
     #[test]
     fn round_trips_values_and_absences_with_both_codecs() {
-        for codec in [Codec::Bincode, Codec::Json] {
+        for codec in [Codec::Bincode, Codec::Json, Codec::MessagePack] {
             let w = wire(codec);
             let user = User {
                 id: 1,
                 name: "a".into(),
             };
-            let bytes = w.encode(Some(&user), Duration::from_secs(60)).unwrap();
-            let back: Decoded<User> = w.decode(&bytes).unwrap().unwrap();
+            let bytes = w.encode(Some(&user), Duration::from_secs(60), KEY).unwrap();
+            let back: Decoded<User> = w.decode(&bytes, KEY).unwrap().unwrap();
             assert_eq!(back.value, Some(user));
             assert!(back.remaining > Duration::from_secs(58));
-            let none = w.encode::<User>(None, Duration::from_secs(5)).unwrap();
-            assert_eq!(w.decode::<User>(&none).unwrap().unwrap().value, None);
+            let none = w.encode::<User>(None, Duration::from_secs(5), KEY).unwrap();
+            assert_eq!(w.decode::<User>(&none, KEY).unwrap().unwrap().value, None);
             let (r1, r2) = (w.reservation(), w.reservation());
             assert_ne!(r1, r2, "every reservation is unique");
-            assert!(w.decode::<User>(&r1).unwrap().is_none());
+            assert!(w.decode::<User>(&r1, KEY).unwrap().is_none());
         }
     }
 
@@ -299,10 +474,14 @@ mod tests {
                     name: "x".repeat(40),
                 }),
                 Duration::from_secs(60),
+                KEY,
             )
             .unwrap();
         let check = |bytes: &[u8], what: &str| {
-            assert!(w.decode::<User>(bytes).is_err(), "{what} must not decode");
+            assert!(
+                w.decode::<User>(bytes, KEY).is_err(),
+                "{what} must not decode"
+            );
         };
         check(b"", "empty");
         check(b"T", "one byte");
@@ -317,18 +496,16 @@ mod tests {
             (2, "version"),
             (3, "codec"),
             (4, "fingerprint"),
-            (12, "kind"),
+            (12, "flags"),
+            (14, "kind"),
         ] {
             let mut bad = good.clone();
             bad[index] ^= 0xff;
             check(&bad, what);
         }
-        let other_schema = Wire {
-            codec: Codec::Bincode,
-            fingerprint: fingerprint::<User>(2),
-        };
+        let other_schema = Wire::plain(Codec::Bincode, fingerprint::<User>(2));
         assert!(matches!(
-            other_schema.decode::<User>(&good),
+            other_schema.decode::<User>(&good, KEY),
             Err(DecodeError::Fingerprint)
         ));
         let mut rng = fastrand::Rng::with_seed(1);
@@ -338,7 +515,7 @@ mod tests {
             if rng.bool() && noise.len() >= 12 {
                 noise[..12].copy_from_slice(&good[..12]);
             }
-            let _ = w.decode::<User>(&noise);
+            let _ = w.decode::<User>(&noise, KEY);
         }
     }
 
@@ -351,6 +528,7 @@ mod tests {
                     name: String::new(),
                 }),
                 Duration::from_secs(60),
+                KEY,
             )
             .unwrap();
         bytes.truncate(ENVELOPE_LEN);
@@ -364,31 +542,27 @@ mod tests {
         // id = 1, then a string claiming 2^47 bytes (varint: 253 + u64).
         let mut body = vec![1u8, 253];
         body.extend_from_slice(&(1u64 << 47).to_le_bytes());
-        assert!(w.decode::<User>(&crafted(&w, &body)).is_err());
+        assert!(w.decode::<User>(&crafted(&w, &body), KEY).is_err());
         // A Vec<u64> claiming 2^40 elements.
-        let vecs = Wire {
-            codec: Codec::Bincode,
-            fingerprint: fingerprint::<Vec<u64>>(1),
-        };
+        let vecs = Wire::plain(Codec::Bincode, fingerprint::<Vec<u64>>(1));
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let mut bytes = vecs
-            .encode(Some(&vec![1u64]), Duration::from_secs(60))
+            .encode(Some(&vec![1u64]), Duration::from_secs(60), KEY)
             .unwrap();
         bytes.truncate(ENVELOPE_LEN);
         bytes.extend_from_slice(&body);
-        assert!(vecs.decode::<Vec<u64>>(&bytes).is_err());
+        assert!(vecs.decode::<Vec<u64>>(&bytes, KEY).is_err());
     }
 
     #[test]
     fn legitimate_values_that_claim_more_than_they_weigh_still_decode() {
-        let w = Wire {
-            codec: Codec::Bincode,
-            fingerprint: fingerprint::<Vec<String>>(1),
-        };
+        let w = Wire::plain(Codec::Bincode, fingerprint::<Vec<String>>(1));
         let value = vec![String::new(); 100_000];
-        let bytes = w.encode(Some(&value), Duration::from_secs(60)).unwrap();
-        let back = w.decode::<Vec<String>>(&bytes).unwrap().unwrap();
+        let bytes = w
+            .encode(Some(&value), Duration::from_secs(60), KEY)
+            .unwrap();
+        let back = w.decode::<Vec<String>>(&bytes, KEY).unwrap().unwrap();
         assert_eq!(back.value, Some(value));
     }
 
@@ -405,8 +579,148 @@ mod tests {
             if len > 10 && rng.bool() {
                 body[1] = 251 + rng.u8(0..4);
             }
-            let _ = w.decode::<User>(&crafted(&w, &body));
+            let _ = w.decode::<User>(&crafted(&w, &body), KEY);
         }
+    }
+
+    fn big_user() -> User {
+        User {
+            id: 9,
+            name: "abcdefgh".repeat(500),
+        }
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_round_trip() {
+        let mut w = wire(Codec::Bincode);
+        w.compress_from = Some(256);
+        let bytes = w
+            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .unwrap();
+        assert_eq!(bytes[12] & FLAG_LZ4, FLAG_LZ4);
+        assert!(bytes.len() < 500, "{} bytes", bytes.len());
+        let back = w.decode::<User>(&bytes, KEY).unwrap().unwrap();
+        assert_eq!(back.value, Some(big_user()));
+        // Small values are left alone.
+        let small = w.encode(
+            Some(&User {
+                id: 1,
+                name: "a".into(),
+            }),
+            Duration::from_secs(60),
+            KEY,
+        );
+        assert_eq!(small.unwrap()[12], 0);
+    }
+
+    #[test]
+    fn hostile_compressed_payloads_are_errors() {
+        let mut w = wire(Codec::Bincode);
+        w.compress_from = Some(256);
+        let good = w
+            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .unwrap();
+        // A stated length past the limit: refused before any allocation.
+        let mut huge = good.clone();
+        huge[ENVELOPE_LEN..ENVELOPE_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            w.decode::<User>(&huge, KEY),
+            Err(DecodeError::TooLarge(_))
+        ));
+        // A block that does not decompress to its stated length.
+        let mut short = good.clone();
+        short.truncate(short.len() - 10);
+        assert!(w.decode::<User>(&short, KEY).is_err());
+        let mut garbage = good[..ENVELOPE_LEN + 4].to_vec();
+        garbage.extend_from_slice(&[0xff; 64]);
+        assert!(w.decode::<User>(&garbage, KEY).is_err());
+    }
+
+    #[test]
+    fn payloads_past_the_limit_are_not_written_nor_read() {
+        let mut w = wire(Codec::Bincode);
+        w.max_value_bytes = 1024;
+        let too_big = w.encode(Some(&big_user()), Duration::from_secs(60), KEY);
+        assert!(matches!(too_big, Err(EncodeError::TooLarge(_))));
+        let roomy = wire(Codec::Bincode);
+        let bytes = roomy
+            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .unwrap();
+        assert!(matches!(
+            w.decode::<User>(&bytes, KEY),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[cfg(feature = "encryption")]
+    #[test]
+    fn encrypted_entries_open_only_with_their_key_at_their_place() {
+        let old = Encryption::new(1, &[1; 32]);
+        let rotated = Encryption::new(2, &[2; 32]).also_read(1, &[1; 32]);
+        let with = |keys: &Encryption| {
+            let mut w = wire(Codec::Bincode);
+            w.encryption = Some(keys.clone());
+            w
+        };
+        let (w_old, w_new) = (with(&old), with(&rotated));
+        let user = User {
+            id: 3,
+            name: "secret name".into(),
+        };
+        let sealed = w_old
+            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .unwrap();
+        assert!(
+            !sealed.windows(6).any(|w| w == b"secret"),
+            "plaintext leaked"
+        );
+        // Rotation: the new write key reads old entries and writes under key 2.
+        let back = w_new.decode::<User>(&sealed, KEY).unwrap().unwrap();
+        assert_eq!(back.value.as_ref(), Some(&user));
+        let resealed = w_new
+            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .unwrap();
+        assert_eq!(resealed[13], 2);
+        assert!(matches!(
+            w_old.decode::<User>(&resealed, KEY),
+            Err(DecodeError::UnknownKey(2))
+        ));
+        // A wrong key under a known id, a moved entry, tampering, truncation.
+        let wrong = with(&Encryption::new(1, &[9; 32]));
+        assert!(matches!(
+            wrong.decode::<User>(&sealed, KEY),
+            Err(DecodeError::Decrypt)
+        ));
+        assert!(matches!(
+            w_old.decode::<User>(&sealed, "ns:1:other"),
+            Err(DecodeError::Decrypt)
+        ));
+        let mut tampered = sealed.clone();
+        tampered[16] ^= 1; // the expiry: authenticated
+        assert!(w_old.decode::<User>(&tampered, KEY).is_err());
+        for len in ENVELOPE_LEN..sealed.len() {
+            assert!(w_old.decode::<User>(&sealed[..len], KEY).is_err(), "{len}");
+        }
+        // With encryption required, plaintext entries (and absences) are refused.
+        let plain = wire(Codec::Bincode)
+            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .unwrap();
+        assert!(matches!(
+            w_old.decode::<User>(&plain, KEY),
+            Err(DecodeError::Flags(0))
+        ));
+        let absence = w_old
+            .encode::<User>(None, Duration::from_secs(5), KEY)
+            .unwrap();
+        assert_eq!(
+            w_old.decode::<User>(&absence, KEY).unwrap().unwrap().value,
+            None
+        );
+        // Without encryption configured, an encrypted entry is an unknown key.
+        assert!(matches!(
+            wire(Codec::Bincode).decode::<User>(&sealed, KEY),
+            Err(DecodeError::UnknownKey(1))
+        ));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::breaker::Breaker;
-use crate::codec::{Decoded, Wire};
+use crate::codec::{Decoded, EncodeError, Wire};
 use crate::error::BoxError;
 use crate::key::CacheKey;
 use crate::observe::{Counter, Report, Tier};
@@ -500,7 +500,7 @@ impl L2 {
     }
 
     fn decode<V: DeserializeOwned>(&self, report: &Report, key: &str, bytes: &[u8]) -> Decoding<V> {
-        match self.wire.decode::<V>(bytes) {
+        match self.wire.decode::<V>(bytes, key) {
             Ok(Some(decoded)) if !decoded.remaining.is_zero() => Decoding::Hit(decoded),
             Ok(_reservation_or_expired) => Decoding::Unusable,
             Err(error) => {
@@ -521,11 +521,10 @@ impl L2 {
         value: Option<&V>,
         ttl: Duration,
     ) -> Filled {
-        let bytes = match self.wire.encode(value, ttl) {
+        let bytes = match self.wire.encode(value, ttl, key) {
             Ok(bytes) => bytes,
             Err(error) => {
-                tracing::warn!(key, %error, "value does not encode: not written to L2");
-                report.l2_error();
+                self.not_encoded(report, key, &error);
                 return Filled::Unknown;
             }
         };
@@ -550,7 +549,7 @@ impl L2 {
             l2: self,
             work: Some(Work::Key(key.to_owned())),
         };
-        match self.wire.encode(value, ttl) {
+        match self.wire.encode(value, ttl, key) {
             Ok(bytes) => {
                 if self
                     .call(report, "set", self.store.set(key, &bytes, ttl))
@@ -561,7 +560,23 @@ impl L2 {
                 }
             }
             Err(error) => {
-                tracing::warn!(key, %error, "value does not encode: old entry deleted instead");
+                // The old entry must not outlive the insert: delete it now.
+                self.not_encoded(report, key, &error);
+                guard.disarm();
+                self.delete(report, key.to_owned()).await;
+            }
+        }
+    }
+
+    /// Counts a value that is not written to L2 (it stays L1-only).
+    fn not_encoded(&self, report: &Report, key: &str, error: &EncodeError) {
+        match error {
+            EncodeError::TooLarge(bytes) => {
+                tracing::debug!(key, bytes, "value past l2_max_value_bytes: L1 only");
+                report.count(Counter::L2Oversized);
+            }
+            EncodeError::Codec(_) => {
+                tracing::warn!(key, %error, "value does not encode: L1 only");
                 report.l2_error();
             }
         }

@@ -28,6 +28,7 @@
 //! - `postgres` (default): `PgLoader`, on deadpool-postgres.
 //! - `macros` (default): the `#[cached_tier]` attribute.
 //! - `metrics`: `MetricsObserver`, reporting to the `metrics` facade.
+//! - `encryption`: `Encryption`, AES-256-GCM at rest for L2 values.
 //!
 //! [moka]: https://docs.rs/moka
 
@@ -68,7 +69,9 @@ pub use builder::{
 pub use bus::{Backplane, Delivery};
 pub use cache::{CacheValue, TieredCache};
 pub use clock::{Clock, ManualClock};
-pub use codec::{Codec, DecodeError};
+#[cfg(feature = "encryption")]
+pub use codec::Encryption;
+pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
 pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;

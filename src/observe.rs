@@ -82,8 +82,13 @@ pub struct Stats {
     pub l2: TierStats,
     /// Shared-tier calls that failed or timed out.
     pub l2_errors: u64,
-    /// Shared-tier entries that did not decode (deleted and reloaded).
+    /// Shared-tier entries that did not decode (deleted and reloaded): foreign or
+    /// corrupt bytes, another schema, a wrong or unknown encryption key, a
+    /// payload past `l2_max_value_bytes`.
     pub l2_corrupt: u64,
+    /// Values not written to the shared tier because their payload was past
+    /// `l2_max_value_bytes` (they stay in L1 only).
+    pub l2_oversized: u64,
     /// Times the whole namespace was cleared because deferred invalidations
     /// overflowed or an `invalidate_all` could not reach the store at first.
     pub l2_namespace_clears: u64,
@@ -147,6 +152,7 @@ pub(crate) enum Counter {
     L2Misses,
     L2Errors,
     L2Corrupt,
+    L2Oversized,
     L2NamespaceClears,
     NegativeHits,
     Loads,
@@ -223,6 +229,7 @@ impl Counters {
             },
             l2_errors: self.get(Counter::L2Errors),
             l2_corrupt: self.get(Counter::L2Corrupt),
+            l2_oversized: self.get(Counter::L2Oversized),
             l2_namespace_clears: self.get(Counter::L2NamespaceClears),
             breaker: BreakerState::Closed,
             breaker_opened: 0,

@@ -32,7 +32,7 @@ async fn plant(url: &str, l2_key: &str, body: &[u8]) {
         .query_async(&mut conn)
         .await
         .unwrap();
-    bytes.truncate(21);
+    bytes.truncate(23);
     bytes.extend_from_slice(body);
     redis::cmd("SET")
         .arg(l2_key)
@@ -138,5 +138,189 @@ async fn a_connect_slower_than_the_call_timeout_still_succeeds() {
         let key = format!("k{}", n % 4);
         assert_eq!(cache.get(&key).await.unwrap(), Some(key));
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Bytes another writer left that this cache cannot take: another codec id, JSON
+/// nested past serde_json's limit. Each a counted miss, repaired.
+#[tokio::test]
+async fn foreign_codecs_and_deep_nesting_are_counted_misses() {
+    let redis = Redis::start_own(&[]);
+    let json = |url: &str| {
+        TieredCache::<String, serde_json::Value>::builder("nested")
+            .l2_redis(url)
+            .codec(tiered::Codec::Json)
+            .loader_fn(|_k: String| async { Ok::<_, BoxError>(Some(serde_json::json!([1]))) })
+            .build()
+            .unwrap()
+    };
+    let writer = json(redis.url());
+    writer.get(&"deep".into()).await.unwrap();
+    plant(
+        redis.url(),
+        &writer.l2_key(&"deep".into()).unwrap(),
+        &b"[".repeat(100_000),
+    )
+    .await;
+    let reader = json(redis.url());
+    assert_eq!(
+        reader.get(&"deep".into()).await.unwrap(),
+        Some(serde_json::json!([1]))
+    );
+    assert_eq!(reader.stats().l2_corrupt, 1);
+
+    let cache = instance(redis.url());
+    cache.get(&"codec".into()).await.unwrap();
+    let key = cache.l2_key(&"codec".into()).unwrap();
+    let mut conn = raw(redis.url()).await;
+    let mut bytes: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bytes[3] = 3; // MessagePack's id, under a bincode cache
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(bytes)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let fresh = instance(redis.url());
+    assert_eq!(
+        fresh.get(&"codec".into()).await.unwrap().as_deref(),
+        Some("value of codec")
+    );
+    assert_eq!(fresh.stats().l2_corrupt, 1);
+}
+
+/// Compressed and MessagePack entries round-trip between instances; a value past
+/// `l2_max_value_bytes` stays in L1 only (counted) and never reaches Redis.
+#[tokio::test]
+async fn compression_codecs_and_size_limits_against_redis() {
+    let redis = Redis::start_own(&[]);
+    let build = |url: &str| {
+        TieredCache::<String, String>::builder("sized")
+            .l2_redis(url)
+            .codec(tiered::Codec::MessagePack)
+            .l2_compression(512)
+            .l2_max_value_bytes(16_384)
+            .loader_fn(|key: String| async move {
+                let n: usize = key.parse().unwrap();
+                Ok::<_, BoxError>(Some(format!("{n}:").repeat(n)))
+            })
+            .build()
+            .unwrap()
+    };
+    let a = build(redis.url());
+    for key in ["10", "2000", "100000"] {
+        a.get(&key.to_owned()).await.unwrap();
+    }
+    let size = |key: &str| -> usize {
+        redis
+            .cli(&["strlen", &a.l2_key(&key.to_owned()).unwrap()])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(size("2000") < 2000, "10 kB compressed: {}", size("2000"));
+    // 700 kB encoded is past the limit, however well it compresses: L1 only.
+    assert_eq!(a.stats().l2_oversized, 1);
+    let big_key = a.l2_key(&"100000".into()).unwrap();
+    let stored: usize = redis.cli(&["strlen", &big_key]).trim().parse().unwrap();
+    assert!(
+        stored <= 23,
+        "at most the reader's fill reservation: {stored} bytes"
+    );
+    let big = a.get(&"100000".into()).await.unwrap();
+    assert_eq!(big.map(|v| v.len()), Some(700_000));
+    let b = build(redis.url());
+    for key in ["10", "2000"] {
+        let n: usize = key.parse().unwrap();
+        let want = format!("{n}:").repeat(n);
+        assert_eq!(b.get(&key.to_owned()).await.unwrap(), Some(want));
+    }
+    assert_eq!(b.stats().l2.hits, 2, "{:?}", b.stats());
+    assert!(TieredCache::<String, String>::builder("x")
+        .l2_max_value_bytes(10)
+        .build()
+        .is_err());
+}
+
+#[cfg(feature = "encryption")]
+mod encrypted {
+    use super::*;
+    use tiered::Encryption;
+
+    fn sealed(url: &str, keys: Encryption) -> TieredCache<String, String> {
+        TieredCache::builder("sealed")
+            .l2_redis(url)
+            .l2_encryption(keys)
+            .loader_fn(
+                |key: String| async move { Ok::<_, BoxError>(Some(format!("secret {key}"))) },
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// Rotation against real Redis: entries under the old key are read by the new
+    /// configuration, which writes under the new key; a reader without the key
+    /// and truncated ciphertext are counted misses, repaired.
+    #[tokio::test]
+    async fn rotation_wrong_keys_and_truncated_ciphertext() {
+        let redis = Redis::start_own(&[]);
+        let old = sealed(redis.url(), Encryption::new(1, &[1; 32]));
+        old.get(&"a".into()).await.unwrap();
+        let key = old.l2_key(&"a".into()).unwrap();
+        let stored = redis.cli(&["get", &key]);
+        assert!(!stored.contains("secret"), "plaintext in Redis: {stored}");
+
+        let rotated = || {
+            sealed(
+                redis.url(),
+                Encryption::new(2, &[2; 32]).also_read(1, &[1; 32]),
+            )
+        };
+        let reader = rotated();
+        assert_eq!(
+            reader.get(&"a".into()).await.unwrap().as_deref(),
+            Some("secret a")
+        );
+        assert_eq!(reader.stats().l2.hits, 1, "the old key still reads");
+        reader.insert("b".into(), "secret b".into()).await;
+
+        // The old configuration does not know key 2: a counted miss, then repaired
+        // under its own key.
+        let stale = sealed(redis.url(), Encryption::new(1, &[1; 32]));
+        assert_eq!(
+            stale.get(&"b".into()).await.unwrap().as_deref(),
+            Some("secret b")
+        );
+        assert_eq!(stale.stats().l2_corrupt, 1);
+
+        // Truncated ciphertext.
+        let mut conn = raw(redis.url()).await;
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&bytes[..bytes.len() - 5])
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let fresh = rotated();
+        assert_eq!(
+            fresh.get(&"a".into()).await.unwrap().as_deref(),
+            Some("secret a")
+        );
+        assert_eq!(fresh.stats().l2_corrupt, 1);
+        let again = rotated();
+        assert_eq!(
+            again.get(&"a".into()).await.unwrap().as_deref(),
+            Some("secret a")
+        );
+        assert_eq!(again.stats().l2.hits, 1, "repaired");
     }
 }
