@@ -43,7 +43,7 @@ type Configure =
     fn(TieredCacheBuilder<u64, Arc<Vec<User>>>) -> TieredCacheBuilder<u64, Arc<Vec<User>>>;
 
 fn configurations() -> Vec<(&'static str, Configure)> {
-    let mut all: Vec<(&'static str, Configure)> = vec![
+    let all: Vec<(&'static str, Configure)> = vec![
         ("bincode (baseline)", |b| b),
         ("bincode + lz4 (from 512 B)", |b| b.l2_compression(512)),
         ("messagepack", |b| b.codec(Codec::MessagePack)),
@@ -54,7 +54,8 @@ fn configurations() -> Vec<(&'static str, Configure)> {
         ("json + lz4", |b| b.codec(Codec::Json).l2_compression(512)),
     ];
     #[cfg(feature = "encryption")]
-    {
+    let all = {
+        let mut all = all;
         all.push(("bincode + aes-256-gcm", |b| {
             b.l2_encryption(tiered::Encryption::new(1, &[7; 32]))
         }));
@@ -62,7 +63,8 @@ fn configurations() -> Vec<(&'static str, Configure)> {
             b.l2_compression(512)
                 .l2_encryption(tiered::Encryption::new(1, &[7; 32]))
         }));
-    }
+        all
+    };
     all
 }
 

@@ -103,9 +103,29 @@ async fn run(shared: Weak<Shared>) {
         };
         let client = store.pubsub[node % store.pubsub.len()].clone();
         match connect(&client, &channels).await {
-            Ok((sink, stream)) => {
+            Ok((mut sink, stream)) => {
+                // Channels registered while connecting saw no sink: subscribe them
+                // here (those registered from now on subscribe through the sink).
+                let missing: Vec<String> = {
+                    let mut state = store.hub.lock();
+                    state.sink = Some(sink.clone());
+                    let registered = state.subscribers.keys();
+                    registered
+                        .filter(|c| !channels.contains(c))
+                        .cloned()
+                        .collect()
+                };
+                if !missing.is_empty() {
+                    let subscribe = tokio::time::timeout(CONNECT_TIMEOUT, sink.subscribe(&missing));
+                    if !matches!(subscribe.await, Ok(Ok(()))) {
+                        store.hub.lock().sink = None;
+                        drop(store);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_CAP);
+                        continue;
+                    }
+                }
                 backoff = BACKOFF_START;
-                store.hub.lock().sink = Some(sink.clone());
                 for subscriber in store.hub.lock().subscribers.values().flatten() {
                     let _ = subscriber.send(Delivery::Subscribed);
                 }
