@@ -53,12 +53,12 @@ async fn main() -> Result<(), BoxError> {
     for _ in 0..ROUNDS {
         for _ in 0..BLOCK {
             id = (id + 7919) % KEYS;
-            let key = format!("bench:1:{id}");
+            let key = cache.l2_key(&id).expect("an L2 key");
             let start = Instant::now();
             let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut bare).await?;
-            // The same bytes tiered stores: 21-byte header + envelope, then bincode.
+            // The same bytes tiered stores: 23-byte header + envelope, then bincode.
             let (user, _): (User, usize) =
-                bincode::serde::decode_from_slice(&bytes[21..], bincode::config::standard())?;
+                bincode::serde::decode_from_slice(&bytes[23..], bincode::config::standard())?;
             bare_lat.push(start.elapsed());
             assert_eq!(user.id, id);
         }

@@ -494,6 +494,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             clock: self.clock,
             fence: Fence::new(),
             report,
+            detached: Default::default(),
         }))
     }
 }

@@ -65,6 +65,8 @@ pub(crate) struct Inner<K, V> {
     pub(crate) clock: Clock,
     pub(crate) fence: Fence,
     pub(crate) report: Arc<Report>,
+    /// Loads that run in tasks of their own (they outlive their callers).
+    pub(crate) detached: crate::flight::Detached<K, V>,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -35,6 +36,7 @@ use crate::observe::{Counter, LoadOutcome};
 const MAX_LOAD_ATTEMPTS: u32 = 3;
 
 /// How one flight ended, as shared with every caller that waited on it.
+#[derive(Clone)]
 pub(crate) enum Flight<V> {
     Settled(Entry<V>),
     /// What a load returned that is not to be cached (`#[cached_tier]`'s `unless`,
@@ -99,6 +101,14 @@ impl std::error::Error for ForeignError {}
 /// ticket taken before it.
 pub(crate) type Prepared<V> = (Ticket, L2Read<V>);
 
+/// The type of "no load of the caller's own" (the configured loader is used).
+type NoLoad<V> = std::future::Ready<Result<Fetched<V>, Failure>>;
+
+/// Flights that outlive their callers, by key (see `detached`).
+pub(crate) type Detached<K, V> = Mutex<
+    std::collections::HashMap<K, futures_util::future::Shared<BoxFuture<'static, Flight<V>>>>,
+>;
+
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key` through its flight: `first` is this caller's own load
     /// (else the configured loader is used).
@@ -145,7 +155,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             let init = async {
                 ran.store(true, Ordering::Relaxed);
                 let first = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                Err::<Entry<V>, _>(self.run(key, first, prepared).await)
+                let flight = match first {
+                    // A load of the configured loader outlives its caller.
+                    None if self.inner.loader.is_some() => self.detached(key, prepared).await,
+                    first => self.run(key, first, prepared).await,
+                };
+                Err::<Entry<V>, _>(flight)
             };
             let result = self.inner.l1.try_get_with_by_ref(key, init).await;
             if ran.load(Ordering::Relaxed) {
@@ -165,6 +180,45 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 _ => return result,
             }
         }
+    }
+
+    /// The flight of `key` with the configured loader, in a task of its own: a
+    /// caller that gives up (a timeout, a dropped request) stops waiting, but the
+    /// load goes on and fills the cache, and the next caller joins it instead of
+    /// starting another. (Outside a tokio runtime it runs inline.)
+    async fn detached(&self, key: &K, prepared: Option<Prepared<V>>) -> Flight<V> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.run(key, None::<NoLoad<V>>, prepared).await;
+        };
+        let flight = {
+            let mut detached = self
+                .inner
+                .detached
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let flight = detached.entry(key.clone()).or_insert_with(|| {
+                let (cache, key) = (self.clone(), key.clone());
+                let task = runtime.spawn(async move {
+                    let flight = cache.run(&key, None::<NoLoad<V>>, prepared).await;
+                    let mut detached = cache
+                        .inner
+                        .detached
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    detached.remove(&key);
+                    flight
+                });
+                task.map(|joined| {
+                    joined.unwrap_or_else(|error| {
+                        Flight::Failed(Failure::Panicked(error.to_string()))
+                    })
+                })
+                .boxed()
+                .shared()
+            });
+            flight.clone()
+        };
+        flight.await
     }
 
     /// The value a flight ended with, or its error.

@@ -208,3 +208,43 @@ async fn get_many_shares_flights_with_concurrent_gets() {
         "key 5 of the batch waited on the single load"
     );
 }
+
+/// Callers whose deadline is shorter than the load: the load started by the first
+/// one goes on after it gave up, the next callers join it rather than start
+/// another, and once it is done the value is served. (Before, each caller's
+/// cancellation dropped the load, and with such deadlines no caller ever got a
+/// value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_outlives_callers_that_give_up() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let loads = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = loads.clone();
+    let cache = tiered::TieredCache::<String, String>::builder("outlive")
+        .loader_fn(move |key: String| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Ok::<_, tiered::BoxError>(Some(format!("slow {key}")))
+            }
+        })
+        .build()
+        .unwrap();
+    let key = "k".to_owned();
+    let start = std::time::Instant::now();
+    let value = loop {
+        let deadline = std::time::Duration::from_millis(50);
+        if let Ok(found) = tokio::time::timeout(deadline, cache.get(&key)).await {
+            break found.unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never loaded"
+        );
+    };
+    assert_eq!(value.as_deref(), Some("slow k"));
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "one load for all the callers"
+    );
+}
