@@ -168,8 +168,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             }
             // Not running the flight means getting what another caller's flight
             // produced: through the flight's result, or from L1 once written.
-            self.inner.report.count(Counter::Coalesced);
-            self.inner.report.with_observer(|o| o.coalesced());
+            self.inner.report.event(Counter::Coalesced);
             match &result {
                 Err(flight) if matches!(**flight, Flight::Superseded(_)) => {
                     if round == MAX_LOAD_ATTEMPTS {
@@ -349,8 +348,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     fn count_superseded(&self) {
-        self.inner.report.count(Counter::Superseded);
-        self.inner.report.with_observer(|o| o.superseded());
+        self.inner.report.event(Counter::Superseded);
     }
 
     /// Runs a load of `keys` keys: times it, contains a panic, counts and reports it.

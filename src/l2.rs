@@ -381,7 +381,7 @@ impl L2 {
                 if pending.clear == Some(cursor) {
                     pending.clear = step.next;
                     if step.next.is_none() {
-                        report.count(Counter::L2NamespaceClears);
+                        report.event(Counter::L2NamespaceClears);
                     }
                 }
             } else if let Some((glob, cursor)) = pattern {
@@ -505,7 +505,7 @@ impl L2 {
             Ok(_reservation_or_expired) => Decoding::Unusable,
             Err(error) => {
                 tracing::warn!(key, %error, "undecodable L2 entry: deleted, reloading");
-                report.count(Counter::L2Corrupt);
+                report.event(Counter::L2Corrupt);
                 Decoding::Corrupt
             }
         }
@@ -573,7 +573,7 @@ impl L2 {
         match error {
             EncodeError::TooLarge(bytes) => {
                 tracing::debug!(key, bytes, "value past l2_max_value_bytes: L1 only");
-                report.count(Counter::L2Oversized);
+                report.event(Counter::L2Oversized);
             }
             EncodeError::Codec(_) => {
                 tracing::warn!(key, %error, "value does not encode: L1 only");

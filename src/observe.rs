@@ -63,6 +63,21 @@ pub trait Observer: Send + Sync + 'static {
     }
     /// Another instance's invalidation arrived through the bus and was applied.
     fn invalidation_received(&self) {}
+    /// An `insert` (or `insert_with_ttl`) wrote a value.
+    fn inserted(&self) {}
+    /// An L1 hit found a remembered absence (also reported as a `hit`).
+    fn negative_hit(&self) {}
+    /// An L2 entry did not decode (foreign bytes, another schema, a wrong key, past
+    /// the size limit): deleted, and the value reloaded.
+    fn l2_corrupt(&self) {}
+    /// A value was not written to L2: past `l2_max_value_bytes` (L1 only).
+    fn l2_oversized(&self) {}
+    /// The whole L2 namespace was cleared in place of owed deletions.
+    fn l2_namespace_cleared(&self) {}
+    /// The bus subscription came back after a loss, and L1 was cleared.
+    fn bus_resubscribed(&self) {}
+    /// A bus message could not be published at first (it is kept and sent again).
+    fn bus_publish_failed(&self) {}
     /// A shared-tier call failed or timed out (the read went on without it).
     fn l2_error(&self) {}
     /// The shared tier's circuit breaker changed state.
@@ -290,6 +305,27 @@ impl Report {
             tracing::info!(?state, "L2 circuit breaker changed state");
             if let Some(observer) = &self.observer {
                 observer.breaker(state);
+            }
+        }
+    }
+
+    /// Counts `counter` and reports it to the observer, for the events that have
+    /// no arguments.
+    pub(crate) fn event(&self, counter: Counter) {
+        self.count(counter);
+        if let Some(observer) = &self.observer {
+            match counter {
+                Counter::Inserts => observer.inserted(),
+                Counter::NegativeHits => observer.negative_hit(),
+                Counter::L2Corrupt => observer.l2_corrupt(),
+                Counter::L2Oversized => observer.l2_oversized(),
+                Counter::L2NamespaceClears => observer.l2_namespace_cleared(),
+                Counter::BusResubscribes => observer.bus_resubscribed(),
+                Counter::BusPublishErrors => observer.bus_publish_failed(),
+                Counter::Coalesced => observer.coalesced(),
+                Counter::Superseded => observer.superseded(),
+                Counter::InvalidationsReceived => observer.invalidation_received(),
+                _ => {}
             }
         }
     }

@@ -128,7 +128,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             Some(entry) if !entry.is_expired(inner.clock.now()) => {
                 inner.report.tier(Tier::L1, true);
                 if entry.value.is_none() {
-                    inner.report.count(Counter::NegativeHits);
+                    inner.report.event(Counter::NegativeHits);
                 }
                 Some(entry)
             }

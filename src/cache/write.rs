@@ -43,7 +43,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     async fn write(&self, key: K, value: V, l1_ttl: Duration, l2_ttl: Duration) {
         self.start_bus().await;
         let inner = &*self.inner;
-        inner.report.count(Counter::Inserts);
+        inner.report.event(Counter::Inserts);
         let entry = Entry::new(Some(value), inner.clock.now(), l1_ttl);
         if let Some(l2) = &inner.l2 {
             l2.set(&inner.report, &l2.key(&key), entry.value.as_ref(), l2_ttl)
@@ -126,8 +126,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// Applies another instance's invalidation to this one's L1, through the fence.
     pub(crate) async fn apply_remote(&self, message: Message) {
         let inner = &*self.inner;
-        inner.report.count(Counter::InvalidationsReceived);
-        inner.report.with_observer(|o| o.invalidation_received());
+        inner.report.event(Counter::InvalidationsReceived);
         match message {
             Message::Key(text) => match K::from_key_str(&text) {
                 Some(key) => inner.fence.supersede(&key, inner.l1.invalidate(&key)).await,
@@ -153,7 +152,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .supersede_all(|| inner.l1.invalidate_all())
             .await;
         if count {
-            inner.report.count(Counter::BusResubscribes);
+            inner.report.event(Counter::BusResubscribes);
             tracing::info!(cache = %inner.name, "bus resubscribed: L1 cleared");
         }
     }
@@ -182,7 +181,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.keep_flushing();
         if let Some(bus) = &self.inner.bus {
             if !bus.publish(message).await {
-                self.inner.report.count(Counter::BusPublishErrors);
+                self.inner.report.event(Counter::BusPublishErrors);
             }
         }
     }

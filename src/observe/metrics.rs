@@ -25,6 +25,13 @@ pub struct MetricsObserver {
     superseded: Counter,
     invalidations: Counter,
     invalidations_received: Counter,
+    inserts: Counter,
+    negative_hits: Counter,
+    l2_corrupt: Counter,
+    l2_oversized: Counter,
+    l2_namespace_clears: Counter,
+    bus_resubscribes: Counter,
+    bus_publish_errors: Counter,
     l2_errors: Counter,
     breaker: Gauge,
 }
@@ -46,6 +53,13 @@ impl MetricsObserver {
             superseded: metrics::counter!("tiered_superseded_total", "cache" => cache.clone()),
             invalidations: metrics::counter!("tiered_invalidations_total", "cache" => cache.clone()),
             invalidations_received: metrics::counter!("tiered_invalidations_received_total", "cache" => cache.clone()),
+            inserts: metrics::counter!("tiered_inserts_total", "cache" => cache.clone()),
+            negative_hits: metrics::counter!("tiered_negative_hits_total", "cache" => cache.clone()),
+            l2_corrupt: metrics::counter!("tiered_l2_corrupt_total", "cache" => cache.clone()),
+            l2_oversized: metrics::counter!("tiered_l2_oversized_total", "cache" => cache.clone()),
+            l2_namespace_clears: metrics::counter!("tiered_l2_namespace_clears_total", "cache" => cache.clone()),
+            bus_resubscribes: metrics::counter!("tiered_bus_resubscribes_total", "cache" => cache.clone()),
+            bus_publish_errors: metrics::counter!("tiered_bus_publish_errors_total", "cache" => cache.clone()),
             l2_errors: metrics::counter!("tiered_l2_errors_total", "cache" => cache.clone()),
             breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
         }
@@ -92,6 +106,34 @@ impl Observer for MetricsObserver {
 
     fn invalidation_received(&self) {
         self.invalidations_received.increment(1);
+    }
+
+    fn inserted(&self) {
+        self.inserts.increment(1);
+    }
+
+    fn negative_hit(&self) {
+        self.negative_hits.increment(1);
+    }
+
+    fn l2_corrupt(&self) {
+        self.l2_corrupt.increment(1);
+    }
+
+    fn l2_oversized(&self) {
+        self.l2_oversized.increment(1);
+    }
+
+    fn l2_namespace_cleared(&self) {
+        self.l2_namespace_clears.increment(1);
+    }
+
+    fn bus_resubscribed(&self) {
+        self.bus_resubscribes.increment(1);
+    }
+
+    fn bus_publish_failed(&self) {
+        self.bus_publish_errors.increment(1);
     }
 
     fn l2_error(&self) {

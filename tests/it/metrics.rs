@@ -45,3 +45,83 @@ async fn hits_misses_and_loads_reach_the_recorder() {
     assert_eq!(counter("tiered_loads_total", ("outcome", "error")), 0);
     assert_eq!(counter("tiered_invalidations_total", ("cache", "users")), 1);
 }
+
+/// Every event of the cache moves its metric (real Redis for the L2 and bus ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_moves_its_metric() {
+    let mut redis = crate::support::Redis::start_own(&[]);
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let observer = metrics::with_local_recorder(&recorder, || MetricsObserver::new("events"));
+    let build = |observer: Option<MetricsObserver>| {
+        let builder = TieredCache::<String, String>::builder("events")
+            .l2_redis(redis.url())
+            .l2_max_value_bytes(1024)
+            .l2_breaker(100, std::time::Duration::from_secs(1))
+            .loader_fn(|k: String| async move { Ok::<_, BoxError>((k != "none").then_some(k)) });
+        match observer {
+            Some(o) => builder.observer(o),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    let cache = build(Some(observer));
+    let other = build(None);
+
+    cache.insert("a".into(), "x".into()).await; // inserts
+    cache.get(&"none".into()).await.unwrap();
+    cache.get(&"none".into()).await.unwrap(); // negative_hits
+    cache.insert("big".into(), "y".repeat(2000)).await; // l2_oversized
+    other.get(&"bad".into()).await.unwrap();
+    redis.cli(&["set", &other.l2_key(&"bad".into()).unwrap(), "garbage"]);
+    cache.get(&"bad".into()).await.unwrap(); // l2_corrupt
+    other.get(&"warm".into()).await.unwrap();
+    other.invalidate(&"a".into()).await; // invalidations_received (on `cache`)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.stats().invalidations_received == 0 {
+        assert!(std::time::Instant::now() < deadline, "no bus message");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    redis.cli(&["ACL", "SETUSER", "default", "-publish", "-scan"]);
+    cache.invalidate_all().await; // bus_publish_errors; the walk is owed
+    redis.cli(&["ACL", "SETUSER", "default", "+publish", "+scan"]);
+    cache.get(&"after".into()).await.unwrap(); // the owed walk: l2_namespace_clears
+    redis.restart(); // bus_resubscribes
+    while cache.stats().bus_resubscribes == 0 {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let stats = cache.stats();
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counter = |name: &str| -> u64 {
+        snapshot
+            .iter()
+            .find(|(key, ..)| key.kind() == MetricKind::Counter && key.key().name() == name)
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("{name} was not registered"))
+    };
+    for (name, stat) in [
+        ("tiered_inserts_total", stats.inserts),
+        ("tiered_negative_hits_total", stats.negative_hits),
+        ("tiered_l2_oversized_total", stats.l2_oversized),
+        ("tiered_l2_corrupt_total", stats.l2_corrupt),
+        (
+            "tiered_invalidations_received_total",
+            stats.invalidations_received,
+        ),
+        ("tiered_bus_publish_errors_total", stats.bus_publish_errors),
+        (
+            "tiered_l2_namespace_clears_total",
+            stats.l2_namespace_clears,
+        ),
+        ("tiered_bus_resubscribes_total", stats.bus_resubscribes),
+    ] {
+        assert!(stat >= 1, "{name}: the event did not happen: {stats:?}");
+        assert_eq!(counter(name), stat, "{name} against stats()");
+    }
+}
