@@ -2,11 +2,12 @@
 //!
 //! Run it with `cargo run --example quickstart`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiered::{BoxError, TieredCache, Ttl};
+use tiered::{BoxError, Loader, TieredCache, Ttl};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct User {
@@ -14,48 +15,71 @@ struct User {
     name: String,
 }
 
+/// Stands in for a database: users 0..1000 exist; counts the queries it answers.
+#[derive(Clone, Default)]
+struct Db {
+    queries: Arc<AtomicUsize>,
+}
+
+impl Db {
+    fn user(id: u64) -> Option<Arc<User>> {
+        (id < 1000).then(|| {
+            Arc::new(User {
+                id,
+                name: format!("user {id}"),
+            })
+        })
+    }
+}
+
+impl Loader<u64, Arc<User>> for Db {
+    /// `SELECT ... WHERE id = $1`
+    async fn load(&self, id: &u64) -> Result<Option<Arc<User>>, BoxError> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await; // a slow query
+        Ok(Db::user(*id))
+    }
+
+    /// `SELECT ... WHERE id = ANY($1)`: one query for the whole batch.
+    async fn load_many(&self, ids: &[u64]) -> Result<HashMap<u64, Arc<User>>, BoxError> {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((*id, Db::user(*id)?)))
+            .collect())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), tiered::Error> {
-    // Stands in for a database: counts how often it is asked.
-    let queries = Arc::new(AtomicUsize::new(0));
-    let db = queries.clone();
+    let db = Db::default();
     let users = TieredCache::<u64, Arc<User>>::builder("users")
         .l1_max_entries(10_000)
         .l1_ttl(Ttl::MEDIUM)
         .negative_ttl(Duration::from_secs(30))
-        .loader_fn(move |id: u64| {
-            db.fetch_add(1, Ordering::SeqCst);
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await; // a slow query
-                let user = (id < 1000).then(|| {
-                    Arc::new(User {
-                        id,
-                        name: format!("user {id}"),
-                    })
-                });
-                Ok::<_, BoxError>(user)
-            }
-        })
+        .loader(db.clone())
         .build()?;
+    let mut requests = 0;
 
-    let report = |step: &str| {
+    let report = |step: &str, requests: usize| {
         let s = users.stats();
         println!(
-            "{step:<44} l1 hits {:>3}  misses {:>3}  loads {:>2}  coalesced {:>3}  db queries {}",
+            "{step:<46} requests {requests:>3}  db queries {:>2}  l1 hits {:>3}  waited on another's load {:>3}",
+            db.queries.load(Ordering::SeqCst),
             s.l1.hits,
-            s.l1.misses,
-            s.loads,
             s.coalesced,
-            queries.load(Ordering::SeqCst)
         );
     };
 
     let user = users.get(&7).await?;
+    requests += 1;
     println!("get(7) -> {user:?}");
-    report("first get(7): miss, loaded");
+    report("get(7): not cached, one query", requests);
 
     users.get(&7).await?;
-    report("second get(7): L1 hit");
+    requests += 1;
+    report("get(7) again: from L1, no query", requests);
 
     let tasks: Vec<_> = (0..100)
         .map(|_| {
@@ -66,21 +90,28 @@ async fn main() -> Result<(), tiered::Error> {
     for task in tasks {
         task.await.expect("task")?;
     }
-    report("100 concurrent get(42): one load");
+    requests += 100;
+    report("100 concurrent get(42): one query in all", requests);
 
     assert!(users.get(&5000).await?.is_none());
     users.get(&5000).await?;
-    report("get(5000) twice: absent, remembered");
+    requests += 2;
+    report("get(5000) twice: absent, remembered", requests);
 
     let many = users.get_many(&[1, 2, 3, 7, 42]).await?;
+    requests += 1;
     println!("get_many([1, 2, 3, 7, 42]) -> {} users", many.len());
-    report("get_many: 2 hits, 3 misses, one batch load");
+    report("get_many: 7 and 42 from L1, one batch query", requests);
 
     users.invalidate(&7).await;
     users.get(&7).await?;
-    report("invalidate(7), get(7): reloaded");
+    requests += 1;
+    report("invalidate(7), get(7): one query again", requests);
 
-    let s = users.stats();
-    println!("L1 hit ratio: {:.2}", s.l1.hit_ratio());
+    let queries = db.queries.load(Ordering::SeqCst);
+    println!(
+        "{requests} requests, {queries} database queries: {:.0}% of the load saved",
+        100.0 * (1.0 - queries as f64 / requests as f64)
+    );
     Ok(())
 }

@@ -116,20 +116,23 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        self.fly_prepared(key, first, None).await
+        self.fly_prepared(key, first, None, true).await
     }
 
-    /// [`fly`](Self::fly), starting from an L2 read done ahead.
+    /// [`fly`](Self::fly), starting from an L2 read done ahead. `own_load`: `first`
+    /// is a load of its own, to time and count (false: a share of a batch that is
+    /// counted once, by `get_many`).
     pub(crate) async fn fly_prepared<F>(
         &self,
         key: &K,
         first: Option<F>,
         prepared: Option<Prepared<V>>,
+        own_load: bool,
     ) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        let result = self.fly_raw(key, first, prepared).await;
+        let result = self.fly_raw(key, first, prepared, own_load).await;
         self.settled(key, result)
     }
 
@@ -142,6 +145,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         key: &K,
         first: Option<F>,
         mut prepared: Option<Prepared<V>>,
+        own_load: bool,
     ) -> Result<Entry<V>, Arc<Flight<V>>>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
@@ -158,7 +162,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 let flight = match first {
                     // A load of the configured loader outlives its caller.
                     None if self.inner.loader.is_some() => self.detached(key, prepared).await,
-                    first => self.run(key, first, prepared).await,
+                    first => self.run(key, first, prepared, own_load).await,
                 };
                 Err::<Entry<V>, _>(flight)
             };
@@ -187,7 +191,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// starting another. (Outside a tokio runtime it runs inline.)
     async fn detached(&self, key: &K, prepared: Option<Prepared<V>>) -> Flight<V> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.run(key, None::<NoLoad<V>>, prepared).await;
+            return self.run(key, None::<NoLoad<V>>, prepared, true).await;
         };
         let flight = {
             let mut detached = self
@@ -198,7 +202,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             let flight = detached.entry(key.clone()).or_insert_with(|| {
                 let (cache, key) = (self.clone(), key.clone());
                 let task = runtime.spawn(async move {
-                    let flight = cache.run(&key, None::<NoLoad<V>>, prepared).await;
+                    let flight = cache.run(&key, None::<NoLoad<V>>, prepared, true).await;
                     let mut detached = cache
                         .inner
                         .detached
@@ -253,6 +257,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         key: &K,
         mut first: Option<F>,
         mut prepared: Option<Prepared<V>>,
+        own_load: bool,
     ) -> Flight<V>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
@@ -288,7 +293,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 Some(L2Read::Unavailable) | None => None,
             };
             let loaded = match (first.take(), loader) {
-                (Some(first), _) => self.timed(1, first).await,
+                (Some(first), _) if own_load => self.timed(1, first).await,
+                (Some(share), _) => share.await,
                 (None, Some(loader)) => {
                     let load = loader
                         .load(key)

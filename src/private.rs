@@ -243,7 +243,7 @@ where
     };
     // `answered`: a run of a body of this function said so (its value, or its
     // `None`), which every caller of the flight takes.
-    let (shared, answered) = match cache.fly_raw(&key, Some(first), None).await {
+    let (shared, answered) = match cache.fly_raw(&key, Some(first), None, true).await {
         Ok(entry) => (Ok(entry.value), false),
         Err(flight) => match &*flight {
             Flight::Settled(entry) | Flight::Superseded(entry) => (Ok(entry.value.clone()), false),

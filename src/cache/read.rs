@@ -109,7 +109,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                         values.map(|values| Fetched::cached(values.get(key).cloned()))
                     })
                 });
-                self.fly_prepared(key, first, read.map(|read| (ticket, read)))
+                self.fly_prepared(key, first, read.map(|read| (ticket, read)), false)
             });
         for (key, result) in missing.iter().zip(join_all(flights).await) {
             if let Some(value) = result? {

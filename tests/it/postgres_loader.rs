@@ -98,6 +98,11 @@ async fn get_many_loads_a_thousand_keys_with_one_query() {
     assert!(!got.contains_key(&5000));
     assert_eq!(pg.calls(&pool, MANY).await, 1);
     assert_eq!(pg.calls(&pool, ONE).await, 0);
+    assert_eq!(
+        cache.stats().loads,
+        3,
+        "two gets, then the batch counted once"
+    );
     // Everything, including the absent key, is now cached.
     let again = cache.get_many(&keys).await.unwrap();
     assert_eq!(again, got);
