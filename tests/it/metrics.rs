@@ -125,3 +125,62 @@ async fn every_event_moves_its_metric() {
         assert_eq!(counter(name), stat, "{name} against stats()");
     }
 }
+
+/// Every metric `docs/grafana-dashboard.json` queries is one `MetricsObserver`
+/// registers (histogram series by their base name).
+#[test]
+fn every_metric_the_dashboard_queries_exists() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _observer = metrics::with_local_recorder(&recorder, || MetricsObserver::new("dash"));
+    let registered: std::collections::BTreeSet<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, ..)| key.key().name().to_owned())
+        .collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let mut queried = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("tiered_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            queried.insert(base.to_owned());
+        }
+    }
+    let missing: Vec<_> = queried.difference(&registered).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but never registered: {missing:?}"
+    );
+    assert!(queried.len() >= 14, "{queried:?}");
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    ("query", serde_json::Value::String(query)) => out.push(query.clone()),
+                    _ => collect_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
