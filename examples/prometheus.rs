@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .metrics()
         .loader_fn(|id: u64| async move {
             tokio::time::sleep(Duration::from_millis(2)).await; // a query
-            Ok::<_, BoxError>((id % 10 != 0).then(|| format!("product {id}")))
+            Ok::<_, BoxError>((!id.is_multiple_of(10)).then(|| format!("product {id}")))
         })
         .build()?;
     println!("metrics on http://127.0.0.1:{port}/metrics for {seconds} s");
