@@ -4,7 +4,9 @@
 //! 100k entries with `String` keys `user:{id}` and `Arc<User>` values; each
 //! iteration reads the next of 1M pre-built uniformly random keys (all present).
 //! Both caches are read through `now_or_never`, so no executor cost is measured.
-//! `scripts/bench-ratio l1_hit` prints the ratio of the two.
+//! With `--features metrics`, a third cache reports every hit to a Prometheus
+//! recorder (metrics-exporter-prometheus) through `MetricsObserver`.
+//! `scripts/bench-ratio l1_hit` prints the ratios to bare moka.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -74,6 +76,34 @@ fn l1_hit(c: &mut Criterion) {
             black_box(hit.expect("no error").expect("present"))
         })
     });
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let observer =
+            metrics::with_local_recorder(&recorder, || tiered::MetricsObserver::new("bench"));
+        let measured = TieredCache::<String, Arc<User>>::builder("bench")
+            .l1_max_entries(2 * ENTRIES)
+            .observer(observer)
+            .build()
+            .expect("build");
+        for id in 0..ENTRIES {
+            measured.insert(key(id), user(id)).now_or_never().unwrap();
+        }
+        measured.run_pending_tasks().now_or_never().unwrap();
+        group.bench_function("tiered_prometheus", |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % LOOKUPS;
+                let hit = measured.get(&keys[i]).now_or_never().unwrap();
+                black_box(hit.expect("no error").expect("present"))
+            })
+        });
+        let rendered = recorder.handle().render();
+        assert!(
+            rendered.contains("tiered_hits_total"),
+            "the recorder saw the hits"
+        );
+    }
     group.finish();
 }
 
