@@ -455,33 +455,34 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         };
         let l2 = match self.l2 {
             None => None,
-            Some(store) => Some(L2::new(L2Config {
-                breaker: {
-                    let store = store.clone()?;
-                    let make = || Breaker::new(breaker, self.clock.clone(), store);
-                    #[cfg(feature = "redis")]
-                    let breaker = match &self.redis {
-                        Some(redis) => Arc::clone(redis.shared.breaker.get_or_init(make)),
-                        None => make(),
-                    };
-                    #[cfg(not(feature = "redis"))]
-                    let breaker = make();
-                    breaker.listen(&report);
-                    breaker
-                },
-                store: store?,
-                timeout: self.l2_timeout,
-                reservation_ttl: self.l2_fill_window,
-                namespace,
-                wire: Wire {
-                    codec: self.codec,
-                    fingerprint: fingerprint::<V>(self.schema_version),
-                    compress_from: self.l2_compress_from,
-                    max_value_bytes: self.l2_max_value_bytes,
-                    #[cfg(feature = "encryption")]
-                    encryption: self.l2_encryption,
-                },
-            })),
+            Some(store) => {
+                let store = store?;
+                // Caches on one `RedisStore` share its breaker (and its probe).
+                let make = || Breaker::new(breaker, self.clock.clone(), Arc::clone(&store));
+                #[cfg(feature = "redis")]
+                let breaker = match &self.redis {
+                    Some(redis) => Arc::clone(redis.shared.breaker.get_or_init(make)),
+                    None => make(),
+                };
+                #[cfg(not(feature = "redis"))]
+                let breaker = make();
+                breaker.listen(&report);
+                Some(L2::new(L2Config {
+                    store,
+                    breaker,
+                    timeout: self.l2_timeout,
+                    reservation_ttl: self.l2_fill_window,
+                    namespace,
+                    wire: Wire {
+                        codec: self.codec,
+                        fingerprint: fingerprint::<V>(self.schema_version),
+                        compress_from: self.l2_compress_from,
+                        max_value_bytes: self.l2_max_value_bytes,
+                        #[cfg(feature = "encryption")]
+                        encryption: self.l2_encryption,
+                    },
+                }))
+            }
         };
         Ok(TieredCache::from_inner(Inner {
             l1: l1::build(&self.name, capacity),

@@ -373,8 +373,7 @@ impl L2 {
                 return false;
             }
             if let Some(cursor) = clear {
-                let glob = format!("{}*", self.namespace_glob);
-                let Some(step) = self.step(report, &glob, cursor).await else {
+                let Some(step) = self.step(report, &self.glob("*"), cursor).await else {
                     return false;
                 };
                 let mut pending = self.lock_pending();

@@ -63,10 +63,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// what it read before. If L2 cannot be reached (or this call is cancelled),
     /// the deletion is replayed before this instance reads L2 again.
     pub async fn invalidate(&self, key: &K) {
-        self.start_bus().await;
+        self.begin_invalidation(false).await;
         let inner = &*self.inner;
-        inner.report.count(Counter::Invalidations);
-        inner.report.with_observer(|o| o.invalidated(false));
         if let Some(l2) = &inner.l2 {
             l2.delete(&inner.report, l2.key(key)).await;
         }
@@ -94,10 +92,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn invalidate_pattern(&self, pattern: &str) {
-        self.start_bus().await;
+        self.begin_invalidation(false).await;
         let inner = &*self.inner;
-        inner.report.count(Counter::Invalidations);
-        inner.report.with_observer(|o| o.invalidated(false));
         if let Some(l2) = &inner.l2 {
             l2.delete_pattern(&inner.report, pattern).await;
         }
@@ -109,17 +105,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// namespace, by `SCAN` + `UNLINK`) and every instance, with the guarantees of
     /// [`invalidate`](Self::invalidate).
     pub async fn invalidate_all(&self) {
-        self.start_bus().await;
+        self.begin_invalidation(true).await;
         let inner = &*self.inner;
-        inner.report.count(Counter::Invalidations);
-        inner.report.with_observer(|o| o.invalidated(true));
         if let Some(l2) = &inner.l2 {
             l2.clear(&inner.report).await;
         }
-        inner
-            .fence
-            .supersede_all(|| inner.l1.invalidate_all())
-            .await;
+        self.clear_l1().await;
         self.publish(Message::All).await;
     }
 
@@ -133,12 +124,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 None => self.remove_matching(Pattern::new(escape_glob(&text))).await,
             },
             Message::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
-            Message::All => {
-                inner
-                    .fence
-                    .supersede_all(|| inner.l1.invalidate_all())
-                    .await
-            }
+            Message::All => self.clear_l1().await,
         }
     }
 
@@ -147,14 +133,27 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// holds what was read while the subscription was not up yet).
     pub(crate) async fn clear_l1_after_gap(&self, count: bool) {
         let inner = &*self.inner;
-        inner
-            .fence
-            .supersede_all(|| inner.l1.invalidate_all())
-            .await;
+        self.clear_l1().await;
         if count {
             inner.report.event(Counter::BusResubscribes);
             tracing::info!(cache = %inner.name, "bus resubscribed: L1 cleared");
         }
+    }
+
+    /// Starts the bus if needed, and counts and reports an invalidation.
+    async fn begin_invalidation(&self, all: bool) {
+        self.start_bus().await;
+        self.inner.report.count(Counter::Invalidations);
+        self.inner.report.with_observer(|o| o.invalidated(all));
+    }
+
+    /// Empties L1 through the fence: no load in flight commits what it read before.
+    async fn clear_l1(&self) {
+        let inner = &*self.inner;
+        inner
+            .fence
+            .supersede_all(|| inner.l1.invalidate_all())
+            .await;
     }
 
     async fn remove_matching(&self, pattern: Pattern) {
