@@ -17,6 +17,9 @@ use crate::l1::{self, L1Capacity, Weigher};
 use crate::l2::{L2Config, RemoteStore, L2};
 use crate::l3::{loader_fn, DynLoader, Loader};
 use crate::observe::{Counters, Observer, Report};
+use crate::refresh::{Freshness, DEFAULT_EARLY_REFRESH_BETA};
+
+mod freshness;
 
 /// The default number of L1 entries.
 pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
@@ -76,6 +79,8 @@ pub struct TieredCacheBuilder<K, V> {
     redis: Option<crate::RedisStore>,
     codec: Codec,
     schema_version: u32,
+    freshness: Freshness,
+    lease: Option<Duration>,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -122,6 +127,11 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             redis: None,
             codec: Codec::default(),
             schema_version: 1,
+            freshness: Freshness {
+                early_beta: Some(DEFAULT_EARLY_REFRESH_BETA),
+                ..Freshness::default()
+            },
+            lease: None,
         }
     }
 
@@ -383,6 +393,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 )));
             }
         }
+        freshness::validate(&self.freshness, &self.ttl, self.l2.is_some(), self.lease)?;
         let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
         let capacity = match self.capacity {
             Capacity::Entries(max) => L1Capacity::Entries(max),
@@ -496,6 +507,8 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             fence: Fence::new(),
             report,
             detached: Default::default(),
+            freshness: self.freshness,
+            lease: self.lease,
         }))
     }
 }

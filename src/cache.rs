@@ -19,7 +19,11 @@ use crate::l3::DynLoader;
 use crate::observe::{Report, Stats};
 
 mod read;
+mod warm;
 mod write;
+
+pub(crate) use self::read::Lookup;
+pub use self::warm::Warmed;
 
 /// What a cache can hold: a `serde` type that is cheap enough to clone.
 ///
@@ -67,6 +71,10 @@ pub(crate) struct Inner<K, V> {
     pub(crate) report: Arc<Report>,
     /// Loads that run in tasks of their own (they outlive their callers).
     pub(crate) detached: crate::flight::Detached<K, V>,
+    /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
+    pub(crate) freshness: crate::refresh::Freshness,
+    /// The life of a fleet-wide lease, if leases are on.
+    pub(crate) lease: Option<std::time::Duration>,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {

@@ -3,18 +3,22 @@
 //! ```text
 //! offset  size  field
 //! 0       2     magic "TR"
-//! 2       1     wire-format version (2)
+//! 2       1     wire-format version (3)
 //! 3       1     codec id (1 = bincode 2, 2 = JSON, 3 = MessagePack)
 //! 4       8     schema fingerprint of V (little endian)
 //! 12      1     flags: bit 0 = LZ4-compressed, bit 1 = encrypted
 //! 13      1     the encryption key's id (0 when not encrypted)
 //! 14      1     kind: 0 = remembered absence, 1 = value, 2 = fill reservation
-//! 15      8     expires at, Unix milliseconds (little endian); for kind 2, a
-//!               random token that makes each reservation unique
-//! 23      ..    the payload: the value encoded by the codec (kind 1), then
+//! 15      8     usable until (never served after), Unix milliseconds (little
+//!               endian); for kind 2, a random token that makes each
+//!               reservation unique
+//! 23      8     fresh until, Unix milliseconds (after it, only served stale:
+//!               stale-while-revalidate or fail-safe); 0 for kind 2
+//! 31      4     how long the load took, microseconds (for early refresh)
+//! 35      ..    the payload: the value encoded by the codec (kind 1), then
 //!               compressed (u32 original length + LZ4 block), then encrypted
 //!               (nonce + AES-256-GCM ciphertext and tag, authenticating bytes
-//!               0..23 and the Redis key); an encrypted absence seals nothing
+//!               0..35 and the Redis key); an encrypted absence seals nothing
 //! ```
 //!
 //! A fill reservation (kind 2) is what a reader leaves in an empty key before it
@@ -23,8 +27,8 @@
 //! Anything that does not decode — other magic, version, codec, fingerprint, flags
 //! or key, truncated bytes, a payload past the size limit, bytes that do not open,
 //! decompress or decode, trailing bytes — is a [`DecodeError`], which the cache
-//! treats as a miss (counted, and the key deleted). Version 1 entries (no flags)
-//! read as misses.
+//! treats as a miss (counted, and the key deleted). Entries of versions 1 and 2
+//! (no fresh time) read as misses.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +38,7 @@ use serde::Serialize;
 
 use crate::entry::Ttl;
 use crate::error::BoxError;
+use crate::refresh::Lifetime;
 
 #[cfg(feature = "encryption")]
 mod encryption;
@@ -41,9 +46,9 @@ mod encryption;
 pub use self::encryption::Encryption;
 
 const MAGIC: [u8; 2] = *b"TR";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const HEADER_LEN: usize = 14;
-const ENVELOPE_LEN: usize = HEADER_LEN + 9;
+const ENVELOPE_LEN: usize = HEADER_LEN + 1 + 8 + 8 + 4;
 const KIND_RESERVATION: u8 = 2;
 const FLAG_LZ4: u8 = 1;
 const FLAG_ENCRYPTED: u8 = 2;
@@ -226,7 +231,12 @@ pub(crate) struct Wire {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Decoded<V> {
     pub(crate) value: Option<V>,
+    /// Until it is no longer served at all.
     pub(crate) remaining: Duration,
+    /// Until it is stale (zero: stale now).
+    pub(crate) fresh: Duration,
+    /// How long the load that produced it took.
+    pub(crate) load: Duration,
 }
 
 /// Why a value was not written to L2.
@@ -260,7 +270,7 @@ impl Wire {
         }
     }
 
-    fn header(&self, out: &mut Vec<u8>, flags: u8, key_id: u8, kind: u8, stamp: u64) {
+    fn header(&self, out: &mut Vec<u8>, flags: u8, key_id: u8, kind: u8, times: Times) {
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.codec.id());
@@ -268,18 +278,25 @@ impl Wire {
         out.push(flags);
         out.push(key_id);
         out.push(kind);
-        out.extend_from_slice(&stamp.to_le_bytes());
+        out.extend_from_slice(&times.stamp.to_le_bytes());
+        out.extend_from_slice(&times.fresh_until.to_le_bytes());
+        out.extend_from_slice(&times.load_micros.to_le_bytes());
     }
 
     /// The bytes of an entry stored at `l2_key` (which encryption authenticates).
     pub(crate) fn encode<V: Serialize>(
         &self,
         value: Option<&V>,
-        ttl: Duration,
+        lifetime: Lifetime,
         l2_key: &str,
     ) -> Result<Vec<u8>, EncodeError> {
         let now = SystemTime::now();
-        let expires = unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
+        let at = |ttl: Duration| unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
+        let times = Times {
+            stamp: at(lifetime.keep.max(lifetime.fresh)),
+            fresh_until: at(lifetime.fresh),
+            load_micros: u32::try_from(lifetime.load.as_micros()).unwrap_or(u32::MAX),
+        };
         let mut payload = Vec::new();
         if let Some(value) = value {
             self.codec
@@ -307,13 +324,13 @@ impl Wire {
         #[cfg(feature = "encryption")]
         if let Some(encryption) = &self.encryption {
             flags |= FLAG_ENCRYPTED;
-            self.header(&mut out, flags, encryption.write_key_id(), kind, expires);
+            self.header(&mut out, flags, encryption.write_key_id(), kind, times);
             let aad = [&out[..], l2_key.as_bytes()].concat();
             out.extend_from_slice(&encryption.seal(&payload, &aad));
             return Ok(out);
         }
         let _ = l2_key;
-        self.header(&mut out, flags, 0, kind, expires);
+        self.header(&mut out, flags, 0, kind, times);
         out.extend_from_slice(&payload);
         Ok(out)
     }
@@ -321,7 +338,12 @@ impl Wire {
     /// A new fill reservation: a header, kind 2 and a random token.
     pub(crate) fn reservation(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(ENVELOPE_LEN);
-        self.header(&mut out, 0, 0, KIND_RESERVATION, fastrand::u64(..));
+        let times = Times {
+            stamp: fastrand::u64(..),
+            fresh_until: 0,
+            load_micros: 0,
+        };
+        self.header(&mut out, 0, 0, KIND_RESERVATION, times);
         out
     }
 
@@ -370,16 +392,26 @@ impl Wire {
         } else {
             payload
         };
-        let expires = u64::from_le_bytes(envelope[15..23].try_into().expect("8 bytes"));
-        let remaining =
-            Duration::from_millis(expires.saturating_sub(unix_millis(SystemTime::now())));
+        let millis_at = |at: usize| {
+            u64::from_le_bytes(envelope[at..at + 8].try_into().expect("8 bytes"))
+        };
+        let now = unix_millis(SystemTime::now());
+        let remaining = Duration::from_millis(millis_at(15).saturating_sub(now));
+        let fresh = Duration::from_millis(millis_at(23).saturating_sub(now)).min(remaining);
+        let load_micros = u32::from_le_bytes(envelope[31..35].try_into().expect("4 bytes"));
+        let load = Duration::from_micros(u64::from(load_micros));
         let value = match kind {
             0 if payload.is_empty() && flags & FLAG_LZ4 == 0 => None,
             0 => return Err(DecodeError::Value("a payload after an absence".into())),
             1 => Some(self.codec.decode(payload).map_err(DecodeError::Value)?),
             kind => return Err(DecodeError::Kind(kind)),
         };
-        Ok(Some(Decoded { value, remaining }))
+        Ok(Some(Decoded {
+            value,
+            remaining,
+            fresh,
+            load,
+        }))
     }
 
     /// The opened payload of an encrypted entry (`None`: not encrypted). With
@@ -422,6 +454,15 @@ impl Wire {
     }
 }
 
+/// The times in an entry's envelope.
+#[derive(Clone, Copy)]
+struct Times {
+    /// Usable until (Unix ms), or a reservation's token.
+    stamp: u64,
+    fresh_until: u64,
+    load_micros: u32,
+}
+
 fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -444,6 +485,46 @@ mod tests {
 
     const KEY: &str = "ns:1:k";
 
+    fn life(secs: u64) -> Lifetime {
+        let ttl = Duration::from_secs(secs);
+        Lifetime {
+            fresh: ttl,
+            keep: ttl,
+            load: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_envelope_carries_fresh_and_usable_times_and_the_load_duration() {
+        let w = wire(Codec::Bincode);
+        let lifetime = Lifetime {
+            fresh: Duration::from_secs(10),
+            keep: Duration::from_secs(100),
+            load: Duration::from_millis(42),
+        };
+        let bytes = w.encode(Some(&7u32), lifetime, KEY).unwrap();
+        let back: Decoded<u32> = w.decode(&bytes, KEY).unwrap().unwrap();
+        assert_eq!(back.value, Some(7));
+        assert!(back.fresh > Duration::from_secs(8) && back.fresh <= Duration::from_secs(10));
+        assert!(back.remaining > Duration::from_secs(98));
+        assert_eq!(back.load, Duration::from_millis(42));
+        // Stale: usable, no longer fresh.
+        let stale = Lifetime {
+            fresh: Duration::ZERO,
+            ..lifetime
+        };
+        let bytes = w.encode(Some(&7u32), stale, KEY).unwrap();
+        let back: Decoded<u32> = w.decode(&bytes, KEY).unwrap().unwrap();
+        assert!(back.fresh.is_zero() && !back.remaining.is_zero());
+        // Version 2 entries are refused.
+        let mut old = bytes.clone();
+        old[2] = 2;
+        assert!(matches!(
+            w.decode::<u32>(&old, KEY),
+            Err(DecodeError::Version(2))
+        ));
+    }
+
     #[test]
     fn round_trips_values_and_absences_with_both_codecs() {
         for codec in [Codec::Bincode, Codec::Json, Codec::MessagePack] {
@@ -452,11 +533,11 @@ mod tests {
                 id: 1,
                 name: "a".into(),
             };
-            let bytes = w.encode(Some(&user), Duration::from_secs(60), KEY).unwrap();
+            let bytes = w.encode(Some(&user), life(60), KEY).unwrap();
             let back: Decoded<User> = w.decode(&bytes, KEY).unwrap().unwrap();
             assert_eq!(back.value, Some(user));
             assert!(back.remaining > Duration::from_secs(58));
-            let none = w.encode::<User>(None, Duration::from_secs(5), KEY).unwrap();
+            let none = w.encode::<User>(None, life(5), KEY).unwrap();
             assert_eq!(w.decode::<User>(&none, KEY).unwrap().unwrap().value, None);
             let (r1, r2) = (w.reservation(), w.reservation());
             assert_ne!(r1, r2, "every reservation is unique");
@@ -473,7 +554,7 @@ mod tests {
                     id: 7,
                     name: "x".repeat(40),
                 }),
-                Duration::from_secs(60),
+                life(60),
                 KEY,
             )
             .unwrap();
@@ -527,7 +608,7 @@ mod tests {
                     id: 1,
                     name: String::new(),
                 }),
-                Duration::from_secs(60),
+                life(60),
                 KEY,
             )
             .unwrap();
@@ -548,7 +629,7 @@ mod tests {
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
         let mut bytes = vecs
-            .encode(Some(&vec![1u64]), Duration::from_secs(60), KEY)
+            .encode(Some(&vec![1u64]), life(60), KEY)
             .unwrap();
         bytes.truncate(ENVELOPE_LEN);
         bytes.extend_from_slice(&body);
@@ -560,7 +641,7 @@ mod tests {
         let w = Wire::plain(Codec::Bincode, fingerprint::<Vec<String>>(1));
         let value = vec![String::new(); 100_000];
         let bytes = w
-            .encode(Some(&value), Duration::from_secs(60), KEY)
+            .encode(Some(&value), life(60), KEY)
             .unwrap();
         let back = w.decode::<Vec<String>>(&bytes, KEY).unwrap().unwrap();
         assert_eq!(back.value, Some(value));
@@ -595,7 +676,7 @@ mod tests {
         let mut w = wire(Codec::Bincode);
         w.compress_from = Some(256);
         let bytes = w
-            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .encode(Some(&big_user()), life(60), KEY)
             .unwrap();
         assert_eq!(bytes[12] & FLAG_LZ4, FLAG_LZ4);
         assert!(bytes.len() < 500, "{} bytes", bytes.len());
@@ -607,7 +688,7 @@ mod tests {
                 id: 1,
                 name: "a".into(),
             }),
-            Duration::from_secs(60),
+            life(60),
             KEY,
         );
         assert_eq!(small.unwrap()[12], 0);
@@ -618,7 +699,7 @@ mod tests {
         let mut w = wire(Codec::Bincode);
         w.compress_from = Some(256);
         let good = w
-            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .encode(Some(&big_user()), life(60), KEY)
             .unwrap();
         // A stated length past the limit: refused before any allocation.
         let mut huge = good.clone();
@@ -640,11 +721,11 @@ mod tests {
     fn payloads_past_the_limit_are_not_written_nor_read() {
         let mut w = wire(Codec::Bincode);
         w.max_value_bytes = 1024;
-        let too_big = w.encode(Some(&big_user()), Duration::from_secs(60), KEY);
+        let too_big = w.encode(Some(&big_user()), life(60), KEY);
         assert!(matches!(too_big, Err(EncodeError::TooLarge(_))));
         let roomy = wire(Codec::Bincode);
         let bytes = roomy
-            .encode(Some(&big_user()), Duration::from_secs(60), KEY)
+            .encode(Some(&big_user()), life(60), KEY)
             .unwrap();
         assert!(matches!(
             w.decode::<User>(&bytes, KEY),
@@ -668,7 +749,7 @@ mod tests {
             name: "secret name".into(),
         };
         let sealed = w_old
-            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .encode(Some(&user), life(60), KEY)
             .unwrap();
         assert!(
             !sealed.windows(6).any(|w| w == b"secret"),
@@ -678,7 +759,7 @@ mod tests {
         let back = w_new.decode::<User>(&sealed, KEY).unwrap().unwrap();
         assert_eq!(back.value.as_ref(), Some(&user));
         let resealed = w_new
-            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .encode(Some(&user), life(60), KEY)
             .unwrap();
         assert_eq!(resealed[13], 2);
         assert!(matches!(
@@ -703,14 +784,14 @@ mod tests {
         }
         // With encryption required, plaintext entries (and absences) are refused.
         let plain = wire(Codec::Bincode)
-            .encode(Some(&user), Duration::from_secs(60), KEY)
+            .encode(Some(&user), life(60), KEY)
             .unwrap();
         assert!(matches!(
             w_old.decode::<User>(&plain, KEY),
             Err(DecodeError::Flags(0))
         ));
         let absence = w_old
-            .encode::<User>(None, Duration::from_secs(5), KEY)
+            .encode::<User>(None, life(5), KEY)
             .unwrap();
         assert_eq!(
             w_old.decode::<User>(&absence, KEY).unwrap().unwrap().value,

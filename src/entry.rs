@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::clock::saturating_nanos;
+use crate::refresh::Freshness;
 
 /// Common TTLs.
 ///
@@ -32,31 +33,90 @@ impl Ttl {
 
 /// A cached value or a remembered absence, with its timing. Times are nanoseconds of
 /// the cache's [`Clock`](crate::Clock).
+///
+/// ```text
+///  written        early_from        fresh_until                 expires
+///     |  fresh hit   |  hit + XFetch draw |  stale: SWR or fail-safe  |  gone
+/// ```
 #[derive(Debug, Clone)]
 pub(crate) struct Entry<V> {
     /// `None` remembers that the loader found nothing (negative caching).
     pub(crate) value: Option<V>,
-    /// Never served at or after this instant.
+    /// A hit before this instant is plain; from here to `fresh_until`, a hit
+    /// draws whether to refresh early (the XFetch window; equal to `fresh_until`
+    /// when early refresh is off).
+    pub(crate) early_from: u64,
+    /// Served as fresh before this instant.
+    pub(crate) fresh_until: u64,
+    /// Never served at or after this instant. Between `fresh_until` and here the
+    /// entry is stale: served only by stale-while-revalidate or fail-safe.
     pub(crate) expires: u64,
+    /// How long the load that produced this value took, in nanoseconds (what
+    /// XFetch weighs the early-refresh probability by).
+    pub(crate) load_nanos: u64,
 }
 
 impl<V> Entry<V> {
-    /// `ttl` is clamped to [`Ttl::MAX`].
-    pub(crate) fn new(value: Option<V>, now: u64, ttl: Duration) -> Self {
+    /// An entry written at `now`, fresh for `ttl` (clamped to [`Ttl::MAX`]), kept
+    /// stale for as long as `freshness` may serve it, produced by a load that took
+    /// `load`.
+    pub(crate) fn new(
+        value: Option<V>,
+        now: u64,
+        ttl: Duration,
+        freshness: &Freshness,
+        load: Duration,
+    ) -> Self {
+        let fresh_until = now.saturating_add(saturating_nanos(ttl.min(Ttl::MAX)));
+        let expires = freshness.keep_until(now, fresh_until);
         Entry {
             value,
-            expires: now.saturating_add(saturating_nanos(ttl.min(Ttl::MAX))),
+            early_from: freshness.early_from(now, fresh_until, load),
+            fresh_until,
+            expires,
+            load_nanos: saturating_nanos(load),
         }
     }
 
     /// An entry handed to the callers of one flight and cached nowhere.
     pub(crate) fn uncached(value: Option<V>) -> Self {
-        Entry { value, expires: 0 }
+        Entry {
+            value,
+            early_from: 0,
+            fresh_until: 0,
+            expires: 0,
+            load_nanos: 0,
+        }
     }
 
+    /// Never served again.
     #[inline]
     pub(crate) fn is_expired(&self, now: u64) -> bool {
         now >= self.expires
+    }
+
+    /// Served as fresh.
+    #[inline]
+    pub(crate) fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+
+    /// This entry served stale by fail-safe: fresh again for `throttle` (within
+    /// its expiry), so that a failing loader is not called on every read.
+    pub(crate) fn throttled(&self, now: u64, throttle: Duration) -> Self
+    where
+        V: Clone,
+    {
+        let fresh_until = now
+            .saturating_add(saturating_nanos(throttle))
+            .min(self.expires);
+        Entry {
+            value: self.value.clone(),
+            early_from: fresh_until,
+            fresh_until,
+            expires: self.expires,
+            load_nanos: self.load_nanos,
+        }
     }
 }
 
@@ -134,8 +194,15 @@ mod tests {
 
     #[test]
     fn expiry_is_write_time_plus_ttl() {
-        let entry = Entry::new(Some(1), 1_000, Duration::from_nanos(500));
+        let entry = Entry::new(
+            Some(1),
+            1_000,
+            Duration::from_nanos(500),
+            &Freshness::default(),
+            Duration::ZERO,
+        );
         assert!(!entry.is_expired(1_499));
         assert!(entry.is_expired(1_500));
+        assert!(entry.is_fresh(1_499) && !entry.is_fresh(1_500));
     }
 }

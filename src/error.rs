@@ -34,6 +34,14 @@ pub enum Error {
         /// The panic message, when the payload was a string.
         message: String,
     },
+    /// The load ran past the cache's hard timeout and was given up (with no stale
+    /// copy to serve instead).
+    LoadTimedOut {
+        /// The key being loaded, in its string form.
+        key: String,
+        /// The hard timeout.
+        after: std::time::Duration,
+    },
     /// The builder was given a setting it cannot use.
     Config(String),
 }
@@ -47,6 +55,9 @@ impl fmt::Display for Error {
                     f,
                     "the loader panicked while loading key `{key}`: {message}"
                 )
+            }
+            Error::LoadTimedOut { key, after } => {
+                write!(f, "loading key `{key}` took longer than {after:?}: given up")
             }
             Error::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
         }

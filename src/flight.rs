@@ -28,12 +28,19 @@ use crate::entry::Entry;
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
+use crate::clock::saturating_nanos;
+use crate::codec::Decoded;
 use crate::l2::{Filled, L2Read};
+use crate::lease::Leased;
+use crate::refresh::Fallback;
 use crate::observe::{Counter, LoadOutcome};
 
 /// How many times a flight superseded by an invalidation starts over before its
 /// value is returned (to the caller that ran it only) without being cached.
 const MAX_LOAD_ATTEMPTS: u32 = 3;
+
+/// One millisecond in clock nanoseconds: L2 times are kept in milliseconds.
+const MILLI: u64 = 1_000_000;
 
 /// How one flight ended, as shared with every caller that waited on it.
 #[derive(Clone)]
@@ -47,6 +54,8 @@ pub(crate) enum Flight<V> {
     /// to load again with. Only the caller that ran the flight may take this value
     /// (its call overlapped the invalidation); waiters fly again.
     Superseded(Entry<V>),
+    /// The load failed (or passed a timeout) and a stale copy is served instead.
+    Stale(Entry<V>),
     Failed(Failure),
 }
 
@@ -55,11 +64,42 @@ pub(crate) enum Flight<V> {
 pub(crate) enum Failure {
     Load(SharedError),
     Panicked(String),
+    /// Past the hard timeout.
+    TimedOut(Duration),
     /// The error of a `#[cached_tier]` function, returned as it is to its callers.
     Foreign {
         error: Arc<dyn Any + Send + Sync>,
         type_name: &'static str,
     },
+}
+
+/// What a flight starts from, beyond its key and its own load.
+pub(crate) struct Job<V> {
+    /// The L2 read done ahead (by `get_many`).
+    pub(crate) prepared: Option<Prepared<V>>,
+    /// The load is one of its own, to time and count (false: a share of a batch
+    /// that is counted once, by `get_many`).
+    pub(crate) own_load: bool,
+    /// A stale copy to serve if the load fails.
+    pub(crate) fallback: Option<Fallback<V>>,
+    /// A background refresh of an entry fresh until this instant: an L2 entry is
+    /// taken instead of loading only if it is newer.
+    pub(crate) refresh_after: Option<u64>,
+    /// Whether the hard timeout applies (not to `#[cached_tier]` bodies, whose
+    /// callers get their function's own error type).
+    pub(crate) time_limit: bool,
+}
+
+impl<V> Default for Job<V> {
+    fn default() -> Self {
+        Job {
+            prepared: None,
+            own_load: true,
+            fallback: None,
+            refresh_after: None,
+            time_limit: true,
+        }
+    }
 }
 
 /// What a flight's first load produced.
@@ -104,35 +144,20 @@ pub(crate) type Prepared<V> = (Ticket, L2Read<V>);
 /// The type of "no load of the caller's own" (the configured loader is used).
 type NoLoad<V> = std::future::Ready<Result<Fetched<V>, Failure>>;
 
-/// Flights that outlive their callers, by key (see `detached`).
-pub(crate) type Detached<K, V> = Mutex<
-    std::collections::HashMap<K, futures_util::future::Shared<BoxFuture<'static, Flight<V>>>>,
->;
+/// A flight in a task of its own, that any number of callers may wait on.
+pub(crate) type SharedFlight<V> = futures_util::future::Shared<BoxFuture<'static, Flight<V>>>;
+
+/// Flights that outlive their callers, by key (see `launch`).
+pub(crate) type Detached<K, V> = Mutex<HashMap<K, SharedFlight<V>>>;
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key` through its flight: `first` is this caller's own load
     /// (else the configured loader is used).
-    pub(crate) async fn fly<F>(&self, key: &K, first: Option<F>) -> Result<Option<V>, Error>
+    pub(crate) async fn fly<F>(&self, key: &K, first: Option<F>, job: Job<V>) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        self.fly_prepared(key, first, None, true).await
-    }
-
-    /// [`fly`](Self::fly), starting from an L2 read done ahead. `own_load`: `first`
-    /// is a load of its own, to time and count (false: a share of a batch that is
-    /// counted once, by `get_many`).
-    pub(crate) async fn fly_prepared<F>(
-        &self,
-        key: &K,
-        first: Option<F>,
-        prepared: Option<Prepared<V>>,
-        own_load: bool,
-    ) -> Result<Option<V>, Error>
-    where
-        F: Future<Output = Result<Fetched<V>, Failure>>,
-    {
-        let result = self.fly_raw(key, first, prepared, own_load).await;
+        let result = self.fly_raw(key, first, job).await;
         self.settled(key, result)
     }
 
@@ -144,31 +169,43 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         &self,
         key: &K,
         first: Option<F>,
-        mut prepared: Option<Prepared<V>>,
-        own_load: bool,
+        mut job: Job<V>,
     ) -> Result<Entry<V>, Arc<Flight<V>>>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         self.start_bus().await;
+        if first.is_none() && job.fallback.is_some() && self.can_refresh() {
+            // L1 holds the stale copy, so moka would not run a flight: join or
+            // start the key's detached flight directly.
+            let result = Err(Arc::new(self.fly_with_fallback(key, job).await));
+            return self.served(key, result).await;
+        }
+        if job.fallback.is_some() {
+            self.remove_stale(key).await;
+        }
         let slot = Mutex::new(first);
         let mut round = 1;
         loop {
             let ran = AtomicBool::new(false);
-            let prepared = prepared.take();
+            let this_job = Job {
+                prepared: job.prepared.take(),
+                fallback: job.fallback.clone(),
+                ..job
+            };
             let init = async {
                 ran.store(true, Ordering::Relaxed);
                 let first = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
                 let flight = match first {
                     // A load of the configured loader outlives its caller.
-                    None if self.inner.loader.is_some() => self.detached(key, prepared).await,
-                    first => self.run(key, first, prepared, own_load).await,
+                    None if self.inner.loader.is_some() => self.detached(key, this_job).await,
+                    first => self.run(key, first, this_job).await,
                 };
                 Err::<Entry<V>, _>(flight)
             };
             let result = self.inner.l1.try_get_with_by_ref(key, init).await;
             if ran.load(Ordering::Relaxed) {
-                return result;
+                return self.served(key, result).await;
             }
             // Not running the flight means getting what another caller's flight
             // produced: through the flight's result, or from L1 once written.
@@ -180,48 +217,123 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     }
                     round += 1;
                 }
-                _ => return result,
+                _ => return self.served(key, result).await,
             }
         }
+    }
+
+    /// The detached flight of a key whose stale copy this caller holds: past the
+    /// soft timeout, the caller takes the stale copy and the load goes on.
+    async fn fly_with_fallback(&self, key: &K, job: Job<V>) -> Flight<V> {
+        let stale = job.fallback.as_ref().map(|f| f.entry.clone());
+        let (flight, _) = self.launch(key, job);
+        match (self.inner.freshness.soft_timeout, stale) {
+            (Some(soft), Some(stale)) => match tokio::time::timeout(soft, flight).await {
+                Ok(flight) => flight,
+                Err(_) => {
+                    self.inner.report.event(Counter::SoftTimeouts);
+                    Flight::Stale(stale)
+                }
+            },
+            _ => flight.await,
+        }
+    }
+
+    /// Counts a stale value handed to a caller, and starts the refresh of a stale
+    /// entry a flight took from L2 (stale-while-revalidate).
+    async fn served(
+        &self,
+        key: &K,
+        result: Result<Entry<V>, Arc<Flight<V>>>,
+    ) -> Result<Entry<V>, Arc<Flight<V>>> {
+        let entry = match &result {
+            Ok(entry) => entry,
+            Err(flight) => match &**flight {
+                Flight::Settled(entry) => entry,
+                Flight::Stale(_) => {
+                    self.inner.report.event(Counter::StaleServed);
+                    return result;
+                }
+                _ => return result,
+            },
+        };
+        if entry.expires != 0 && !entry.is_fresh(self.inner.clock.now()) {
+            self.inner.report.event(Counter::StaleServed);
+            self.refresh(key, entry).await;
+        }
+        result
+    }
+
+    /// Drops `key`'s L1 entry unless it is fresh, so that moka runs a flight.
+    async fn remove_stale(&self, key: &K) {
+        let now = self.inner.clock.now();
+        self.inner
+            .l1
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let stale = current.is_some_and(|e| !e.value().is_fresh(now));
+                async move {
+                    if stale {
+                        moka::ops::compute::Op::Remove
+                    } else {
+                        moka::ops::compute::Op::Nop
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Whether a detached flight (a load or a refresh) of `key` is on.
+    pub(crate) fn flying(&self, key: &K) -> bool {
+        let detached = self
+            .inner
+            .detached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        detached.contains_key(key)
     }
 
     /// The flight of `key` with the configured loader, in a task of its own: a
     /// caller that gives up (a timeout, a dropped request) stops waiting, but the
     /// load goes on and fills the cache, and the next caller joins it instead of
     /// starting another. (Outside a tokio runtime it runs inline.)
-    async fn detached(&self, key: &K, prepared: Option<Prepared<V>>) -> Flight<V> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.run(key, None::<NoLoad<V>>, prepared, true).await;
-        };
-        let flight = {
-            let mut detached = self
+    async fn detached(&self, key: &K, job: Job<V>) -> Flight<V> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.run(key, None::<NoLoad<V>>, job).await;
+        }
+        self.launch(key, job).0.await
+    }
+
+    /// The key's detached flight: the one on, or a new one started with `job`
+    /// (then `true`). Needs a tokio runtime.
+    pub(crate) fn launch(&self, key: &K, job: Job<V>) -> (SharedFlight<V>, bool) {
+        let mut detached = self
+            .inner
+            .detached
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = detached.get(key) {
+            return (flight.clone(), false);
+        }
+        let (cache, owned) = (self.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            let flight = cache.run(&owned, None::<NoLoad<V>>, job).await;
+            let mut detached = cache
                 .inner
                 .detached
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let flight = detached.entry(key.clone()).or_insert_with(|| {
-                let (cache, key) = (self.clone(), key.clone());
-                let task = runtime.spawn(async move {
-                    let flight = cache.run(&key, None::<NoLoad<V>>, prepared, true).await;
-                    let mut detached = cache
-                        .inner
-                        .detached
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    detached.remove(&key);
-                    flight
-                });
-                task.map(|joined| {
-                    joined.unwrap_or_else(|error| {
-                        Flight::Failed(Failure::Panicked(error.to_string()))
-                    })
-                })
-                .boxed()
-                .shared()
-            });
-            flight.clone()
-        };
-        flight.await
+            detached.remove(&owned);
+            flight
+        });
+        let flight = task
+            .map(|joined| {
+                joined.unwrap_or_else(|error| Flight::Failed(Failure::Panicked(error.to_string())))
+            })
+            .boxed()
+            .shared();
+        detached.insert(key.clone(), flight.clone());
+        (flight, true)
     }
 
     /// The value a flight ended with, or its error.
@@ -233,8 +345,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         match result {
             Ok(entry) => Ok(entry.value),
             Err(flight) => match &*flight {
-                Flight::Settled(entry) | Flight::Superseded(entry) => Ok(entry.value.clone()),
+                Flight::Settled(entry) | Flight::Superseded(entry) | Flight::Stale(entry) => {
+                    Ok(entry.value.clone())
+                }
                 Flight::Unkept(value) => Ok(value.clone()),
+                Flight::Failed(Failure::TimedOut(after)) => Err(Error::LoadTimedOut {
+                    key: key.to_key_string(),
+                    after: *after,
+                }),
                 Flight::Failed(Failure::Load(source)) => Err(Error::Load {
                     key: key.to_key_string(),
                     source: Arc::clone(source),
@@ -251,23 +369,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         }
     }
 
-    /// The flight itself, run by one caller.
-    async fn run<F>(
-        &self,
-        key: &K,
-        mut first: Option<F>,
-        mut prepared: Option<Prepared<V>>,
-        own_load: bool,
-    ) -> Flight<V>
+    /// The flight itself, run by one caller (or in a task of its own).
+    async fn run<F>(&self, key: &K, mut first: Option<F>, mut job: Job<V>) -> Flight<V>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         let inner = &*self.inner;
         let loader = inner.loader.as_deref();
         let can_load = first.is_some() || loader.is_some();
+        let mut fallback = job.fallback.take();
         let mut last = None;
         for _ in 0..MAX_LOAD_ATTEMPTS {
-            let (ticket, read) = match prepared.take() {
+            let (ticket, read) = match job.prepared.take() {
                 Some((ticket, read)) => (ticket, Some(read)),
                 None => {
                     let ticket = inner.fence.ticket(key);
@@ -279,55 +392,93 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 }
             };
             let seen = match read {
-                Some(L2Read::Hit(hit)) => {
-                    let l1_ttl = inner.ttl.l1_for(&hit.value).min(hit.remaining);
-                    let entry = Entry::new(hit.value, inner.clock.now(), l1_ttl);
-                    if self.commit(key, ticket, &entry).await {
-                        return Flight::Settled(entry);
+                Some(L2Read::Hit(hit, seen)) => {
+                    let now = inner.clock.now();
+                    let entry = self.entry_from_l2(hit, now);
+                    let newer = job
+                        .refresh_after
+                        .is_none_or(|after| entry.fresh_until > after.saturating_add(MILLI));
+                    let revalidate = job.refresh_after.is_none()
+                        && inner.freshness.revalidates(&entry, now)
+                        && self.can_refresh();
+                    if (entry.is_fresh(now) && newer) || revalidate {
+                        // Fresh, or stale within stale-while-revalidate (served
+                        // now; the caller starts the refresh).
+                        if self.commit(key, ticket, &entry).await {
+                            return Flight::Settled(entry);
+                        }
+                        self.count_superseded();
+                        last = Some(entry);
+                        continue;
                     }
-                    self.count_superseded();
-                    last = Some(entry);
-                    continue;
+                    fallback = Fallback::newer(fallback, Some(Fallback { entry, ticket }));
+                    Some(seen)
                 }
                 Some(L2Read::Miss(seen)) => Some(seen),
                 Some(L2Read::Unavailable) | None => None,
             };
-            let loaded = match (first.take(), loader) {
-                (Some(first), _) if own_load => self.timed(1, first).await,
-                (Some(share), _) => share.await,
-                (None, Some(loader)) => {
-                    let load = loader
-                        .load(key)
-                        .map(|r| r.map(Fetched::cached).map_err(shared));
-                    self.timed(1, load).await
+            if first.is_none() && loader.is_none() {
+                if !can_load {
+                    return Flight::Settled(Entry::uncached(None));
                 }
-                (None, None) if !can_load => return Flight::Settled(Entry::uncached(None)),
-                (None, None) => break,
+                break;
+            }
+            let lease = match (&seen, &inner.l2) {
+                (Some(_), Some(l2)) if inner.lease.is_some() => {
+                    match self.lease(key, l2, ticket, job.refresh_after).await {
+                        Leased::Held(lease) => Some(lease),
+                        Leased::Filled(entry) => return Flight::Settled(entry),
+                        Leased::Superseded(entry) => {
+                            self.count_superseded();
+                            last = Some(entry);
+                            continue;
+                        }
+                        Leased::Free => None,
+                    }
+                }
+                _ => None,
             };
+            let started = Instant::now();
+            let loaded = self.load(key, first.take(), &job).await;
+            let took = started.elapsed();
             let fetched = match loaded {
                 Ok(fetched) => fetched,
-                Err(failure) => return Flight::Failed(failure),
+                Err(failure) => {
+                    self.release(lease).await;
+                    return self.fail_safe(key, fallback, failure).await;
+                }
             };
             if !fetched.keep {
+                self.release(lease).await;
                 return Flight::Unkept(fetched.value);
             }
             let l1_ttl = fetched
                 .ttl
                 .unwrap_or_else(|| inner.ttl.l1_for(&fetched.value));
-            let entry = Entry::new(fetched.value, inner.clock.now(), l1_ttl);
+            let entry = Entry::new(
+                fetched.value,
+                inner.clock.now(),
+                l1_ttl,
+                &inner.freshness,
+                took,
+            );
+            let mut filled = Filled::Unknown;
             if let (Some(l2), Some(seen)) = (&inner.l2, &seen) {
                 let l2_ttl = fetched
                     .ttl
                     .unwrap_or_else(|| inner.ttl.l2_for(&entry.value));
                 if !l2_ttl.is_zero() {
+                    let lifetime = inner.freshness.lifetime(l2_ttl, took);
                     let l2_key = l2.key(key);
-                    let fill = l2.fill(&inner.report, &l2_key, seen, entry.value.as_ref(), l2_ttl);
-                    if fill.await == Filled::Superseded {
-                        self.count_superseded();
-                        last = Some(entry);
-                        continue;
-                    }
+                    let value = entry.value.as_ref();
+                    filled = l2.fill(&inner.report, &l2_key, seen, value, lifetime).await;
                 }
+            }
+            self.release(lease).await;
+            if filled == Filled::Superseded {
+                self.count_superseded();
+                last = Some(entry);
+                continue;
             }
             if self.commit(key, ticket, &entry).await {
                 return Flight::Settled(entry);
@@ -341,9 +492,64 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         }
     }
 
+    /// One load: this caller's own (`first`), or the configured loader's, within
+    /// the hard timeout.
+    async fn load<F>(&self, key: &K, first: Option<F>, job: &Job<V>) -> Result<Fetched<V>, Failure>
+    where
+        F: Future<Output = Result<Fetched<V>, Failure>>,
+    {
+        let limit = self.inner.freshness.hard_timeout.filter(|_| job.time_limit);
+        match (first, self.inner.loader.as_deref()) {
+            (Some(first), _) if job.own_load => self.timed(1, within(limit, first)).await,
+            (Some(share), _) => within(limit, share).await,
+            (None, Some(loader)) => {
+                let load = loader
+                    .load(key)
+                    .map(|r| r.map(Fetched::cached).map_err(shared));
+                self.timed(1, within(limit, load)).await
+            }
+            (None, None) => Ok(Fetched::cached(None)),
+        }
+    }
+
+    /// A failed load: the stale copy instead, if there is one still to be served
+    /// (fail-safe), put back in L1 fresh for the throttle; else the failure.
+    async fn fail_safe(
+        &self,
+        key: &K,
+        fallback: Option<Fallback<V>>,
+        failure: Failure,
+    ) -> Flight<V> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        if let Some(Fallback { entry, ticket }) = fallback {
+            if !entry.is_expired(now) {
+                let throttled = entry.throttled(now, inner.freshness.throttle);
+                if self.commit(key, ticket, &throttled).await {
+                    tracing::warn!(cache = %inner.name, "load failed: serving a stale copy (fail-safe)");
+                    inner.report.event(Counter::FailSafe);
+                    return Flight::Stale(throttled);
+                }
+            }
+        }
+        Flight::Failed(failure)
+    }
+
+    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL.
+    pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64) -> Entry<V> {
+        let inner = &*self.inner;
+        let l1_ttl = inner.ttl.l1_for(&hit.value).min(hit.fresh);
+        let mut entry = Entry::new(hit.value, now, l1_ttl, &inner.freshness, hit.load);
+        entry.expires = entry
+            .expires
+            .min(now.saturating_add(saturating_nanos(hit.remaining)))
+            .max(entry.fresh_until);
+        entry
+    }
+
     /// Writes `entry` to L1 unless `key` was invalidated since `ticket`. Returns
     /// whether the fence let it through (also when L1 is off).
-    async fn commit(&self, key: &K, ticket: Ticket, entry: &Entry<V>) -> bool {
+    pub(crate) async fn commit(&self, key: &K, ticket: Ticket, entry: &Entry<V>) -> bool {
         let inner = &*self.inner;
         let write = async {
             if inner.l1_enabled && !entry.is_expired(inner.clock.now()) {
@@ -409,6 +615,22 @@ impl<K, V> Loaded for HashMap<K, V> {
         } else {
             LoadOutcome::Value
         }
+    }
+}
+
+/// `load`, given up after `limit` (if any, and inside a tokio runtime).
+async fn within<T>(
+    limit: Option<Duration>,
+    load: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match limit {
+        Some(limit) if tokio::runtime::Handle::try_current().is_ok() => {
+            match tokio::time::timeout(limit, load).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::TimedOut(limit)),
+            }
+        }
+        _ => load.await,
     }
 }
 

@@ -30,6 +30,7 @@ use crate::error::BoxError;
 use crate::key::CacheKey;
 use crate::observe::{Counter, Report, Tier};
 use crate::pattern::escape_glob;
+use crate::refresh::Lifetime;
 
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -81,6 +82,26 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BoxError>>;
 
+    /// Takes the lease `key` for `ttl` if no one holds it (`SET key token NX PX`);
+    /// returns whether this caller now holds it. The default (for stores without
+    /// leases) always grants it: every instance loads for itself.
+    fn lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        let _ = (key, token, ttl);
+        Box::pin(async { Ok(true) })
+    }
+
+    /// Gives the lease `key` back if it is still held with `token` (atomically);
+    /// a lease that expired and was taken by another is left alone.
+    fn release<'a>(&'a self, key: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<(), BoxError>> {
+        let _ = (key, token);
+        Box::pin(async { Ok(()) })
+    }
+
     /// Removes `keys`.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>>;
 
@@ -122,7 +143,9 @@ pub struct ScanStep {
 
 /// What a read of the shared tier found.
 pub(crate) enum L2Read<V> {
-    Hit(Decoded<V>),
+    /// An entry still to be served (fresh, or stale but kept), with its bytes: a
+    /// refresh of it fills only if they are still there.
+    Hit(Decoded<V>, Seen),
     /// Nothing usable: a fill may replace exactly these bytes (this reader's
     /// reservation, another's, or an expired entry).
     Miss(Seen),
@@ -433,7 +456,7 @@ impl L2 {
             return L2Read::Unavailable;
         };
         let read = self.accept(report, key, bytes).await;
-        report.tier(Tier::L2, matches!(read, L2Read::Hit(_)));
+        report.tier(Tier::L2, matches!(read, L2Read::Hit(..)));
         read
     }
 
@@ -460,7 +483,7 @@ impl L2 {
         )
         .await;
         for read in &reads {
-            report.tier(Tier::L2, matches!(read, L2Read::Hit(_)));
+            report.tier(Tier::L2, matches!(read, L2Read::Hit(..)));
         }
         reads
     }
@@ -474,7 +497,7 @@ impl L2 {
     ) -> L2Read<V> {
         if let Some(bytes) = bytes {
             match self.decode(report, key, &bytes) {
-                Decoding::Hit(hit) => return L2Read::Hit(hit),
+                Decoding::Hit(hit) => return L2Read::Hit(hit, Seen(bytes)),
                 Decoding::Unusable => return L2Read::Miss(Seen(bytes)),
                 Decoding::Corrupt => {
                     let keys = [key.to_owned()];
@@ -491,7 +514,7 @@ impl L2 {
             None => L2Read::Unavailable,
             Some(None) => L2Read::Miss(Seen(reservation)),
             Some(Some(bytes)) => match self.decode(report, key, &bytes) {
-                Decoding::Hit(hit) => L2Read::Hit(hit),
+                Decoding::Hit(hit) => L2Read::Hit(hit, Seen(bytes)),
                 // A corrupt entry written meanwhile is replaced by the fill.
                 Decoding::Unusable | Decoding::Corrupt => L2Read::Miss(Seen(bytes)),
             },
@@ -510,17 +533,18 @@ impl L2 {
         }
     }
 
-    /// Writes a loaded entry (a value or an absence) for `ttl`, only if the key
-    /// still holds what the read saw.
+    /// Writes a loaded entry (a value or an absence) for its `lifetime`, only if
+    /// the key still holds what the read saw.
     pub(crate) async fn fill<V: Serialize>(
         &self,
         report: &Report,
         key: &str,
         seen: &Seen,
         value: Option<&V>,
-        ttl: Duration,
+        lifetime: Lifetime,
     ) -> Filled {
-        let bytes = match self.wire.encode(value, ttl, key) {
+        let ttl = lifetime.keep;
+        let bytes = match self.wire.encode(value, lifetime, key) {
             Ok(bytes) => bytes,
             Err(error) => {
                 self.not_encoded(report, key, &error);
@@ -542,13 +566,14 @@ impl L2 {
         report: &Report,
         key: &str,
         value: Option<&V>,
-        ttl: Duration,
+        lifetime: Lifetime,
     ) {
+        let ttl = lifetime.keep;
         let mut guard = DeferOnDrop {
             l2: self,
             work: Some(Work::Key(key.to_owned())),
         };
-        match self.wire.encode(value, ttl, key) {
+        match self.wire.encode(value, lifetime, key) {
             Ok(bytes) => {
                 if self
                     .call(report, "set", self.store.set(key, &bytes, ttl))
@@ -564,6 +589,49 @@ impl L2 {
                 guard.disarm();
                 self.delete(report, key.to_owned()).await;
             }
+        }
+    }
+
+    /// The lease key of a cache key: outside the namespace's keys (no pattern or
+    /// namespace walk of entries matches it).
+    pub(crate) fn lease_key<K: CacheKey>(&self, key: &K) -> String {
+        let mut out = String::with_capacity(self.namespace.len() + 24);
+        out.push_str(self.namespace.strip_suffix(':').unwrap_or(&self.namespace));
+        out.push_str("#lease:");
+        key.write_key(&mut out);
+        out
+    }
+
+    /// Tries to take a lease: `None` when the store cannot be asked (breaker
+    /// open, a failure).
+    pub(crate) async fn lease(
+        &self,
+        report: &Report,
+        key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Option<bool> {
+        self.guarded(report, "lease", self.store.lease(key, token, ttl))
+            .await
+    }
+
+    /// Gives a lease back (a failure leaves it to expire).
+    pub(crate) async fn release(&self, report: &Report, key: &str, token: &[u8]) {
+        self.guarded(report, "release", self.store.release(key, token))
+            .await;
+    }
+
+    /// The entry at `key` if it is fresh, read without counting a tier hit or
+    /// miss and without reserving (a wait for another instance's load).
+    pub(crate) async fn peek<V: DeserializeOwned>(
+        &self,
+        report: &Report,
+        key: &str,
+    ) -> Option<Decoded<V>> {
+        let bytes = self.guarded(report, "get", self.store.get(key)).await??;
+        match self.wire.decode::<V>(&bytes, key) {
+            Ok(Some(decoded)) if !decoded.fresh.is_zero() => Some(decoded),
+            _ => None,
         }
     }
 

@@ -57,8 +57,10 @@ mod key;
 mod l1;
 mod l2;
 mod l3;
+mod lease;
 mod observe;
 mod pattern;
+mod refresh;
 
 pub use breaker::BreakerState;
 pub use builder::{
@@ -67,7 +69,7 @@ pub use builder::{
     DEFAULT_L2_FILL_WINDOW, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
 };
 pub use bus::{Backplane, Delivery};
-pub use cache::{CacheValue, TieredCache};
+pub use cache::{CacheValue, TieredCache, Warmed};
 pub use clock::{Clock, ManualClock};
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
@@ -75,6 +77,8 @@ pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
 pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;
+pub use lease::DEFAULT_LEASE_TTL;
+pub use refresh::{DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE};
 #[cfg(feature = "redis")]
 pub use l2::RedisStore;
 pub use l2::{RemoteStore, ScanCursor, ScanStep};

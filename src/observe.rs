@@ -80,6 +80,25 @@ pub trait Observer: Send + Sync + 'static {
     fn bus_publish_failed(&self) {}
     /// A shared-tier call failed or timed out (the read went on without it).
     fn l2_error(&self) {}
+    /// A background refresh started (early refresh, or stale-while-revalidate).
+    fn refresh_started(&self) {}
+    /// A caller got a stale value (stale-while-revalidate, fail-safe, or a soft
+    /// timeout).
+    fn stale_served(&self) {}
+    /// A load failed (an error, a panic or the hard timeout) and a stale copy was
+    /// served instead (fail-safe); the copy is served for the throttle time.
+    fn fail_safe(&self) {}
+    /// A caller holding a stale copy stopped waiting for a load at the soft
+    /// timeout (the load went on in the background).
+    fn soft_timeout(&self) {}
+    /// A flight found another instance's lease on its key and waited for its
+    /// value instead of loading.
+    fn lease_waited(&self) {}
+    /// [`warm`](crate::TieredCache::warm) finished a batch: `done` of `total`
+    /// keys have been looked up.
+    fn warmed(&self, done: usize, total: usize) {
+        let _ = (done, total);
+    }
     /// The shared tier's circuit breaker changed state.
     fn breaker(&self, state: BreakerState) {
         let _ = state;
@@ -132,6 +151,17 @@ pub struct Stats {
     pub bus_resubscribes: u64,
     /// Bus messages that could not be published at first (kept and sent again).
     pub bus_publish_errors: u64,
+    /// Background refreshes started (early refresh and stale-while-revalidate).
+    pub refreshes: u64,
+    /// Stale values handed to callers (stale-while-revalidate, fail-safe, soft
+    /// timeouts).
+    pub stale_served: u64,
+    /// Failed loads answered with a stale copy (fail-safe).
+    pub fail_safe: u64,
+    /// Callers that took their stale copy at the soft timeout.
+    pub soft_timeouts: u64,
+    /// Flights that waited for another instance's lease instead of loading.
+    pub lease_waits: u64,
     /// Entries in L1 (approximate: moka counts asynchronously).
     pub l1_entries: u64,
 }
@@ -179,9 +209,14 @@ pub(crate) enum Counter {
     InvalidationsReceived,
     BusResubscribes,
     BusPublishErrors,
+    Refreshes,
+    StaleServed,
+    FailSafe,
+    SoftTimeouts,
+    LeaseWaits,
 }
 
-const COUNTERS: usize = Counter::BusPublishErrors as usize + 1;
+const COUNTERS: usize = Counter::LeaseWaits as usize + 1;
 const LANES: usize = 16;
 
 /// Counters striped over cache-line-padded lanes, one lane per thread (modulo), so
@@ -258,6 +293,11 @@ impl Counters {
             invalidations_received: self.get(Counter::InvalidationsReceived),
             bus_resubscribes: self.get(Counter::BusResubscribes),
             bus_publish_errors: self.get(Counter::BusPublishErrors),
+            refreshes: self.get(Counter::Refreshes),
+            stale_served: self.get(Counter::StaleServed),
+            fail_safe: self.get(Counter::FailSafe),
+            soft_timeouts: self.get(Counter::SoftTimeouts),
+            lease_waits: self.get(Counter::LeaseWaits),
             l1_entries,
         }
     }
@@ -325,6 +365,11 @@ impl Report {
                 Counter::Coalesced => observer.coalesced(),
                 Counter::Superseded => observer.superseded(),
                 Counter::InvalidationsReceived => observer.invalidation_received(),
+                Counter::Refreshes => observer.refresh_started(),
+                Counter::StaleServed => observer.stale_served(),
+                Counter::FailSafe => observer.fail_safe(),
+                Counter::SoftTimeouts => observer.soft_timeout(),
+                Counter::LeaseWaits => observer.lease_waited(),
                 _ => {}
             }
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use crate::cache::CacheValue;
-use crate::flight::{Failure, Fetched, Flight};
+use crate::cache::Lookup;
+use crate::flight::{Failure, Fetched, Flight, Job};
 use crate::TieredCache;
 
 /// The per-function options of the attribute.
@@ -214,11 +215,13 @@ where
     U: Fn(&T) -> bool,
     F: Future<Output = Result<Option<T>, E>>,
 {
-    if let Some(entry) = cache.l1_hit(&key).await {
-        if entry.value.is_some() || options.negative {
+    let fallback = match cache.l1_lookup(&key).await {
+        Lookup::Hit(entry) if entry.value.is_some() || options.negative => {
             return Ok(entry.value);
         }
-    }
+        Lookup::Stale(fallback) => Some(fallback),
+        _ => None,
+    };
     let slot = Mutex::new(Some(body));
     let take = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     let first = async {
@@ -243,10 +246,18 @@ where
     };
     // `answered`: a run of a body of this function said so (its value, or its
     // `None`), which every caller of the flight takes.
-    let (shared, answered) = match cache.fly_raw(&key, Some(first), None, true).await {
+    // The body's own error type comes back to callers: no hard timeout.
+    let job = Job {
+        fallback,
+        time_limit: false,
+        ..Job::default()
+    };
+    let (shared, answered) = match cache.fly_raw(&key, Some(first), job).await {
         Ok(entry) => (Ok(entry.value), false),
         Err(flight) => match &*flight {
-            Flight::Settled(entry) | Flight::Superseded(entry) => (Ok(entry.value.clone()), false),
+            Flight::Settled(entry) | Flight::Superseded(entry) | Flight::Stale(entry) => {
+                (Ok(entry.value.clone()), false)
+            }
             Flight::Unkept(value) => (Ok(value.clone()), true),
             Flight::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
                 Some(error) => return Err(error.clone()),
@@ -255,7 +266,7 @@ where
             Flight::Failed(Failure::Panicked(message)) => {
                 panic!("the cached function panicked: {message}")
             }
-            Flight::Failed(Failure::Load(_)) => (Ok(None), false),
+            Flight::Failed(Failure::Load(_) | Failure::TimedOut(_)) => (Ok(None), false),
         },
     };
     match (shared, take()) {

@@ -10,10 +10,20 @@ use futures_util::FutureExt;
 use crate::cache::{CacheValue, TieredCache};
 use crate::entry::Entry;
 use crate::error::{BoxError, Error};
-use crate::flight::{shared, Failure, Fetched};
+use crate::flight::{shared, Failure, Fetched, Job};
+use crate::refresh::Fallback;
 use crate::key::CacheKey;
 use crate::l2::L2Read;
 use crate::observe::{Counter, Tier};
+
+/// What L1 holds for a key.
+pub(crate) enum Lookup<V> {
+    /// To be served (fresh, or stale within stale-while-revalidate).
+    Hit(Entry<V>),
+    /// Stale, kept for fail-safe: the flight falls back on it.
+    Stale(Fallback<V>),
+    Miss,
+}
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key`: from L1, else from L2, else from the loader (one flight
@@ -21,12 +31,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// which is remembered for the negative TTL. Without a loader, only the cache
     /// tiers are read. L2 failures never fail a read: they are counted misses.
     pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
-        if let Some(entry) = self.l1_hit(key).await {
-            return Ok(entry.value);
-        }
+        let fallback = match self.l1_lookup(key).await {
+            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Stale(fallback) => Some(fallback),
+            Lookup::Miss => None,
+        };
         // Boxed: the miss path's state machine is large, and keeping it out of
         // `get`'s future keeps a hit from moving it around.
-        Box::pin(self.fly(key, None::<std::future::Ready<_>>)).await
+        let job = Job {
+            fallback,
+            ..Job::default()
+        };
+        Box::pin(self.fly(key, None::<std::future::Ready<_>>, job)).await
     }
 
     /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
@@ -40,11 +56,17 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
-        if let Some(entry) = self.l1_hit(key).await {
-            return Ok(entry.value);
-        }
+        let fallback = match self.l1_lookup(key).await {
+            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Stale(fallback) => Some(fallback),
+            Lookup::Miss => None,
+        };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        Box::pin(self.fly(key, Some(first))).await
+        let job = Job {
+            fallback,
+            ..Job::default()
+        };
+        Box::pin(self.fly(key, Some(first), job)).await
     }
 
     /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
@@ -57,16 +79,24 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let mut found = HashMap::with_capacity(keys.len());
         let mut seen = HashSet::with_capacity(keys.len());
         let mut missing = Vec::new();
+        let mut fallbacks = Vec::new();
         for key in keys {
             if !seen.insert(key) {
                 continue;
             }
-            match self.l1_hit(key).await {
-                Some(Entry { value: Some(v), .. }) => {
+            match self.l1_lookup(key).await {
+                Lookup::Hit(Entry { value: Some(v), .. }) => {
                     found.insert(key.clone(), v);
                 }
-                Some(_) => {}
-                None => missing.push(key.clone()),
+                Lookup::Hit(_) => {}
+                Lookup::Stale(fallback) => {
+                    missing.push(key.clone());
+                    fallbacks.push(Some(fallback));
+                }
+                Lookup::Miss => {
+                    missing.push(key.clone());
+                    fallbacks.push(None);
+                }
             }
         }
         if missing.is_empty() {
@@ -86,7 +116,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let to_load: Vec<K> = missing
             .iter()
             .zip(&from_l2)
-            .filter(|(_, read)| !matches!(read, Some(L2Read::Hit(_))))
+            .filter(|(_, read)| !matches!(read, Some(L2Read::Hit(..))))
             .map(|(k, _)| k.clone())
             .collect();
         // Polled only if some key still needs loading after L2, by the first such flight.
@@ -102,14 +132,21 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .iter()
             .zip(tickets)
             .zip(from_l2)
-            .map(|((key, ticket), read)| {
+            .zip(fallbacks)
+            .map(|(((key, ticket), read), fallback)| {
                 let batch = batch.clone();
                 let first = loader.map(|_| {
                     batch.map(move |values| {
                         values.map(|values| Fetched::cached(values.get(key).cloned()))
                     })
                 });
-                self.fly_prepared(key, first, read.map(|read| (ticket, read)), false)
+                let job = Job {
+                    prepared: read.map(|read| (ticket, read)),
+                    own_load: false,
+                    fallback,
+                    ..Job::default()
+                };
+                self.fly(key, first, job)
             });
         for (key, result) in missing.iter().zip(join_all(flights).await) {
             if let Some(value) = result? {
@@ -119,27 +156,60 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         Ok(found)
     }
 
-    /// An L1 entry that may be served, counted as a hit; or a counted miss.
+    /// What L1 holds for `key`, counted as a hit or a miss. A hit before the
+    /// entry's early-refresh window costs one clock read and one comparison.
     #[inline]
-    pub(crate) async fn l1_hit(&self, key: &K) -> Option<Entry<V>> {
+    pub(crate) async fn l1_lookup(&self, key: &K) -> Lookup<V> {
         let inner = &*self.inner;
-        let entry = inner.l1.get(key).await;
-        match entry {
-            Some(entry) if !entry.is_expired(inner.clock.now()) => {
-                inner.report.tier(Tier::L1, true);
-                if entry.value.is_none() {
-                    inner.report.event(Counter::NegativeHits);
-                }
-                Some(entry)
+        match inner.l1.get(key).await {
+            Some(entry) if inner.clock.now() < entry.early_from => {
+                self.count_hit(&entry);
+                Lookup::Hit(entry)
             }
-            expired => {
+            Some(entry) => Box::pin(self.l1_late(key, entry)).await,
+            None => {
                 inner.report.tier(Tier::L1, false);
-                if expired.is_some() {
-                    Box::pin(self.remove_if_expired(key)).await;
-                }
-                None
+                Lookup::Miss
             }
         }
+    }
+
+    #[inline]
+    fn count_hit(&self, entry: &Entry<V>) {
+        self.inner.report.tier(Tier::L1, true);
+        if entry.value.is_none() {
+            self.inner.report.event(Counter::NegativeHits);
+        }
+    }
+
+    /// An entry in its early-refresh window, stale, or expired.
+    async fn l1_late(&self, key: &K, entry: Entry<V>) -> Lookup<V> {
+        let inner = &*self.inner;
+        let freshness = &inner.freshness;
+        let now = inner.clock.now();
+        if entry.is_fresh(now) {
+            self.count_hit(&entry);
+            if freshness.refresh_early(&entry, now) {
+                self.refresh(key, &entry).await;
+            }
+            return Lookup::Hit(entry);
+        }
+        if !entry.is_expired(now) {
+            if freshness.revalidates(&entry, now) && self.can_refresh() {
+                self.count_hit(&entry);
+                inner.report.event(Counter::StaleServed);
+                self.refresh(key, &entry).await;
+                return Lookup::Hit(entry);
+            }
+            inner.report.tier(Tier::L1, false);
+            return match self.fallback(key, &entry).await {
+                Some(fallback) => Lookup::Stale(fallback),
+                None => Lookup::Miss,
+            };
+        }
+        inner.report.tier(Tier::L1, false);
+        Box::pin(self.remove_if_expired(key)).await;
+        Lookup::Miss
     }
 
     /// Drops `key` if it is still expired, so that the next flight loads it instead

@@ -44,9 +44,11 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.start_bus().await;
         let inner = &*self.inner;
         inner.report.event(Counter::Inserts);
-        let entry = Entry::new(Some(value), inner.clock.now(), l1_ttl);
+        let now = inner.clock.now();
+        let entry = Entry::new(Some(value), now, l1_ttl, &inner.freshness, Duration::ZERO);
         if let Some(l2) = &inner.l2 {
-            l2.set(&inner.report, &l2.key(&key), entry.value.as_ref(), l2_ttl)
+            let lifetime = inner.freshness.lifetime(l2_ttl, Duration::ZERO);
+            l2.set(&inner.report, &l2.key(&key), entry.value.as_ref(), lifetime)
                 .await;
         }
         let l1_write = async {

@@ -33,6 +33,12 @@ pub struct MetricsObserver {
     bus_resubscribes: Counter,
     bus_publish_errors: Counter,
     l2_errors: Counter,
+    refreshes: Counter,
+    stale_served: Counter,
+    fail_safe: Counter,
+    soft_timeouts: Counter,
+    lease_waits: Counter,
+    warm_progress: Gauge,
     breaker: Gauge,
 }
 
@@ -61,6 +67,12 @@ impl MetricsObserver {
             bus_resubscribes: metrics::counter!("tiered_bus_resubscribes_total", "cache" => cache.clone()),
             bus_publish_errors: metrics::counter!("tiered_bus_publish_errors_total", "cache" => cache.clone()),
             l2_errors: metrics::counter!("tiered_l2_errors_total", "cache" => cache.clone()),
+            refreshes: metrics::counter!("tiered_refreshes_total", "cache" => cache.clone()),
+            stale_served: metrics::counter!("tiered_stale_served_total", "cache" => cache.clone()),
+            fail_safe: metrics::counter!("tiered_fail_safe_total", "cache" => cache.clone()),
+            soft_timeouts: metrics::counter!("tiered_soft_timeouts_total", "cache" => cache.clone()),
+            lease_waits: metrics::counter!("tiered_lease_waits_total", "cache" => cache.clone()),
+            warm_progress: metrics::gauge!("tiered_warm_progress", "cache" => cache.clone()),
             breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
         }
     }
@@ -138,6 +150,30 @@ impl Observer for MetricsObserver {
 
     fn l2_error(&self) {
         self.l2_errors.increment(1);
+    }
+
+    fn refresh_started(&self) {
+        self.refreshes.increment(1);
+    }
+
+    fn stale_served(&self) {
+        self.stale_served.increment(1);
+    }
+
+    fn fail_safe(&self) {
+        self.fail_safe.increment(1);
+    }
+
+    fn soft_timeout(&self) {
+        self.soft_timeouts.increment(1);
+    }
+
+    fn lease_waited(&self) {
+        self.lease_waits.increment(1);
+    }
+
+    fn warmed(&self, done: usize, total: usize) {
+        self.warm_progress.set(done as f64 / total.max(1) as f64);
     }
 
     fn breaker(&self, state: BreakerState) {
