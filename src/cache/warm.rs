@@ -13,7 +13,7 @@ const WARM_BATCH: usize = 256;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Warmed {
-    /// Keys looked up (duplicates included).
+    /// Distinct keys looked up.
     pub requested: usize,
     /// Keys that have a value now (from any tier, or loaded).
     pub found: usize,
@@ -46,6 +46,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # Ok(()) }
     /// ```
     pub async fn warm(&self, keys: &[K], concurrency: usize) -> Warmed {
+        let mut distinct = std::collections::HashSet::with_capacity(keys.len());
+        let keys: Vec<K> = keys
+            .iter()
+            .filter(|key| distinct.insert(*key))
+            .cloned()
+            .collect();
         let total = keys.len();
         let mut warmed = Warmed {
             requested: total,

@@ -32,6 +32,11 @@ const REPLACE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end \
 return 0";
 
+/// Deletes the lease `KEYS[1]` only if it still holds the token `ARGV[1]`.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+return redis.call('DEL', KEYS[1]) end \
+return 0";
+
 /// Redis as the shared tier, and as the invalidation bus.
 ///
 /// Connections are made on first use, in the background of a read: a server that
@@ -453,6 +458,39 @@ impl RemoteStore for RedisStore {
                 .arg(millis(ttl))
                 .clone();
             Ok(self.query::<i64>(&eval).await? == 1)
+        }
+        .boxed()
+    }
+
+    fn lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        async move {
+            let set = redis::cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .clone();
+            let reply: Option<String> = self.query(&set).await?;
+            Ok(reply.is_some())
+        }
+        .boxed()
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<(), BoxError>> {
+        async move {
+            let eval = redis::cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(key)
+                .arg(token)
+                .clone();
+            self.query::<i64>(&eval).await.map(|_| ())
         }
         .boxed()
     }

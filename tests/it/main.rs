@@ -3,6 +3,7 @@
 mod support;
 
 mod fleet;
+mod freshness;
 mod harness;
 mod hostile;
 mod l2;

@@ -21,6 +21,7 @@ struct Own {
     dir: PathBuf,
     pg_ctl: PathBuf,
     as_root: bool,
+    options: String,
 }
 
 impl Postgres {
@@ -75,6 +76,7 @@ impl Postgres {
                 dir,
                 pg_ctl,
                 as_root,
+                options,
             }),
         }
     }
@@ -123,6 +125,18 @@ impl Postgres {
             .await
             .expect("read pg_stat_statements");
         row.get(0)
+    }
+
+    /// Starts a stopped server again, on the same port and data.
+    pub fn start_again(&mut self) {
+        if let Some(own) = &self.own {
+            run(as_user(own.as_root, &own.pg_ctl)
+                .arg("-D")
+                .arg(own.dir.join("data"))
+                .arg("-l")
+                .arg(own.dir.join("server.log"))
+                .args(["-w", "-o", &own.options, "start"]));
+        }
     }
 
     /// Stops the server now (for "database down" tests).
