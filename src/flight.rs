@@ -257,7 +257,15 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 _ => return result,
             },
         };
-        if entry.expires != 0 && !entry.is_fresh(self.inner.clock.now()) {
+        // Only stale-while-revalidate commits an entry that is already stale (an
+        // entry that went stale since its commit was fresh when it was read).
+        let now = self.inner.clock.now();
+        let freshness = &self.inner.freshness;
+        if !freshness.stale_while_revalidate.is_zero()
+            && entry.expires != 0
+            && !entry.is_fresh(now)
+            && freshness.revalidates(entry, now)
+        {
             self.inner.report.event(Counter::StaleServed);
             self.refresh(key, entry).await;
         }

@@ -543,7 +543,7 @@ impl L2 {
         value: Option<&V>,
         lifetime: Lifetime,
     ) -> Filled {
-        let ttl = lifetime.keep;
+        let ttl = self.store_ttl(lifetime);
         let bytes = match self.wire.encode(value, lifetime, key) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -568,7 +568,7 @@ impl L2 {
         value: Option<&V>,
         lifetime: Lifetime,
     ) {
-        let ttl = lifetime.keep;
+        let ttl = self.store_ttl(lifetime);
         let mut guard = DeferOnDrop {
             l2: self,
             work: Some(Work::Key(key.to_owned())),
@@ -590,6 +590,16 @@ impl L2 {
                 self.delete(report, key.to_owned()).await;
             }
         }
+    }
+
+    /// How long the store keeps an entry: past its usable time by a grace (up to
+    /// the fill window), so that a fill that read the entry still finds its bytes
+    /// there when it ran past their expiry (the entry reads as a miss meanwhile).
+    /// Without it, a load racing its entry's expiry would see the key change
+    /// under it and load again.
+    fn store_ttl(&self, lifetime: Lifetime) -> Duration {
+        let grace = self.reservation_ttl.min(lifetime.keep);
+        lifetime.keep.saturating_add(grace)
     }
 
     /// The lease key of a cache key: outside the namespace's keys (no pattern or

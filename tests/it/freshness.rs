@@ -436,3 +436,43 @@ async fn warming_loads_every_key_in_batches_and_reports_progress() {
     }
     assert_eq!(cache.stats().l1.misses, before);
 }
+
+/// A refresh whose L2 entry expires in Redis while it loads still fills it: Redis
+/// keeps entries past their usable time by a grace. (Before, the fill found the
+/// key gone, counted the load as superseded and loaded again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_outlives_its_entry_in_redis_still_fills_it() {
+    let redis = Redis::start();
+    let loads = Arc::new(AtomicU64::new(0));
+    let counted = loads.clone();
+    let cache = TieredCache::<u64, u64>::builder("grace")
+        .l2_redis(redis.url())
+        .l2_prefix("grace-test")
+        .jitter(0.0)
+        .l1_ttl(Duration::from_millis(300))
+        .l2_ttl(Duration::from_millis(300))
+        // A large β: a hit 50 ms before expiry almost surely refreshes.
+        .early_refresh(100.0)
+        .loader_fn(move |_key: u64| {
+            let loads = counted.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, BoxError>(Some(loads.fetch_add(1, Ordering::SeqCst) + 1))
+            }
+        })
+        .build()
+        .unwrap();
+    cache.invalidate_all().await;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The refresh reads the entry (50 ms left), loads for 100 ms, and fills.
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1));
+    assert_eq!(cache.stats().refreshes, 1);
+    eventually("the refreshed value", || async {
+        cache.get(&1).await.unwrap() == Some(2)
+    })
+    .await;
+    let stats = cache.stats();
+    assert_eq!(stats.superseded, 0, "{stats:?}");
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
