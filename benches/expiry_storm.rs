@@ -64,14 +64,47 @@ async fn main() -> Result<(), BoxError> {
     );
     println!(
         "{:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>11} {:>8} {:>12}",
-        "variant", "reads", "p50 µs", "p99 µs", "p99.9 µs", "max ms", "reads >1ms", "loads", "loads/period"
+        "variant",
+        "reads",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max ms",
+        "reads >1ms",
+        "loads",
+        "loads/period"
     );
     let variants = [
-        Variant { name: "baseline: never expires", ttl: Duration::from_secs(3600), early: false, swr: false },
-        Variant { name: "no early refresh, no SWR", ttl: TTL, early: false, swr: false },
-        Variant { name: "early refresh (XFetch, β = 1)", ttl: TTL, early: true, swr: false },
-        Variant { name: "stale-while-revalidate (1 s)", ttl: TTL, early: false, swr: true },
-        Variant { name: "early refresh + SWR", ttl: TTL, early: true, swr: true },
+        Variant {
+            name: "baseline: never expires",
+            ttl: Duration::from_secs(3600),
+            early: false,
+            swr: false,
+        },
+        Variant {
+            name: "no early refresh, no SWR",
+            ttl: TTL,
+            early: false,
+            swr: false,
+        },
+        Variant {
+            name: "early refresh (XFetch, β = 1)",
+            ttl: TTL,
+            early: true,
+            swr: false,
+        },
+        Variant {
+            name: "stale-while-revalidate (1 s)",
+            ttl: TTL,
+            early: false,
+            swr: true,
+        },
+        Variant {
+            name: "early refresh + SWR",
+            ttl: TTL,
+            early: true,
+            swr: true,
+        },
     ];
     for (index, variant) in variants.into_iter().enumerate() {
         run(index, variant, &redis.url, &pool, run_for).await?;
@@ -96,7 +129,12 @@ async fn run(
     let loader = PgLoader::new(
         pool.clone(),
         "SELECT id, payload, pg_sleep(0.02)::text FROM items WHERE id = $1",
-        |row| Ok((row.try_get::<_, i64>(0)?, Arc::new(row.try_get::<_, String>(1)?))),
+        |row| {
+            Ok((
+                row.try_get::<_, i64>(0)?,
+                Arc::new(row.try_get::<_, String>(1)?),
+            ))
+        },
     );
     let builder = TieredCache::<i64, Arc<String>>::builder(format!("storm{index}"))
         .l2_redis(redis_url)
@@ -117,7 +155,9 @@ async fn run(
     let cache = builder.build()?;
     cache.get(&1).await?; // the cold load, not measured
     let client = pool.get().await?;
-    client.execute("SELECT pg_stat_statements_reset()", &[]).await?;
+    client
+        .execute("SELECT pg_stat_statements_reset()", &[])
+        .await?;
     let loads_before = cache.stats().loads;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..TASKS)

@@ -392,9 +392,8 @@ impl Wire {
         } else {
             payload
         };
-        let millis_at = |at: usize| {
-            u64::from_le_bytes(envelope[at..at + 8].try_into().expect("8 bytes"))
-        };
+        let millis_at =
+            |at: usize| u64::from_le_bytes(envelope[at..at + 8].try_into().expect("8 bytes"));
         let now = unix_millis(SystemTime::now());
         let remaining = Duration::from_millis(millis_at(15).saturating_sub(now));
         let fresh = Duration::from_millis(millis_at(23).saturating_sub(now)).min(remaining);
@@ -628,9 +627,7 @@ mod tests {
         let vecs = Wire::plain(Codec::Bincode, fingerprint::<Vec<u64>>(1));
         let mut body = vec![253u8];
         body.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        let mut bytes = vecs
-            .encode(Some(&vec![1u64]), life(60), KEY)
-            .unwrap();
+        let mut bytes = vecs.encode(Some(&vec![1u64]), life(60), KEY).unwrap();
         bytes.truncate(ENVELOPE_LEN);
         bytes.extend_from_slice(&body);
         assert!(vecs.decode::<Vec<u64>>(&bytes, KEY).is_err());
@@ -640,9 +637,7 @@ mod tests {
     fn legitimate_values_that_claim_more_than_they_weigh_still_decode() {
         let w = Wire::plain(Codec::Bincode, fingerprint::<Vec<String>>(1));
         let value = vec![String::new(); 100_000];
-        let bytes = w
-            .encode(Some(&value), life(60), KEY)
-            .unwrap();
+        let bytes = w.encode(Some(&value), life(60), KEY).unwrap();
         let back = w.decode::<Vec<String>>(&bytes, KEY).unwrap().unwrap();
         assert_eq!(back.value, Some(value));
     }
@@ -675,9 +670,7 @@ mod tests {
     fn large_payloads_are_compressed_and_round_trip() {
         let mut w = wire(Codec::Bincode);
         w.compress_from = Some(256);
-        let bytes = w
-            .encode(Some(&big_user()), life(60), KEY)
-            .unwrap();
+        let bytes = w.encode(Some(&big_user()), life(60), KEY).unwrap();
         assert_eq!(bytes[12] & FLAG_LZ4, FLAG_LZ4);
         assert!(bytes.len() < 500, "{} bytes", bytes.len());
         let back = w.decode::<User>(&bytes, KEY).unwrap().unwrap();
@@ -698,9 +691,7 @@ mod tests {
     fn hostile_compressed_payloads_are_errors() {
         let mut w = wire(Codec::Bincode);
         w.compress_from = Some(256);
-        let good = w
-            .encode(Some(&big_user()), life(60), KEY)
-            .unwrap();
+        let good = w.encode(Some(&big_user()), life(60), KEY).unwrap();
         // A stated length past the limit: refused before any allocation.
         let mut huge = good.clone();
         huge[ENVELOPE_LEN..ENVELOPE_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -724,9 +715,7 @@ mod tests {
         let too_big = w.encode(Some(&big_user()), life(60), KEY);
         assert!(matches!(too_big, Err(EncodeError::TooLarge(_))));
         let roomy = wire(Codec::Bincode);
-        let bytes = roomy
-            .encode(Some(&big_user()), life(60), KEY)
-            .unwrap();
+        let bytes = roomy.encode(Some(&big_user()), life(60), KEY).unwrap();
         assert!(matches!(
             w.decode::<User>(&bytes, KEY),
             Err(DecodeError::TooLarge(_))
@@ -748,9 +737,7 @@ mod tests {
             id: 3,
             name: "secret name".into(),
         };
-        let sealed = w_old
-            .encode(Some(&user), life(60), KEY)
-            .unwrap();
+        let sealed = w_old.encode(Some(&user), life(60), KEY).unwrap();
         assert!(
             !sealed.windows(6).any(|w| w == b"secret"),
             "plaintext leaked"
@@ -758,9 +745,7 @@ mod tests {
         // Rotation: the new write key reads old entries and writes under key 2.
         let back = w_new.decode::<User>(&sealed, KEY).unwrap().unwrap();
         assert_eq!(back.value.as_ref(), Some(&user));
-        let resealed = w_new
-            .encode(Some(&user), life(60), KEY)
-            .unwrap();
+        let resealed = w_new.encode(Some(&user), life(60), KEY).unwrap();
         assert_eq!(resealed[13], 2);
         assert!(matches!(
             w_old.decode::<User>(&resealed, KEY),
@@ -790,9 +775,7 @@ mod tests {
             w_old.decode::<User>(&plain, KEY),
             Err(DecodeError::Flags(0))
         ));
-        let absence = w_old
-            .encode::<User>(None, life(5), KEY)
-            .unwrap();
+        let absence = w_old.encode::<User>(None, life(5), KEY).unwrap();
         assert_eq!(
             w_old.decode::<User>(&absence, KEY).unwrap().unwrap().value,
             None

@@ -57,7 +57,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::LoadTimedOut { key, after } => {
-                write!(f, "loading key `{key}` took longer than {after:?}: given up")
+                write!(
+                    f,
+                    "loading key `{key}` took longer than {after:?}: given up"
+                )
             }
             Error::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
         }

@@ -24,16 +24,16 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::cache::{CacheValue, TieredCache};
+use crate::clock::saturating_nanos;
+use crate::codec::Decoded;
 use crate::entry::Entry;
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
-use crate::clock::saturating_nanos;
-use crate::codec::Decoded;
 use crate::l2::{Filled, L2Read};
 use crate::lease::Leased;
-use crate::refresh::Fallback;
 use crate::observe::{Counter, LoadOutcome};
+use crate::refresh::Fallback;
 
 /// How many times a flight superseded by an invalidation starts over before its
 /// value is returned (to the caller that ran it only) without being cached.
@@ -153,7 +153,12 @@ pub(crate) type Detached<K, V> = Mutex<HashMap<K, SharedFlight<V>>>;
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key` through its flight: `first` is this caller's own load
     /// (else the configured loader is used).
-    pub(crate) async fn fly<F>(&self, key: &K, first: Option<F>, job: Job<V>) -> Result<Option<V>, Error>
+    pub(crate) async fn fly<F>(
+        &self,
+        key: &K,
+        first: Option<F>,
+        job: Job<V>,
+    ) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
@@ -431,8 +436,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 }
                 break;
             }
+            // A share of a `get_many` batch takes no lease: the batch loads
+            // every key it holds anyway.
             let lease = match (&seen, &inner.l2) {
-                (Some(_), Some(l2)) if inner.lease.is_some() => {
+                (Some(_), Some(l2)) if inner.lease.is_some() && job.own_load => {
                     match self.lease(key, l2, ticket, job.refresh_after).await {
                         Leased::Held(lease) => Some(lease),
                         Leased::Filled(entry) => return Flight::Settled(entry),

@@ -77,18 +77,18 @@ pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
 pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;
-pub use lease::DEFAULT_LEASE_TTL;
-pub use refresh::{DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE};
 #[cfg(feature = "redis")]
 pub use l2::RedisStore;
 pub use l2::{RemoteStore, ScanCursor, ScanStep};
 #[cfg(feature = "postgres")]
 pub use l3::PgLoader;
 pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
+pub use lease::DEFAULT_LEASE_TTL;
 #[cfg(feature = "metrics")]
 pub use observe::MetricsObserver;
 pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};
 pub use pattern::{escape_glob, Pattern};
+pub use refresh::{DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE};
 /// Caches an `async fn` through a [`TieredCache<String, V>`].
 ///
 /// Calls with the same key share one flight: the body runs once, and every caller

@@ -188,3 +188,92 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fresh_until: u64, load: Duration) -> Entry<u8> {
+        let freshness = Freshness {
+            early_beta: Some(1.0),
+            ..Freshness::default()
+        };
+        let written = 0;
+        let mut entry = Entry::new(
+            Some(1),
+            written,
+            Duration::from_nanos(fresh_until),
+            &freshness,
+            load,
+        );
+        entry.fresh_until = fresh_until;
+        entry
+    }
+
+    #[test]
+    fn xfetch_draws_follow_the_exponential_law() {
+        let freshness = Freshness {
+            early_beta: Some(1.0),
+            ..Freshness::default()
+        };
+        let load = Duration::from_millis(10);
+        let e = entry(1_000_000_000, load);
+        let rate = |gap: Duration| {
+            let now = e.fresh_until - saturating_nanos(gap);
+            let hits = (0..100_000)
+                .filter(|_| freshness.refresh_early(&e, now))
+                .count();
+            hits as f64 / 100_000.0
+        };
+        // P(refresh) = exp(-gap / (load × β)).
+        assert!((rate(Duration::ZERO) - 1.0).abs() < 1e-9);
+        assert!(
+            (rate(load) - (-1.0f64).exp()).abs() < 0.01,
+            "{}",
+            rate(load)
+        );
+        assert!((rate(load * 3) - (-3.0f64).exp()).abs() < 0.01);
+        assert_eq!(rate(load * 40), 0.0);
+        // Hits before the window need no draw: the window covers every success.
+        assert_eq!(
+            e.early_from,
+            e.fresh_until - saturating_nanos(load.mul_f64(XFETCH_REACH))
+        );
+        let off = Freshness::default();
+        assert!(!off.refresh_early(&e, e.fresh_until - 1));
+        assert_eq!(off.early_from(0, 500, load), 500);
+    }
+
+    #[test]
+    fn entries_are_kept_for_swr_and_fail_safe() {
+        let fresh = Duration::from_secs(10);
+        let swr = Freshness {
+            stale_while_revalidate: Duration::from_secs(5),
+            ..Freshness::default()
+        };
+        assert_eq!(
+            swr.lifetime(fresh, Duration::ZERO).keep,
+            Duration::from_secs(15)
+        );
+        let fail_safe = Freshness {
+            fail_safe: Some(Duration::from_secs(3600)),
+            ..swr.clone()
+        };
+        assert_eq!(
+            fail_safe.lifetime(fresh, Duration::ZERO).keep,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            Freshness::default().lifetime(fresh, Duration::ZERO).keep,
+            fresh
+        );
+        let e = Entry::new(Some(1), 0, fresh, &fail_safe, Duration::ZERO);
+        assert!(e.is_fresh(9_999_999_999) && !e.is_fresh(10_000_000_000));
+        assert!(!e.is_expired(3_599_000_000_000) && e.is_expired(3_600_000_000_000));
+        assert!(fail_safe.revalidates(&e, 14_999_999_999));
+        assert!(!fail_safe.revalidates(&e, 15_000_000_000));
+        let throttled = e.throttled(20_000_000_000, Duration::from_secs(1));
+        assert!(throttled.is_fresh(20_999_999_999) && !throttled.is_fresh(21_000_000_000));
+        assert_eq!(throttled.expires, e.expires);
+    }
+}

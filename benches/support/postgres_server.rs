@@ -33,7 +33,16 @@ impl PostgresServer {
         run(as_user(as_root, &bin.join("initdb"))
             .arg("-D")
             .arg(dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]));
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]));
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off \
              -c synchronous_commit=off -c shared_preload_libraries=pg_stat_statements",

@@ -153,3 +153,50 @@ pub(super) fn validate(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, TieredCache};
+    use std::time::Duration;
+
+    fn refused(builder: crate::TieredCacheBuilder<u64, u64>, words: &str) {
+        match builder.build() {
+            Err(Error::Config(message)) => assert!(message.contains(words), "{message}"),
+            other => panic!("expected a config error about {words}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nonsense_freshness_settings_are_builder_errors() {
+        let b = || TieredCache::<u64, u64>::builder("f").l1_ttl(Duration::from_secs(60));
+        for beta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            refused(b().early_refresh(beta), "beta");
+        }
+        refused(b().fail_safe(Duration::from_secs(30)), "at least the TTL");
+        refused(
+            b().fail_safe(Duration::from_secs(3600))
+                .fail_safe_throttle(Duration::ZERO),
+            "throttle",
+        );
+        refused(
+            b().fail_safe(Duration::from_secs(3600))
+                .soft_timeout(Duration::from_secs(2))
+                .hard_timeout(Duration::from_secs(1)),
+            "must not be longer than hard_timeout",
+        );
+        refused(b().soft_timeout(Duration::from_secs(1)), "needs fail_safe");
+        refused(b().hard_timeout(Duration::ZERO), "hard_timeout");
+        refused(
+            b().fleet_single_flight(Duration::from_secs(5)),
+            "needs an L2",
+        );
+        assert!(b()
+            .early_refresh(0.5)
+            .stale_while_revalidate(Duration::from_secs(10))
+            .fail_safe(Duration::from_secs(60))
+            .soft_timeout(Duration::from_millis(100))
+            .hard_timeout(Duration::from_secs(2))
+            .build()
+            .is_ok());
+    }
+}

@@ -11,10 +11,10 @@ use crate::cache::{CacheValue, TieredCache};
 use crate::entry::Entry;
 use crate::error::{BoxError, Error};
 use crate::flight::{shared, Failure, Fetched, Job};
-use crate::refresh::Fallback;
 use crate::key::CacheKey;
 use crate::l2::L2Read;
 use crate::observe::{Counter, Tier};
+use crate::refresh::Fallback;
 
 /// What L1 holds for a key.
 pub(crate) enum Lookup<V> {
@@ -128,12 +128,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             Ok::<_, Failure>(Arc::new(self.timed(to_load.len(), load).await?))
         }
         .shared();
-        let flights = missing
-            .iter()
-            .zip(tickets)
-            .zip(from_l2)
-            .zip(fallbacks)
-            .map(|(((key, ticket), read), fallback)| {
+        let flights = missing.iter().zip(tickets).zip(from_l2).zip(fallbacks).map(
+            |(((key, ticket), read), fallback)| {
                 let batch = batch.clone();
                 let first = loader.map(|_| {
                     batch.map(move |values| {
@@ -147,7 +143,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     ..Job::default()
                 };
                 self.fly(key, first, job)
-            });
+            },
+        );
         for (key, result) in missing.iter().zip(join_all(flights).await) {
             if let Some(value) = result? {
                 found.insert(key.clone(), value);

@@ -71,9 +71,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     warmed.error.get_or_insert(error);
                 }
             }
-            self.inner
-                .report
-                .with_observer(|o| o.warmed(done, total));
+            self.inner.report.with_observer(|o| o.warmed(done, total));
         }
         warmed
     }

@@ -66,7 +66,11 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_backgr
     let stats = cache.stats();
     assert_eq!(stats.refreshes, 1, "one refresh however many stale reads");
     assert_eq!(stats.stale_served, 100);
-    assert_eq!(loads.load(Ordering::SeqCst), 1, "the refresh waits at the gate");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the refresh waits at the gate"
+    );
     gate.add_permits(1);
     eventually("the refreshed value", || async {
         cache.get(&1).await.unwrap().as_deref() == Some("v2")
@@ -176,13 +180,21 @@ async fn past_the_soft_timeout_callers_get_their_stale_copy_and_the_load_fills_l
     let stats = cache.stats();
     assert_eq!(stats.soft_timeouts, 16);
     assert_eq!(stats.stale_served, 16);
-    assert_eq!(loads.load(Ordering::SeqCst), 1, "the reload is still running");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the reload is still running"
+    );
     gate.add_permits(1);
     eventually("the reload's value", || async {
         cache.get(&1).await.unwrap().as_deref() == Some("v2")
     })
     .await;
-    assert_eq!(loads.load(Ordering::SeqCst), 2, "one reload for all of them");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "one reload for all of them"
+    );
     assert_eq!(cache.stats().loads, 2);
 }
 
@@ -199,7 +211,10 @@ async fn past_the_hard_timeout_a_load_is_given_up() {
     assert_eq!(cache.stats().load_errors, 1);
     // get_with's own load has the same limit.
     let err = cache
-        .get_with(&2, std::future::pending::<Result<Option<String>, BoxError>>())
+        .get_with(
+            &2,
+            std::future::pending::<Result<Option<String>, BoxError>>(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LoadTimedOut { .. }), "{err:?}");
@@ -346,7 +361,11 @@ async fn four_instances_and_a_thousand_callers_of_a_cold_key_cause_one_query() {
     for user in users {
         assert_eq!(user.unwrap().unwrap().name, "user 7");
     }
-    assert_eq!(pg.calls(&pool, "pg_sleep").await, 1, "one load in the fleet");
+    assert_eq!(
+        pg.calls(&pool, "pg_sleep").await,
+        1,
+        "one load in the fleet"
+    );
     let waits: u64 = instances.iter().map(|c| c.stats().lease_waits).sum();
     let loads: u64 = instances.iter().map(|c| c.stats().loads).sum();
     assert_eq!(loads, 1);

@@ -184,3 +184,133 @@ fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// The freshness events (stale served, refreshes, fail-safe, soft timeouts,
+/// lease waits, warming progress) move their metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_events_move_their_metrics() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let redis = crate::support::Redis::start();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (observer, leased_observer) = metrics::with_local_recorder(&recorder, || {
+        (
+            MetricsObserver::new("fresh"),
+            MetricsObserver::new("leased"),
+        )
+    });
+    let clock = tiered::ManualClock::new();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    // After the first round of loads, "fail" fails and "slow" takes 10 s.
+    let cache = TieredCache::<String, String>::builder("fresh")
+        .observer(observer)
+        .clock(clock.clone())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_secs(10))
+        .stale_while_revalidate(Duration::from_secs(5))
+        .fail_safe(Duration::from_secs(3600))
+        .soft_timeout(Duration::from_millis(20))
+        .loader_fn(move |key: String| {
+            let later = counted.fetch_add(1, Ordering::SeqCst) >= 3;
+            async move {
+                match key.as_str() {
+                    "fail" if later => Err::<Option<String>, BoxError>("down".into()),
+                    "slow" if later => {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Ok(Some(key))
+                    }
+                    _ => Ok(Some(key)),
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    for key in ["a", "fail", "slow"] {
+        cache.get(&key.to_owned()).await.unwrap();
+    }
+    clock.advance(Duration::from_secs(12));
+    cache.get(&"a".into()).await.unwrap(); // stale served, refresh started
+    clock.advance(Duration::from_secs(10));
+    cache.get(&"fail".into()).await.unwrap(); // fail-safe, stale served
+    cache.get(&"slow".into()).await.unwrap(); // soft timeout, stale served
+    cache.warm(&["w1".to_owned(), "w2".to_owned()], 1).await; // warm progress
+
+    let holder = TieredCache::<String, String>::builder("leased")
+        .l2_redis(redis.url())
+        .l2_prefix("metrics-lease")
+        .fleet_single_flight(Duration::from_secs(5))
+        .loader_fn(|key: String| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, BoxError>(Some(key))
+        })
+        .build()
+        .unwrap();
+    let waiter = TieredCache::<String, String>::builder("leased")
+        .observer(leased_observer)
+        .l2_redis(redis.url())
+        .l2_prefix("metrics-lease")
+        .fleet_single_flight(Duration::from_secs(5))
+        .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key)) })
+        .build()
+        .unwrap();
+    holder.invalidate_all().await;
+    let held = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.get(&"k".into()).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["keys", "*#lease:*"]).trim().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no lease taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    waiter.get(&"k".into()).await.unwrap(); // lease wait
+    held.await.unwrap().unwrap();
+
+    let (stats, leased) = (cache.stats(), waiter.stats());
+    let snapshot = snapshotter.snapshot().into_vec();
+    for (name, cache, stat) in [
+        ("tiered_stale_served_total", "fresh", stats.stale_served),
+        ("tiered_refreshes_total", "fresh", stats.refreshes),
+        ("tiered_fail_safe_total", "fresh", stats.fail_safe),
+        ("tiered_soft_timeouts_total", "fresh", stats.soft_timeouts),
+        ("tiered_lease_waits_total", "leased", leased.lease_waits),
+    ] {
+        assert!(stat >= 1, "{name}: the event did not happen");
+        assert_eq!(
+            metric(&snapshot, name, cache),
+            &DebugValue::Counter(stat),
+            "{name}"
+        );
+    }
+    assert_eq!(stats.stale_served, 3);
+    assert!(matches!(
+        metric(&snapshot, "tiered_warm_progress", "fresh"),
+        DebugValue::Gauge(g) if g.into_inner() == 1.0
+    ));
+}
+
+type Snapshot = [(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)];
+
+/// The value of metric `name` labelled `cache`.
+fn metric<'a>(snapshot: &'a Snapshot, name: &str, cache: &str) -> &'a DebugValue {
+    snapshot
+        .iter()
+        .find(|(key, ..)| {
+            key.key().name() == name
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "cache" && l.value() == cache)
+        })
+        .map(|(.., value)| value)
+        .unwrap_or_else(|| panic!("{name} was not registered"))
+}
