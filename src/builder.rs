@@ -394,6 +394,12 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             }
         }
         freshness::validate(&self.freshness, &self.ttl, self.l2.is_some(), self.lease)?;
+        let mut freshness = self.freshness;
+        if self.loader.is_none() {
+            // Background refreshes need the configured loader: without one, hits
+            // need not draw for them.
+            freshness.early_beta = None;
+        }
         let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
         let capacity = match self.capacity {
             Capacity::Entries(max) => L1Capacity::Entries(max),
@@ -507,7 +513,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             fence: Fence::new(),
             report,
             detached: Default::default(),
-            freshness: self.freshness,
+            freshness,
             lease: self.lease,
         }))
     }
