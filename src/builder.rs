@@ -13,7 +13,7 @@ use crate::entry::{Ttl, TtlPolicy};
 use crate::error::{BoxError, Error};
 use crate::fence::Fence;
 use crate::key::CacheKey;
-use crate::l1::{self, L1Capacity, Weigher};
+use crate::l1::{self, L1Capacity, L1Eviction, Weigher};
 use crate::l2::{L2Config, RemoteStore, L2};
 use crate::l3::{loader_fn, DynLoader, Loader};
 use crate::observe::{Counters, Observer, Report};
@@ -81,6 +81,7 @@ pub struct TieredCacheBuilder<K, V> {
     schema_version: u32,
     freshness: Freshness,
     lease: Option<Duration>,
+    eviction: L1Eviction,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -132,6 +133,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 ..Freshness::default()
             },
             lease: None,
+            eviction: L1Eviction::default(),
         }
     }
 
@@ -288,6 +290,13 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// L1 off (every read goes to L2; concurrent misses still share one flight).
     pub fn l1_max_entries(mut self, max: u64) -> Self {
         self.capacity = Capacity::Entries(max);
+        self
+    }
+
+    /// L1's eviction policy (default [`L1Eviction::TinyLfu`]); docs/BENCHMARKS.md
+    /// ("Hit ratio") compares them with the optimum on several workloads.
+    pub fn l1_eviction(mut self, policy: L1Eviction) -> Self {
+        self.eviction = policy;
         self
     }
 
@@ -502,7 +511,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             }
         };
         Ok(TieredCache::from_inner(Inner {
-            l1: l1::build(&self.name, capacity),
+            l1: l1::build(&self.name, capacity, self.eviction),
             l1_enabled,
             l2,
             bus,

@@ -26,6 +26,21 @@ pub(crate) type L1<K, V> = Cache<K, Entry<V>, L1Hasher>;
 /// A function giving an entry's weight, in whatever unit the capacity is in.
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
 
+/// Which entry L1 evicts when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum L1Eviction {
+    /// moka's TinyLFU: a new entry is admitted only if it has been asked for more
+    /// often than the entry it would evict (a frequency sketch remembers), and the
+    /// least recently used admitted entry goes first. Best when popularity is
+    /// stable (Zipf-like traffic) and with one-off scans, which it keeps out.
+    #[default]
+    TinyLfu,
+    /// Least recently used: every new entry is admitted. Best when the hot set
+    /// moves (yesterday's popular keys are cold today).
+    Lru,
+}
+
 /// How L1's capacity is counted.
 pub(crate) enum L1Capacity<K, V> {
     /// At most this many entries.
@@ -34,14 +49,21 @@ pub(crate) enum L1Capacity<K, V> {
     Weight { max: u64, weigher: Weigher<K, V> },
 }
 
-pub(crate) fn build<K, V>(name: &str, capacity: L1Capacity<K, V>) -> L1<K, V>
+pub(crate) fn build<K, V>(name: &str, capacity: L1Capacity<K, V>, eviction: L1Eviction) -> L1<K, V>
 where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
     // Invalidation closures: patterns (`invalidate_pattern`, and keys received from
     // other instances that cannot be parsed back) are removed lazily by moka.
-    let builder = Cache::builder().name(name).support_invalidation_closures();
+    let policy = match eviction {
+        L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+        L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
+    };
+    let builder = Cache::builder()
+        .name(name)
+        .eviction_policy(policy)
+        .support_invalidation_closures();
     let builder = match capacity {
         L1Capacity::Entries(max) => builder.max_capacity(max),
         L1Capacity::Weight { max, weigher } => {

@@ -77,6 +77,7 @@ pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
 pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
 pub use key::CacheKey;
+pub use l1::L1Eviction;
 #[cfg(feature = "redis")]
 pub use l2::RedisStore;
 pub use l2::{RemoteStore, ScanCursor, ScanStep};
