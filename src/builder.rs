@@ -521,7 +521,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             clock: self.clock,
             fence: Fence::new(),
             report,
-            detached: Default::default(),
+            flights: Default::default(),
             freshness,
             lease: self.lease,
         }))

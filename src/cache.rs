@@ -69,8 +69,8 @@ pub(crate) struct Inner<K, V> {
     pub(crate) clock: Clock,
     pub(crate) fence: Fence,
     pub(crate) report: Arc<Report>,
-    /// Loads that run in tasks of their own (they outlive their callers).
-    pub(crate) detached: crate::flight::Detached<K, V>,
+    /// The flights on now, by key.
+    pub(crate) flights: crate::flight::Flights<K, V>,
     /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
     pub(crate) freshness: crate::refresh::Freshness,
     /// The life of a fleet-wide lease, if leases are on.

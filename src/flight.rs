@@ -1,10 +1,9 @@
 //! One flight per key: how a missing key is read from L2, loaded, filled and
 //! committed, and what the callers that waited on it get.
 //!
-//! A flight runs inside moka's `try_get_with` (which coalesces callers of one key)
-//! and never returns `Ok` to moka: it writes L1 itself, through the fence, and
-//! hands its outcome to every waiting caller through the error channel. Each
-//! attempt takes a fence ticket, reads L2 (leaving a fill reservation on a miss),
+//! The first caller of a missing key runs its flight (`coalesce.rs`); callers that
+//! come meanwhile wait for the outcome it publishes. A flight writes L1 itself,
+//! through the fence. Each attempt takes a fence ticket, reads L2 (leaving a fill reservation on a miss),
 //! loads, fills L2 only if the key still holds what the read saw, and commits L1
 //! only if no invalidation came since the ticket. An attempt superseded anywhere
 //! (locally, or by another instance through L2) starts over, up to
@@ -15,11 +14,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -144,11 +141,10 @@ pub(crate) type Prepared<V> = (Ticket, L2Read<V>);
 /// The type of "no load of the caller's own" (the configured loader is used).
 type NoLoad<V> = std::future::Ready<Result<Fetched<V>, Failure>>;
 
-/// A flight in a task of its own, that any number of callers may wait on.
-pub(crate) type SharedFlight<V> = futures_util::future::Shared<BoxFuture<'static, Flight<V>>>;
+mod coalesce;
 
-/// Flights that outlive their callers, by key (see `launch`).
-pub(crate) type Detached<K, V> = Mutex<HashMap<K, SharedFlight<V>>>;
+pub(crate) use self::coalesce::Flights;
+use self::coalesce::Joined;
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key` through its flight: `first` is this caller's own load
@@ -167,81 +163,92 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// The flight's own outcome: for callers (the `#[cached_tier]` support) that
-    /// need a failure's original error back. `Ok` is an entry another caller
+    /// need a failure's original error back. `Ok` is an entry another flight
     /// cached meanwhile. [`Flight::Superseded`] only reaches the caller that ran
     /// the flight: a waiter given it flies again, with its own `first`.
+    ///
+    /// A flight with the configured loader runs in a task of its own: a caller
+    /// that gives up (a timeout, a dropped request) stops waiting, but the load
+    /// goes on and fills the cache, and the next caller joins it instead of
+    /// starting another. A caller holding a stale copy waits at most the soft
+    /// timeout for it.
     pub(crate) async fn fly_raw<F>(
         &self,
         key: &K,
-        first: Option<F>,
+        mut first: Option<F>,
         mut job: Job<V>,
     ) -> Result<Entry<V>, Arc<Flight<V>>>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         self.start_bus().await;
-        if first.is_none() && job.fallback.is_some() && self.can_refresh() {
-            // L1 holds the stale copy, so moka would not run a flight: join or
-            // start the key's detached flight directly.
-            let result = Err(Arc::new(self.fly_with_fallback(key, job).await));
-            return self.served(key, result).await;
-        }
-        if job.fallback.is_some() {
-            self.remove_stale(key).await;
-        }
-        let slot = Mutex::new(first);
+        let detach = first.is_none() && self.can_refresh();
+        let stale = job.fallback.as_ref().map(|f| f.entry.clone());
         let mut round = 1;
         loop {
-            let ran = AtomicBool::new(false);
-            let this_job = Job {
-                prepared: job.prepared.take(),
-                fallback: job.fallback.clone(),
-                ..job
-            };
-            let init = async {
-                ran.store(true, Ordering::Relaxed);
-                let first = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let flight = match first {
-                    // A load of the configured loader outlives its caller.
-                    None if self.inner.loader.is_some() => self.detached(key, this_job).await,
-                    first => self.run(key, first, this_job).await,
-                };
-                Err::<Entry<V>, _>(flight)
-            };
-            let result = self.inner.l1.try_get_with_by_ref(key, init).await;
-            if ran.load(Ordering::Relaxed) {
-                return self.served(key, result).await;
-            }
-            // Not running the flight means getting what another caller's flight
-            // produced: through the flight's result, or from L1 once written.
-            self.inner.report.event(Counter::Coalesced);
-            match &result {
-                Err(flight) if matches!(**flight, Flight::Superseded(_)) => {
-                    if round == MAX_LOAD_ATTEMPTS {
-                        return result;
+            let (waiting, ran) = match self.join(key) {
+                Joined::Waiter(outcome) => (outcome, false),
+                Joined::Runner(runner) => {
+                    // A flight that ended just before this one began left its
+                    // value in L1.
+                    if let Some(entry) = self.fresh_in_l1(key).await {
+                        runner.finish(Arc::new(Flight::Settled(entry.clone())));
+                        return Ok(entry);
                     }
-                    round += 1;
+                    let this_job = Job {
+                        prepared: job.prepared.take(),
+                        fallback: job.fallback.clone(),
+                        ..job
+                    };
+                    if !detach {
+                        let flight = Arc::new(self.run(key, first.take(), this_job).await);
+                        runner.finish(Arc::clone(&flight));
+                        return self.served(key, Err(flight)).await;
+                    }
+                    let outcome = runner.outcome();
+                    let (cache, owned) = (self.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let flight = cache.run(&owned, None::<NoLoad<V>>, this_job).await;
+                        runner.finish(Arc::new(flight));
+                    });
+                    (outcome, true)
                 }
-                _ => return self.served(key, result).await,
+            };
+            let flight = match (self.inner.freshness.soft_timeout, &stale) {
+                (Some(soft), Some(stale)) if detach => {
+                    match tokio::time::timeout(soft, coalesce::outcome(waiting)).await {
+                        Ok(flight) => flight,
+                        Err(_) => {
+                            self.inner.report.event(Counter::SoftTimeouts);
+                            let flight = Arc::new(Flight::Stale(stale.clone()));
+                            return self.served(key, Err(flight)).await;
+                        }
+                    }
+                }
+                _ => coalesce::outcome(waiting).await,
+            };
+            // No outcome: the runner gave up; this caller may run the next flight.
+            let Some(flight) = flight else { continue };
+            if !ran {
+                self.inner.report.event(Counter::Coalesced);
+                if matches!(*flight, Flight::Superseded(_)) && round < MAX_LOAD_ATTEMPTS {
+                    round += 1;
+                    continue;
+                }
             }
+            return self.served(key, Err(flight)).await;
         }
     }
 
-    /// The detached flight of a key whose stale copy this caller holds: past the
-    /// soft timeout, the caller takes the stale copy and the load goes on.
-    async fn fly_with_fallback(&self, key: &K, job: Job<V>) -> Flight<V> {
-        let stale = job.fallback.as_ref().map(|f| f.entry.clone());
-        let (flight, _) = self.launch(key, job);
-        match (self.inner.freshness.soft_timeout, stale) {
-            (Some(soft), Some(stale)) => match tokio::time::timeout(soft, flight).await {
-                Ok(flight) => flight,
-                Err(_) => {
-                    self.inner.report.event(Counter::SoftTimeouts);
-                    Flight::Stale(stale)
-                }
-            },
-            _ => flight.await,
+    /// `key`'s L1 entry if it is fresh. Reads L1 only if the key is there, so
+    /// that a miss is not counted twice in moka's frequency sketch.
+    async fn fresh_in_l1(&self, key: &K) -> Option<Entry<V>> {
+        let inner = &*self.inner;
+        if !inner.l1.contains_key(key) {
+            return None;
         }
+        let entry = inner.l1.get(key).await?;
+        entry.is_fresh(inner.clock.now()).then_some(entry)
     }
 
     /// Counts a stale value handed to a caller, and starts the refresh of a stale
@@ -277,76 +284,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         result
     }
 
-    /// Drops `key`'s L1 entry unless it is fresh, so that moka runs a flight.
-    async fn remove_stale(&self, key: &K) {
-        let now = self.inner.clock.now();
-        self.inner
-            .l1
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let stale = current.is_some_and(|e| !e.value().is_fresh(now));
-                async move {
-                    if stale {
-                        moka::ops::compute::Op::Remove
-                    } else {
-                        moka::ops::compute::Op::Nop
-                    }
-                }
-            })
-            .await;
-    }
-
-    /// Whether a detached flight (a load or a refresh) of `key` is on.
-    pub(crate) fn flying(&self, key: &K) -> bool {
-        let detached = self
-            .inner
-            .detached
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        detached.contains_key(key)
-    }
-
-    /// The flight of `key` with the configured loader, in a task of its own: a
-    /// caller that gives up (a timeout, a dropped request) stops waiting, but the
-    /// load goes on and fills the cache, and the next caller joins it instead of
-    /// starting another. (Outside a tokio runtime it runs inline.)
-    async fn detached(&self, key: &K, job: Job<V>) -> Flight<V> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.run(key, None::<NoLoad<V>>, job).await;
-        }
-        self.launch(key, job).0.await
-    }
-
-    /// The key's detached flight: the one on, or a new one started with `job`
-    /// (then `true`). Needs a tokio runtime.
-    pub(crate) fn launch(&self, key: &K, job: Job<V>) -> (SharedFlight<V>, bool) {
-        let mut detached = self
-            .inner
-            .detached
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = detached.get(key) {
-            return (flight.clone(), false);
-        }
+    /// Starts `key`'s flight with the configured loader in a task of its own,
+    /// unless one is on; returns whether it started one. Needs a tokio runtime.
+    pub(crate) fn launch(&self, key: &K, job: Job<V>) -> bool {
+        let Joined::Runner(runner) = self.join(key) else {
+            return false;
+        };
         let (cache, owned) = (self.clone(), key.clone());
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let flight = cache.run(&owned, None::<NoLoad<V>>, job).await;
-            let mut detached = cache
-                .inner
-                .detached
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            detached.remove(&owned);
-            flight
+            runner.finish(Arc::new(flight));
         });
-        let flight = task
-            .map(|joined| {
-                joined.unwrap_or_else(|error| Flight::Failed(Failure::Panicked(error.to_string())))
-            })
-            .boxed()
-            .shared();
-        detached.insert(key.clone(), flight.clone());
-        (flight, true)
+        true
     }
 
     /// The value a flight ended with, or its error.

@@ -183,7 +183,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             refresh_after: Some(seen.fresh_until),
             ..Job::default()
         };
-        if self.launch(key, job).1 {
+        if self.launch(key, job) {
             self.inner.report.event(Counter::Refreshes);
         }
     }

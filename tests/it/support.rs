@@ -8,6 +8,8 @@ mod postgres;
 pub mod redis;
 pub mod slow_proxy;
 pub mod versions;
+#[path = "../../benches/support/zipf.rs"]
+pub mod zipf;
 
 pub use self::postgres::Postgres;
 pub use self::redis::{Redis, RedisCluster};

@@ -1,0 +1,107 @@
+//! One flight per key: the first caller of a missing key runs its flight (or
+//! starts it in a task of its own); callers that come meanwhile wait for the
+//! outcome it publishes.
+//!
+//! moka's `try_get_with` would coalesce too, but it reads the key again before it
+//! runs the flight, and moka counts every read of a key in the frequency sketch
+//! TinyLFU admits entries by: every miss would count twice, so keys read once
+//! would look as popular as keys read twice, and L1 would keep fewer hot keys
+//! (measured: a hit ratio of 0.601 instead of bare moka's 0.619 on Zipf 0.99 with
+//! L1 at 1% of the keys, `cargo bench --bench hit_ratio`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::watch;
+
+use crate::cache::{CacheValue, TieredCache};
+use crate::flight::Flight;
+use crate::key::CacheKey;
+
+/// Where a flight publishes its outcome (once).
+pub(crate) type Outcome<V> = watch::Receiver<Option<Arc<Flight<V>>>>;
+
+/// Flights on now, by key.
+pub(crate) type Flights<K, V> = Mutex<HashMap<K, Outcome<V>>>;
+
+/// What joining a key's flight made of this caller.
+pub(crate) enum Joined<K: CacheKey, V: CacheValue> {
+    /// No flight was on: this caller runs it, and must publish its outcome.
+    Runner(Runner<K, V>),
+    /// A flight is on: wait for its outcome.
+    Waiter(Outcome<V>),
+}
+
+/// The duty to publish a flight's outcome. Dropped unpublished (its caller gave
+/// up, its task was cancelled), it ends the flight with no outcome: the waiters
+/// then start over, and one of them runs the next flight.
+pub(crate) struct Runner<K: CacheKey, V: CacheValue> {
+    cache: TieredCache<K, V>,
+    key: K,
+    sender: watch::Sender<Option<Arc<Flight<V>>>>,
+    outcome: Outcome<V>,
+}
+
+impl<K: CacheKey, V: CacheValue> Runner<K, V> {
+    /// Where this flight's outcome will be.
+    pub(crate) fn outcome(&self) -> Outcome<V> {
+        self.outcome.clone()
+    }
+
+    /// Publishes the outcome to every waiter, and ends the flight.
+    pub(crate) fn finish(self, flight: Arc<Flight<V>>) {
+        self.sender.send_replace(Some(flight));
+        // `Drop` takes the key out of the map.
+    }
+}
+
+impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.cache.inner.flights);
+        if flights
+            .get(&self.key)
+            .is_some_and(|outcome| outcome.same_channel(&self.outcome))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+fn lock<K, V>(flights: &Flights<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, Outcome<V>>> {
+    flights.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
+    /// Joins `key`'s flight, or becomes its runner.
+    pub(crate) fn join(&self, key: &K) -> Joined<K, V> {
+        let mut flights = lock(&self.inner.flights);
+        if let Some(outcome) = flights.get(key) {
+            return Joined::Waiter(outcome.clone());
+        }
+        let (sender, outcome) = watch::channel(None);
+        flights.insert(key.clone(), outcome.clone());
+        Joined::Runner(Runner {
+            cache: self.clone(),
+            key: key.clone(),
+            sender,
+            outcome,
+        })
+    }
+
+    /// Whether a flight of `key` is on.
+    pub(crate) fn flying(&self, key: &K) -> bool {
+        lock(&self.inner.flights).contains_key(key)
+    }
+}
+
+/// The outcome of a flight, or `None` if its runner gave up.
+pub(crate) async fn outcome<V>(mut outcome: Outcome<V>) -> Option<Arc<Flight<V>>> {
+    loop {
+        if let Some(flight) = outcome.borrow_and_update().clone() {
+            return Some(flight);
+        }
+        if outcome.changed().await.is_err() {
+            return outcome.borrow().clone();
+        }
+    }
+}
