@@ -8,56 +8,22 @@
 //! recorder (metrics-exporter-prometheus) through `MetricsObserver`.
 //! `scripts/bench-ratio l1_hit` prints the ratios to bare moka.
 
+#[path = "support/users.rs"]
+mod users;
+
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
-use tiered::TieredCache;
 
-const ENTRIES: u64 = 100_000;
 const LOOKUPS: usize = 1 << 20;
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-    email: String,
-}
-
-fn key(id: u64) -> String {
-    format!("user:{id}")
-}
-
-fn user(id: u64) -> Arc<User> {
-    Arc::new(User {
-        id,
-        name: format!("user {id}"),
-        email: format!("user{id}@example.com"),
-    })
-}
-
 fn l1_hit(c: &mut Criterion) {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let keys: Vec<String> = (0..LOOKUPS).map(|_| key(rng.u64(0..ENTRIES))).collect();
-
+    let keys = users::lookups(LOOKUPS);
     // Each cache is filled in one contiguous phase, so both have the same kind of
     // heap layout; both stay alive for both measurements.
-    let bare: moka::future::Cache<String, Arc<User>> = moka::future::Cache::builder()
-        .max_capacity(2 * ENTRIES)
-        .build();
-    for id in 0..ENTRIES {
-        bare.insert(key(id), user(id)).now_or_never().unwrap();
-    }
-    bare.run_pending_tasks().now_or_never().unwrap();
-    let tiered = TieredCache::<String, Arc<User>>::builder("bench")
-        .l1_max_entries(2 * ENTRIES)
-        .build()
-        .expect("build");
-    for id in 0..ENTRIES {
-        tiered.insert(key(id), user(id)).now_or_never().unwrap();
-    }
-    tiered.run_pending_tasks().now_or_never().unwrap();
+    let bare = users::bare();
+    let tiered = users::tiered(|b| b);
 
     let mut group = c.benchmark_group("l1_hit");
     group.bench_function("bare_moka", |b| {
@@ -81,15 +47,7 @@ fn l1_hit(c: &mut Criterion) {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let observer =
             metrics::with_local_recorder(&recorder, || tiered::MetricsObserver::new("bench"));
-        let measured = TieredCache::<String, Arc<User>>::builder("bench")
-            .l1_max_entries(2 * ENTRIES)
-            .observer(observer)
-            .build()
-            .expect("build");
-        for id in 0..ENTRIES {
-            measured.insert(key(id), user(id)).now_or_never().unwrap();
-        }
-        measured.run_pending_tasks().now_or_never().unwrap();
+        let measured = users::tiered(|b| b.observer(observer));
         group.bench_function("tiered_prometheus", |b| {
             let mut i = 0;
             b.iter(|| {

@@ -1,0 +1,53 @@
+//! Instructions per L1 hit: `TieredCache::get` against a bare moka `get`, counted
+//! by callgrind, which is repeatable on a noisy machine where timings are not.
+//!
+//! Run: `scripts/callgrind-l1-hit` (builds this harness, runs each variant under
+//! `valgrind --tool=callgrind` with 0 and with N hits, and prints the instructions
+//! per hit: the difference divided by N). Directly:
+//! `target/release/deps/overhead-* <bare|tiered|tiered-prometheus> <hits>`.
+//! The fixture is `l1_hit`'s: 100k `String` keys and `Arc<User>` values, read in a
+//! seeded random order through `now_or_never` (no executor).
+
+#[path = "support/users.rs"]
+mod users;
+
+use std::hint::black_box;
+
+use futures_util::FutureExt;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--bench") {
+        return; // `cargo bench` runs every harness: this one is run by the script.
+    }
+    let variant = args.get(1).map_or("tiered", String::as_str);
+    let hits: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let keys = users::lookups(hits.max(1));
+    match variant {
+        "bare" => {
+            let bare = users::bare();
+            for key in keys.iter().take(hits) {
+                black_box(bare.get(key).now_or_never().unwrap().expect("present"));
+            }
+        }
+        "tiered" => {
+            let tiered = users::tiered(|b| b);
+            for key in keys.iter().take(hits) {
+                let hit = tiered.get(key).now_or_never().unwrap();
+                black_box(hit.expect("no error").expect("present"));
+            }
+        }
+        #[cfg(feature = "metrics")]
+        "tiered-prometheus" => {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let observer =
+                metrics::with_local_recorder(&recorder, || tiered::MetricsObserver::new("bench"));
+            let tiered = users::tiered(|b| b.observer(observer));
+            for key in keys.iter().take(hits) {
+                let hit = tiered.get(key).now_or_never().unwrap();
+                black_box(hit.expect("no error").expect("present"));
+            }
+        }
+        other => panic!("unknown variant {other} (bare, tiered, tiered-prometheus)"),
+    }
+}
