@@ -15,6 +15,8 @@ use std::hint::black_box;
 
 use futures_util::FutureExt;
 
+const LOOKUPS: usize = 1 << 18;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list" || a == "--bench") {
@@ -22,17 +24,20 @@ fn main() {
     }
     let variant = args.get(1).map_or("tiered", String::as_str);
     let hits: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
-    let keys = users::lookups(hits.max(1));
+    // The same keys for every run (0 hits included), so that building them is
+    // setup, not counted per hit.
+    let keys = users::lookups(LOOKUPS);
+    let keys = keys.iter().cycle().take(hits);
     match variant {
         "bare" => {
             let bare = users::bare();
-            for key in keys.iter().take(hits) {
+            for key in keys.clone() {
                 black_box(bare.get(key).now_or_never().unwrap().expect("present"));
             }
         }
         "tiered" => {
             let tiered = users::tiered(|b| b);
-            for key in keys.iter().take(hits) {
+            for key in keys.clone() {
                 let hit = tiered.get(key).now_or_never().unwrap();
                 black_box(hit.expect("no error").expect("present"));
             }
@@ -43,7 +48,7 @@ fn main() {
             let observer =
                 metrics::with_local_recorder(&recorder, || tiered::MetricsObserver::new("bench"));
             let tiered = users::tiered(|b| b.observer(observer));
-            for key in keys.iter().take(hits) {
+            for key in keys.clone() {
                 let hit = tiered.get(key).now_or_never().unwrap();
                 black_box(hit.expect("no error").expect("present"));
             }
