@@ -56,9 +56,11 @@ async fn main() -> Result<(), BoxError> {
             let key = cache.l2_key(&id).expect("an L2 key");
             let start = Instant::now();
             let bytes: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut bare).await?;
-            // The same bytes tiered stores: 23-byte header + envelope, then bincode.
+            // The same bytes tiered stores: a 35-byte header + envelope (wire
+            // format 3), then bincode.
+            assert_eq!(bytes.get(2), Some(&3), "wire format 3");
             let (user, _): (User, usize) =
-                bincode::serde::decode_from_slice(&bytes[23..], bincode::config::standard())?;
+                bincode::serde::decode_from_slice(&bytes[35..], bincode::config::standard())?;
             bare_lat.push(start.elapsed());
             assert_eq!(user.id, id);
         }
