@@ -49,7 +49,9 @@ pub fn bare() -> moka::future::Cache<String, Arc<User>> {
 
 /// A `TieredCache` (L1 only) holding every user, built by `configure`.
 pub fn tiered(
-    configure: impl FnOnce(TieredCacheBuilder<String, Arc<User>>) -> TieredCacheBuilder<String, Arc<User>>,
+    configure: impl FnOnce(
+        TieredCacheBuilder<String, Arc<User>>,
+    ) -> TieredCacheBuilder<String, Arc<User>>,
 ) -> TieredCache<String, Arc<User>> {
     let builder = TieredCache::builder("bench").l1_max_entries(2 * ENTRIES);
     let tiered = configure(builder).build().expect("build");

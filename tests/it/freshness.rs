@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::support::users::{user_loader, User};
 use crate::support::{at_once, Postgres, Redis};
 use tiered::{BoxError, Error, ManualClock, PgLoader, TieredCache};
 
@@ -218,30 +219,6 @@ async fn past_the_hard_timeout_a_load_is_given_up() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LoadTimedOut { .. }), "{err:?}");
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct User {
-    id: i64,
-    name: String,
-}
-
-fn user_loader(pool: deadpool_postgres::Pool, table: &str) -> PgLoader<i64, User> {
-    PgLoader::new(
-        pool,
-        format!("SELECT id, name FROM {table} WHERE id = $1"),
-        |row| {
-            let id: i64 = row.try_get(0)?;
-            Ok((
-                id,
-                User {
-                    id,
-                    name: row.try_get(1)?,
-                },
-            ))
-        },
-    )
-    .many(format!("SELECT id, name FROM {table} WHERE id = ANY($1)"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,32 +2,9 @@
 
 use std::time::Duration;
 
+use crate::support::users::{user_loader, User};
 use crate::support::{at_once, Postgres};
 use tiered::{Error, ManualClock, PgLoader, TieredCache};
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct User {
-    id: i64,
-    name: String,
-}
-
-fn user_loader(pool: deadpool_postgres::Pool, table: &str) -> PgLoader<i64, User> {
-    PgLoader::new(
-        pool,
-        format!("SELECT id, name FROM {table} WHERE id = $1"),
-        |row| {
-            let id: i64 = row.try_get(0)?;
-            Ok((
-                id,
-                User {
-                    id,
-                    name: row.try_get(1)?,
-                },
-            ))
-        },
-    )
-    .many(format!("SELECT id, name FROM {table} WHERE id = ANY($1)"))
-}
 
 const ONE: &str = "WHERE id = $1";
 const MANY: &str = "WHERE id = ANY($1)";

@@ -7,6 +7,7 @@ pub mod gated;
 mod postgres;
 pub mod redis;
 pub mod slow_proxy;
+pub mod users;
 pub mod versions;
 #[path = "../../benches/support/zipf.rs"]
 pub mod zipf;
