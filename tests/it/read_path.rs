@@ -282,3 +282,40 @@ async fn l1_admits_hot_keys_as_well_as_bare_moka() {
         "tiered's L1 hit ratio {tiered:.3} against bare moka's {bare:.3}"
     );
 }
+
+/// A caller whose own load (`get_with`) is cancelled while others wait on its
+/// flight does not strand them: one of them runs its own load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_takes_over_when_the_caller_running_the_flight_gives_up() {
+    let cache = TieredCache::<u64, u64>::builder("takeover")
+        .build()
+        .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let runner = {
+        let (cache, started) = (cache.clone(), started.clone());
+        tokio::spawn(async move {
+            let load = async move {
+                started.notify_one();
+                std::future::pending::<Result<Option<u64>, BoxError>>().await
+            };
+            tokio::time::timeout(Duration::from_millis(200), cache.get_with(&1, load)).await
+        })
+    };
+    started.notified().await;
+    let waiter = cache.get_with(&1, async { Ok::<_, BoxError>(Some(7)) });
+    let value = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter is not stranded");
+    assert_eq!(value.unwrap(), Some(7));
+    assert!(runner.await.unwrap().is_err(), "the runner gave up");
+    assert_eq!(
+        cache.stats().coalesced,
+        0,
+        "the waiter ran the next flight itself"
+    );
+    assert_eq!(
+        cache.get(&1).await.unwrap(),
+        Some(7),
+        "and cached its value"
+    );
+}
