@@ -472,3 +472,84 @@ async fn a_load_that_outlives_its_entry_in_redis_still_fills_it() {
     assert_eq!(stats.superseded, 0, "{stats:?}");
     assert_eq!(loads.load(Ordering::SeqCst), 2);
 }
+
+/// A background refresh that read the database before an invalidation does not
+/// write what it read: the refresh starts over and caches the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_racing_an_invalidation_does_not_write_the_old_value() {
+    let db = Arc::new(AtomicU64::new(1));
+    let gate = Arc::new(Semaphore::new(1));
+    let clock = ManualClock::new();
+    let cache = {
+        let (db, gate) = (db.clone(), gate.clone());
+        TieredCache::<u64, u64>::builder("refresh-race")
+            .clock(clock.clone())
+            .jitter(0.0)
+            .l1_ttl(Duration::from_secs(10))
+            .no_early_refresh()
+            .stale_while_revalidate(Duration::from_secs(60))
+            .loader_fn(move |_key: u64| {
+                let (db, gate) = (db.clone(), gate.clone());
+                async move {
+                    let read = db.load(Ordering::SeqCst); // read before the gate
+                    gate.acquire().await?.forget();
+                    Ok::<_, BoxError>(Some(read))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1));
+    clock.advance(Duration::from_secs(11));
+    // Stale: served at once; the refresh reads 1 and waits at the gate.
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1));
+    eventually("the refresh to read the database", || async {
+        gate.available_permits() == 0
+    })
+    .await;
+    db.store(2, Ordering::SeqCst);
+    cache.invalidate(&1).await;
+    gate.add_permits(2);
+    assert_eq!(cache.get(&1).await.unwrap(), Some(2), "never the old value");
+    assert!(
+        cache.stats().superseded >= 1,
+        "the refresh's first load was refused"
+    );
+    assert_eq!(cache.get(&1).await.unwrap(), Some(2));
+}
+
+/// Fail-safe never serves an invalidated value: the invalidation removes the
+/// stale copy with the fresh one, and the failing load's error reaches the caller.
+#[tokio::test]
+async fn fail_safe_does_not_bring_back_an_invalidated_value() {
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let clock = ManualClock::new();
+    let cache = {
+        let up = up.clone();
+        TieredCache::<u64, u64>::builder("fail-safe-invalidated")
+            .clock(clock.clone())
+            .l1_ttl(Duration::from_secs(10))
+            .fail_safe(Duration::from_secs(3600))
+            .loader_fn(move |key: u64| {
+                let up = up.load(Ordering::SeqCst);
+                async move {
+                    if up {
+                        Ok::<_, BoxError>(Some(key * 10))
+                    } else {
+                        Err("database down".into())
+                    }
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(cache.get(&1).await.unwrap(), Some(10));
+    assert_eq!(cache.get(&2).await.unwrap(), Some(20));
+    up.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(11));
+    cache.invalidate(&1).await;
+    assert!(matches!(cache.get(&1).await, Err(Error::Load { .. })));
+    // The key that was not invalidated is served stale.
+    assert_eq!(cache.get(&2).await.unwrap(), Some(20));
+    assert_eq!(cache.stats().fail_safe, 1);
+}
