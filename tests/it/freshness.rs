@@ -478,10 +478,11 @@ async fn a_load_that_outlives_its_entry_in_redis_still_fills_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_racing_an_invalidation_does_not_write_the_old_value() {
     let db = Arc::new(AtomicU64::new(1));
+    let reads = Arc::new(AtomicU64::new(0));
     let gate = Arc::new(Semaphore::new(1));
     let clock = ManualClock::new();
     let cache = {
-        let (db, gate) = (db.clone(), gate.clone());
+        let (db, reads, gate) = (db.clone(), reads.clone(), gate.clone());
         TieredCache::<u64, u64>::builder("refresh-race")
             .clock(clock.clone())
             .jitter(0.0)
@@ -489,9 +490,10 @@ async fn a_refresh_racing_an_invalidation_does_not_write_the_old_value() {
             .no_early_refresh()
             .stale_while_revalidate(Duration::from_secs(60))
             .loader_fn(move |_key: u64| {
-                let (db, gate) = (db.clone(), gate.clone());
+                let (db, reads, gate) = (db.clone(), reads.clone(), gate.clone());
                 async move {
                     let read = db.load(Ordering::SeqCst); // read before the gate
+                    reads.fetch_add(1, Ordering::SeqCst);
                     gate.acquire().await?.forget();
                     Ok::<_, BoxError>(Some(read))
                 }
@@ -504,7 +506,7 @@ async fn a_refresh_racing_an_invalidation_does_not_write_the_old_value() {
     // Stale: served at once; the refresh reads 1 and waits at the gate.
     assert_eq!(cache.get(&1).await.unwrap(), Some(1));
     eventually("the refresh to read the database", || async {
-        gate.available_permits() == 0
+        reads.load(Ordering::SeqCst) == 2
     })
     .await;
     db.store(2, Ordering::SeqCst);
