@@ -159,11 +159,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     pub(crate) async fn l1_lookup(&self, key: &K) -> Lookup<V> {
         let inner = &*self.inner;
         match inner.l1.get(key).await {
-            Some(entry) if inner.clock.now() < entry.early_from => {
-                self.count_hit(&entry);
-                Lookup::Hit(entry)
+            Some(entry) => {
+                let now = inner.clock.now();
+                // Before the early-refresh window, or in it with a draw that
+                // starts nothing: a plain hit, with no allocation.
+                if now < entry.early_from
+                    || (entry.is_fresh(now) && !inner.freshness.refresh_early(&entry, now))
+                {
+                    self.count_hit(&entry);
+                    return Lookup::Hit(entry);
+                }
+                Box::pin(self.l1_late(key, entry, now)).await
             }
-            Some(entry) => Box::pin(self.l1_late(key, entry)).await,
             None => {
                 inner.report.tier(Tier::L1, false);
                 Lookup::Miss
@@ -179,16 +186,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         }
     }
 
-    /// An entry in its early-refresh window, stale, or expired.
-    async fn l1_late(&self, key: &K, entry: Entry<V>) -> Lookup<V> {
+    /// An entry whose early refresh was drawn, stale, or expired.
+    async fn l1_late(&self, key: &K, entry: Entry<V>, now: u64) -> Lookup<V> {
         let inner = &*self.inner;
         let freshness = &inner.freshness;
-        let now = inner.clock.now();
         if entry.is_fresh(now) {
             self.count_hit(&entry);
-            if freshness.refresh_early(&entry, now) {
-                self.refresh(key, &entry).await;
-            }
+            self.refresh(key, &entry).await;
             return Lookup::Hit(entry);
         }
         if !entry.is_expired(now) {
