@@ -144,7 +144,7 @@ type NoLoad<V> = std::future::Ready<Result<Fetched<V>, Failure>>;
 mod coalesce;
 
 pub(crate) use self::coalesce::Flights;
-use self::coalesce::Joined;
+use self::coalesce::{Joined, Runner};
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key` through its flight: `first` is this caller's own load
@@ -206,11 +206,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                         return self.served(key, Err(flight)).await;
                     }
                     let outcome = runner.outcome();
-                    let (cache, owned) = (self.clone(), key.clone());
-                    tokio::spawn(async move {
-                        let flight = cache.run(&owned, None::<NoLoad<V>>, this_job).await;
-                        runner.finish(Arc::new(flight));
-                    });
+                    self.spawn_flight(key, runner, this_job);
                     (outcome, true)
                 }
             };
@@ -290,12 +286,23 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let Joined::Runner(runner) = self.join(key) else {
             return false;
         };
+        self.spawn_flight(key, runner, job);
+        true
+    }
+
+    /// Runs `key`'s flight with the configured loader in a task of its own. A
+    /// panic anywhere in it is the flight's outcome (its waiters would otherwise
+    /// start the same flight again, and again).
+    fn spawn_flight(&self, key: &K, runner: Runner<K, V>, job: Job<V>) {
         let (cache, owned) = (self.clone(), key.clone());
         tokio::spawn(async move {
-            let flight = cache.run(&owned, None::<NoLoad<V>>, job).await;
+            let run = cache.run(&owned, None::<NoLoad<V>>, job);
+            let flight = match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(flight) => flight,
+                Err(panic) => Flight::Failed(Failure::Panicked(panic_message(&*panic))),
+            };
             runner.finish(Arc::new(flight));
         });
-        true
     }
 
     /// The value a flight ended with, or its error.
