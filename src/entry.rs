@@ -67,13 +67,13 @@ impl<V> Entry<V> {
         freshness: &Freshness,
         load: Duration,
     ) -> Self {
-        let fresh_until = now.saturating_add(saturating_nanos(ttl.min(Ttl::MAX)));
-        let expires = freshness.keep_until(now, fresh_until);
+        let lifetime = freshness.lifetime(ttl, load);
+        let fresh_until = now.saturating_add(saturating_nanos(lifetime.fresh));
         Entry {
             value,
             early_from: freshness.early_from(now, fresh_until, load),
             fresh_until,
-            expires,
+            expires: now.saturating_add(saturating_nanos(lifetime.keep)),
             load_nanos: saturating_nanos(load),
         }
     }

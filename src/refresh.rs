@@ -93,16 +93,6 @@ impl Freshness {
         }
     }
 
-    /// The instant (clock nanoseconds) an entry written at `now` and fresh until
-    /// `fresh_until` stops being served.
-    pub(crate) fn keep_until(&self, now: u64, fresh_until: u64) -> u64 {
-        let mut until = fresh_until.saturating_add(saturating_nanos(self.stale_while_revalidate));
-        if let Some(window) = self.fail_safe {
-            until = until.max(now.saturating_add(saturating_nanos(window)));
-        }
-        until
-    }
-
     /// Where an entry's XFetch window starts.
     pub(crate) fn early_from(&self, now: u64, fresh_until: u64, load: Duration) -> u64 {
         match self.early_beta {

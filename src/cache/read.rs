@@ -25,23 +25,31 @@ pub(crate) enum Lookup<V> {
     Miss,
 }
 
+impl<V> Lookup<V> {
+    /// The flight of a key L1 could not answer: with the stale copy, if any.
+    fn into_job(self) -> Job<V> {
+        Job {
+            fallback: match self {
+                Lookup::Stale(fallback) => Some(fallback),
+                Lookup::Hit(_) | Lookup::Miss => None,
+            },
+            ..Job::default()
+        }
+    }
+}
+
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key`: from L1, else from L2, else from the loader (one flight
     /// however many callers ask at once). `Ok(None)` means the loader found nothing,
     /// which is remembered for the negative TTL. Without a loader, only the cache
     /// tiers are read. L2 failures never fail a read: they are counted misses.
     pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
-        let fallback = match self.l1_lookup(key).await {
+        let job = match self.l1_lookup(key).await {
             Lookup::Hit(entry) => return Ok(entry.value),
-            Lookup::Stale(fallback) => Some(fallback),
-            Lookup::Miss => None,
+            miss => miss.into_job(),
         };
         // Boxed: the miss path's state machine is large, and keeping it out of
         // `get`'s future keeps a hit from moving it around.
-        let job = Job {
-            fallback,
-            ..Job::default()
-        };
         Box::pin(self.fly(key, None::<std::future::Ready<_>>, job)).await
     }
 
@@ -56,16 +64,11 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
-        let fallback = match self.l1_lookup(key).await {
+        let job = match self.l1_lookup(key).await {
             Lookup::Hit(entry) => return Ok(entry.value),
-            Lookup::Stale(fallback) => Some(fallback),
-            Lookup::Miss => None,
+            miss => miss.into_job(),
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        let job = Job {
-            fallback,
-            ..Job::default()
-        };
         Box::pin(self.fly(key, Some(first), job)).await
     }
 
