@@ -183,15 +183,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     {
         self.start_bus().await;
         let detach = first.is_none() && self.can_refresh();
-        let stale = job.fallback.as_ref().map(|f| f.entry.clone());
+        // A stale copy this caller takes at the soft timeout (detached loads only).
+        let soft = (self.inner.freshness.soft_timeout.filter(|_| detach))
+            .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
         let mut round = 1;
         loop {
             let (waiting, ran) = match self.join(key) {
                 Joined::Waiter(outcome) => (outcome, false),
                 Joined::Runner(runner) => {
                     // A flight that ended just before this one began left its
-                    // value in L1.
+                    // value in L1: this caller got another caller's load.
                     if let Some(entry) = self.fresh_in_l1(key).await {
+                        self.inner.report.event(Counter::Coalesced);
                         runner.finish(Arc::new(Flight::Settled(entry.clone())));
                         return Ok(entry);
                     }
@@ -210,9 +213,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     (outcome, true)
                 }
             };
-            let flight = match (self.inner.freshness.soft_timeout, &stale) {
-                (Some(soft), Some(stale)) if detach => {
-                    match tokio::time::timeout(soft, coalesce::outcome(waiting)).await {
+            let flight = match &soft {
+                Some((after, stale)) => {
+                    match tokio::time::timeout(*after, coalesce::outcome(waiting)).await {
                         Ok(flight) => flight,
                         Err(_) => {
                             self.inner.report.event(Counter::SoftTimeouts);
@@ -221,7 +224,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                         }
                     }
                 }
-                _ => coalesce::outcome(waiting).await,
+                None => coalesce::outcome(waiting).await,
             };
             // No outcome: the runner gave up; this caller may run the next flight.
             let Some(flight) = flight else { continue };

@@ -48,15 +48,16 @@ impl<K: CacheKey, V: CacheValue> Runner<K, V> {
         self.outcome.clone()
     }
 
-    /// Publishes the outcome to every waiter, and ends the flight.
+    /// Ends the flight, then publishes its outcome to every waiter. (In this
+    /// order: once a caller has the outcome, the key is no longer flying, so a
+    /// refresh it starts is not taken for this flight.)
     pub(crate) fn finish(self, flight: Arc<Flight<V>>) {
+        self.leave();
         self.sender.send_replace(Some(flight));
-        // `Drop` takes the key out of the map.
     }
-}
 
-impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
-    fn drop(&mut self) {
+    /// Takes the key out of the map, if this flight is still the one there.
+    fn leave(&self) {
         let mut flights = lock(&self.cache.inner.flights);
         if flights
             .get(&self.key)
@@ -64,6 +65,12 @@ impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
         {
             flights.remove(&self.key);
         }
+    }
+}
+
+impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
