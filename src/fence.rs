@@ -90,6 +90,17 @@ impl Fence {
         }
     }
 
+    /// A ticket taken once no invalidation of `key` is half done: one that has
+    /// moved the fence but not yet changed L1 is waited for. For a load that
+    /// reads L1 (not L2) after its ticket: the change an invalidation makes in
+    /// L1 comes after it moves the fence, so a plain [`ticket`](Self::ticket)
+    /// taken in between would let the load read the old value and still commit.
+    pub(crate) async fn settled_ticket<K: CacheKey>(&self, key: &K) -> Ticket {
+        let _global = self.global.read().await;
+        let _guard = self.shards[self.shard_of(key)].lock.lock().await;
+        self.ticket(key)
+    }
+
     /// Runs `write` (an L1 write of `key`) unless `key` was invalidated or
     /// overwritten since `ticket` was taken. Returns whether it ran.
     pub(crate) async fn commit<K: CacheKey, F: Future<Output = ()>>(
@@ -173,6 +184,7 @@ impl Fence {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+    use std::pin::pin;
 
     fn run<F: Future>(f: F) -> F::Output {
         f.now_or_never().expect("no contention in these tests")
@@ -195,6 +207,39 @@ mod tests {
         assert!(!wrote);
         let fresh = fence.ticket(&"a");
         assert!(run(fence.commit(&"a", fresh, async {})));
+    }
+
+    /// A reader of "L1" (a slot) that takes its ticket while an invalidation is
+    /// half done (fence moved, slot not yet emptied) must not put back what the
+    /// invalidation removes.
+    #[test]
+    fn a_reader_during_an_invalidation_cannot_put_back_what_it_removes() {
+        let fence = Fence::new();
+        let slot = Mutex::new(Some(1));
+        let read = || *slot.lock().unwrap();
+        let (open, gate) = tokio::sync::oneshot::channel::<()>();
+        let invalidation = fence.supersede(&"a", async {
+            let _ = gate.await;
+            *slot.lock().unwrap() = None;
+        });
+        let reader = async {
+            let ticket = fence.settled_ticket(&"a").await;
+            let seen = read();
+            fence
+                .commit(&"a", ticket, async {
+                    if seen.is_some() {
+                        *slot.lock().unwrap() = seen;
+                    }
+                })
+                .await
+        };
+        let (mut invalidation, mut reader) = (pin!(invalidation), pin!(reader));
+        assert!(invalidation.as_mut().now_or_never().is_none(), "the gate holds it");
+        assert!(reader.as_mut().now_or_never().is_none(), "the shard is locked");
+        open.send(()).unwrap();
+        run(invalidation);
+        run(reader);
+        assert_eq!(read(), None, "the invalidated value came back");
     }
 
     #[test]

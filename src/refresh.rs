@@ -149,10 +149,11 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// `seen` (an L1 entry past its fresh time, or in its XFetch window) as a
-    /// fallback: a ticket, then the same entry found in L1 again. `None` if it
+    /// fallback: a settled ticket (no invalidation half done), then the same
+    /// entry found in L1 again. `None` if it
     /// left L1 meanwhile (an invalidation, a newer value).
     pub(crate) async fn fallback(&self, key: &K, seen: &Entry<V>) -> Option<Fallback<V>> {
-        let ticket = self.inner.fence.ticket(key);
+        let ticket = self.inner.fence.settled_ticket(key).await;
         let again = self.inner.l1.get(key).await?;
         let same = again.fresh_until == seen.fresh_until && again.expires == seen.expires;
         same.then_some(Fallback {
