@@ -101,6 +101,15 @@ impl Fence {
         self.ticket(key)
     }
 
+    /// Runs `f` (an L1 change of `key` that reads L1 first, such as moving an
+    /// entry between caches) while no invalidation of `key` runs: it happens
+    /// wholly before or wholly after each of them.
+    pub(crate) async fn exclusive<K: CacheKey, F: Future>(&self, key: &K, f: F) -> F::Output {
+        let _global = self.global.read().await;
+        let _guard = self.shards[self.shard_of(key)].lock.lock().await;
+        f.await
+    }
+
     /// Runs `write` (an L1 write of `key`) unless `key` was invalidated or
     /// overwritten since `ticket` was taken. Returns whether it ran.
     pub(crate) async fn commit<K: CacheKey, F: Future<Output = ()>>(
@@ -121,21 +130,39 @@ impl Fence {
         clean
     }
 
+    /// Whether `key` may have been invalidated after `earlier` was taken and
+    /// before `later` was (two tickets of `key`).
+    pub(crate) fn changed_between<K: CacheKey>(
+        &self,
+        key: &K,
+        earlier: &Ticket,
+        later: &Ticket,
+    ) -> bool {
+        earlier.generation < later.generation
+            || earlier.epoch < later.epoch
+            || (earlier.pattern_seq < later.pattern_seq
+                && self.pattern_in(earlier.pattern_seq, later.pattern_seq, key))
+    }
+
     /// Whether a pattern recorded after `seq` matches `key` (or may have: it is no
     /// longer among the recent ones).
     fn pattern_since<K: CacheKey>(&self, seq: u64, key: &K) -> bool {
-        if self.pattern_seq.load(Ordering::Acquire) == seq {
-            return false;
-        }
+        let latest = self.pattern_seq.load(Ordering::Acquire);
+        latest != seq && self.pattern_in(seq, latest, key)
+    }
+
+    /// Whether a pattern recorded after `after`, up to `until`, matches `key` (or
+    /// may have: it is no longer among the recent ones).
+    fn pattern_in<K: CacheKey>(&self, after: u64, until: u64, key: &K) -> bool {
         let patterns = self.patterns.lock().unwrap_or_else(PoisonError::into_inner);
         let oldest_kept = patterns.front().map_or(u64::MAX, |(n, _)| *n);
-        if oldest_kept > seq + 1 {
+        if oldest_kept > after + 1 {
             return true;
         }
         let key = key.to_key_string();
         patterns
             .iter()
-            .any(|(n, pattern)| *n > seq && pattern.matches(&key))
+            .any(|(n, pattern)| (after + 1..=until).contains(n) && pattern.matches(&key))
     }
 
     /// Runs `change` (an L1 removal or overwrite of `key`, after the L2 change
@@ -234,8 +261,14 @@ mod tests {
                 .await
         };
         let (mut invalidation, mut reader) = (pin!(invalidation), pin!(reader));
-        assert!(invalidation.as_mut().now_or_never().is_none(), "the gate holds it");
-        assert!(reader.as_mut().now_or_never().is_none(), "the shard is locked");
+        assert!(
+            invalidation.as_mut().now_or_never().is_none(),
+            "the gate holds it"
+        );
+        assert!(
+            reader.as_mut().now_or_never().is_none(),
+            "the shard is locked"
+        );
         open.send(()).unwrap();
         run(invalidation);
         run(reader);

@@ -188,8 +188,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
         let mut round = 1;
         loop {
-            let (waiting, ran) = match self.join(key) {
-                Joined::Waiter(outcome) => (outcome, false),
+            let (waiting, ran, overtaken) = match self.join(key) {
+                Joined::Waiter(outcome) => (outcome, false, false),
+                Joined::Overtaken(outcome) => (outcome, false, true),
                 Joined::Runner(runner) => {
                     // A flight that ended just before this one began left its
                     // value in L1: this caller got another caller's load.
@@ -210,7 +211,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                     }
                     let outcome = runner.outcome();
                     self.spawn_flight(key, runner, this_job);
-                    (outcome, true)
+                    (outcome, true, false)
                 }
             };
             let flight = match &soft {
@@ -227,7 +228,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 None => coalesce::outcome(waiting).await,
             };
             // No outcome: the runner gave up; this caller may run the next flight.
-            let Some(flight) = flight else { continue };
+            // A flight older than an invalidation this caller saw: the next one.
+            let Some(flight) = flight.filter(|_| !overtaken) else {
+                continue;
+            };
             if !ran {
                 self.inner.report.event(Counter::Coalesced);
                 if matches!(*flight, Flight::Superseded(_)) && round < MAX_LOAD_ATTEMPTS {

@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 use crate::cache::{CacheValue, TieredCache};
+use crate::fence::Ticket;
 use crate::flight::Flight;
 use crate::key::CacheKey;
 
 /// Where a flight publishes its outcome (once).
 pub(crate) type Outcome<V> = watch::Receiver<Option<Arc<Flight<V>>>>;
 
-/// Flights on now, by key.
-pub(crate) type Flights<K, V> = Mutex<HashMap<K, Outcome<V>>>;
+/// Flights on now, by key, each with a fence ticket taken as it began.
+pub(crate) type Flights<K, V> = Mutex<HashMap<K, (Outcome<V>, Ticket)>>;
 
 /// What joining a key's flight made of this caller.
 pub(crate) enum Joined<K: CacheKey, V: CacheValue> {
@@ -30,6 +31,10 @@ pub(crate) enum Joined<K: CacheKey, V: CacheValue> {
     Runner(Runner<K, V>),
     /// A flight is on: wait for its outcome.
     Waiter(Outcome<V>),
+    /// A flight is on that began before an invalidation of the key which this
+    /// caller saw complete: what it read may be what was invalidated. Wait for
+    /// it to end, then fly again (the next flight begins after this caller came).
+    Overtaken(Outcome<V>),
 }
 
 /// The duty to publish a flight's outcome. Dropped unpublished (its caller gave
@@ -61,7 +66,7 @@ impl<K: CacheKey, V: CacheValue> Runner<K, V> {
         let mut flights = lock(&self.cache.inner.flights);
         if flights
             .get(&self.key)
-            .is_some_and(|outcome| outcome.same_channel(&self.outcome))
+            .is_some_and(|(outcome, _)| outcome.same_channel(&self.outcome))
         {
             flights.remove(&self.key);
         }
@@ -74,19 +79,32 @@ impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
     }
 }
 
-fn lock<K, V>(flights: &Flights<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, Outcome<V>>> {
+fn lock<K, V>(
+    flights: &Flights<K, V>,
+) -> std::sync::MutexGuard<'_, HashMap<K, (Outcome<V>, Ticket)>> {
     flights.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// Joins `key`'s flight, or becomes its runner.
+    ///
+    /// Joining compares fence tickets: this caller's, taken now, and the
+    /// flight's, taken as it began. A flight's outcome is only as new as the
+    /// flight (it may be an L1 entry it found, or a value it committed, before an
+    /// invalidation that completed since): a caller that came after such an
+    /// invalidation does not take it.
     pub(crate) fn join(&self, key: &K) -> Joined<K, V> {
+        let fence = &self.inner.fence;
+        let now = fence.ticket(key);
         let mut flights = lock(&self.inner.flights);
-        if let Some(outcome) = flights.get(key) {
+        if let Some((outcome, began)) = flights.get(key) {
+            if fence.changed_between(key, began, &now) {
+                return Joined::Overtaken(outcome.clone());
+            }
             return Joined::Waiter(outcome.clone());
         }
         let (sender, outcome) = watch::channel(None);
-        flights.insert(key.clone(), outcome.clone());
+        flights.insert(key.clone(), (outcome.clone(), now));
         Joined::Runner(Runner {
             cache: self.clone(),
             key: key.clone(),

@@ -6,6 +6,7 @@
 pub mod gated;
 mod postgres;
 pub mod redis;
+pub mod rewrites;
 pub mod slow_proxy;
 pub mod users;
 pub mod versions;
