@@ -4,7 +4,8 @@
 //! (Zipf 0.99 whose ranking is drawn anew every 200k requests); and Zipf 0.99 mixed
 //! with one-touch scans (blocks of 80k Zipf requests, then 20k keys never asked for
 //! again). For L1 capacities of 0.1%, 1% and 10% of the keys, each trace is replayed
-//! through `TieredCache::get_with` with `L1Eviction::TinyLfu` and `L1Eviction::Lru`,
+//! through `TieredCache::get_with` with `L1Eviction::TinyLfu`, `L1Eviction::Lru` and
+//! `L1Eviction::Adaptive` (which also reports how often it switched),
 //! next to Belady's optimum for the same trace and capacity (offline: on a miss,
 //! keep the keys asked for again soonest, and bypass a key asked for later than
 //! all of them). "L1+L2" is the ratio with an L2 that keeps every key (Redis with
@@ -136,7 +137,7 @@ async fn replay_moka(trace: &[u64], capacity: u64) -> Result<f64, BoxError> {
 }
 
 /// The L1 hit ratio of `trace` replayed through a cache of `capacity` entries.
-async fn replay(trace: &[u64], capacity: u64, policy: L1Eviction) -> Result<f64, BoxError> {
+async fn replay(trace: &[u64], capacity: u64, policy: L1Eviction) -> Result<(f64, u64), BoxError> {
     let cache = TieredCache::<u64, u64>::builder("hit-ratio")
         .l1_max_entries(capacity)
         .l1_eviction(policy)
@@ -146,7 +147,8 @@ async fn replay(trace: &[u64], capacity: u64, policy: L1Eviction) -> Result<f64,
         let load = std::future::ready(Ok::<_, BoxError>(Some(key)));
         cache.get_with(&key, load).await?;
     }
-    Ok(cache.stats().l1.hit_ratio())
+    let stats = cache.stats();
+    Ok((stats.l1.hit_ratio(), stats.l1_policy_switches))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -162,8 +164,16 @@ async fn main() -> Result<(), BoxError> {
         .map_or(Ok(2_000_000), |s| s.parse())?;
     println!("{requests} requests per trace over {KEYS} keys (seed {SEED})\n");
     println!(
-        "{:<17} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}  {:>12}",
-        "trace", "capacity", "TinyLFU", "LRU", "bare moka", "optimum", "L1+L2", "best/optimum"
+        "{:<17} {:>9} {:>8} {:>8} {:>12} {:>10} {:>8} {:>8}  {:>12}",
+        "trace",
+        "capacity",
+        "TinyLFU",
+        "LRU",
+        "adaptive",
+        "bare moka",
+        "optimum",
+        "L1+L2",
+        "adaptive/best"
     );
     let mut csv = String::from("trace,capacity,policy,hit_ratio\n");
     for (name, trace) in traces(requests) {
@@ -171,18 +181,21 @@ async fn main() -> Result<(), BoxError> {
         let combined = 1.0 - distinct as f64 / trace.len() as f64;
         for fraction in [0.001, 0.01, 0.1] {
             let capacity = (KEYS as f64 * fraction) as usize;
-            let tiny_lfu = replay(&trace, capacity as u64, L1Eviction::TinyLfu).await?;
-            let lru = replay(&trace, capacity as u64, L1Eviction::Lru).await?;
+            let (tiny_lfu, _) = replay(&trace, capacity as u64, L1Eviction::TinyLfu).await?;
+            let (lru, _) = replay(&trace, capacity as u64, L1Eviction::Lru).await?;
+            let (adaptive, switches) =
+                replay(&trace, capacity as u64, L1Eviction::Adaptive).await?;
             let moka = replay_moka(&trace, capacity as u64).await?;
             let optimum = belady(&trace, capacity) as f64 / trace.len() as f64;
             println!(
-                "{name:<17} {:>8.1}% {tiny_lfu:>8.3} {lru:>8.3} {moka:>10.3} {optimum:>8.3} {combined:>8.3}  {:>12.2}",
+                "{name:<17} {:>8.1}% {tiny_lfu:>8.3} {lru:>8.3} {adaptive:>7.3} ({switches}) {moka:>10.3} {optimum:>8.3} {combined:>8.3}  {:>12.2}",
                 fraction * 100.0,
-                tiny_lfu.max(lru) / optimum
+                adaptive / tiny_lfu.max(lru)
             );
             for (policy, ratio) in [
                 ("TinyLFU", tiny_lfu),
                 ("LRU", lru),
+                ("adaptive", adaptive),
                 ("bare moka", moka),
                 ("optimum", optimum),
                 ("L1+L2", combined),

@@ -410,6 +410,13 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             freshness.early_beta = None;
         }
         let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
+        if self.eviction == L1Eviction::Adaptive && matches!(self.capacity, Capacity::Bytes(_)) {
+            return Err(Error::Config(
+                "L1Eviction::Adaptive needs an entry-bounded L1 (l1_max_entries): its \
+                 simulation counts keys, not bytes"
+                    .into(),
+            ));
+        }
         let capacity = match self.capacity {
             Capacity::Entries(max) => L1Capacity::Entries(max),
             Capacity::Bytes(max) => L1Capacity::Weight {
@@ -510,16 +517,18 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 }))
             }
         };
+        let fence = Arc::new(Fence::new());
         Ok(TieredCache::from_inner(Inner {
-            l1: l1::build(&self.name, capacity, self.eviction),
+            l1: l1::build(&self.name, capacity, self.eviction, &fence, &report),
             l1_enabled,
+            eviction: self.eviction,
             l2,
             bus,
             name: self.name,
             loader: self.loader,
             ttl: self.ttl,
             clock: self.clock,
-            fence: Fence::new(),
+            fence,
             report,
             flights: Default::default(),
             freshness,

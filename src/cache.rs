@@ -62,12 +62,14 @@ pub(crate) struct Inner<K, V> {
     pub(crate) l1: L1<K, V>,
     /// False when L1 has no capacity: entries are then not written to it.
     pub(crate) l1_enabled: bool,
+    /// The eviction policy configured (an adaptive L1 says which one it runs).
+    pub(crate) eviction: crate::L1Eviction,
     pub(crate) l2: Option<L2>,
     pub(crate) bus: Option<Bus>,
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
     pub(crate) ttl: TtlPolicy,
     pub(crate) clock: Clock,
-    pub(crate) fence: Fence,
+    pub(crate) fence: Arc<Fence>,
     pub(crate) report: Arc<Report>,
     /// The flights on now, by key.
     pub(crate) flights: crate::flight::Flights<K, V>,
@@ -125,7 +127,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// A snapshot of the cache's counters.
     pub fn stats(&self) -> Stats {
         let inner = &*self.inner;
-        let mut stats = inner.report.counters.snapshot(inner.l1.entry_count());
+        let mut stats = inner
+            .report
+            .counters
+            .snapshot(inner.l1.entry_count(), inner.l1.policy(inner.eviction));
         if let Some(l2) = &inner.l2 {
             stats.breaker = l2.breaker.state();
             stats.breaker_opened = l2.breaker.times_opened();

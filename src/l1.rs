@@ -1,4 +1,5 @@
-//! The in-process tier: a moka future cache of envelopes.
+//! The in-process tier: moka future caches of envelopes, with one eviction policy
+//! or (adaptive) whichever of two a shadow simulation prefers.
 
 use std::mem::size_of;
 use std::sync::Arc;
@@ -7,13 +8,21 @@ use moka::future::Cache;
 use serde::Serialize;
 
 use crate::entry::Entry;
+use crate::fence::Fence;
 use crate::key::CacheKey;
+use crate::observe::Report;
+use crate::pattern::Pattern;
+
+mod adaptive;
+mod shadow;
+
+use self::adaptive::Adaptive;
 
 /// The L1 hasher. Keys are hashed on every hit, so a fast, randomly seeded hasher
 /// matters more here than SipHash's stronger flood resistance.
 pub(crate) type L1Hasher = foldhash::fast::RandomState;
 
-/// The L1 tier: moka, keyed by `K` itself, holding envelopes.
+/// One moka cache, keyed by `K` itself, holding envelopes.
 ///
 /// moka is given no expiry policy: each envelope carries its own expiry, checked
 /// on every read against the cache's clock (one clock read), and an expired entry
@@ -21,7 +30,144 @@ pub(crate) type L1Hasher = foldhash::fast::RandomState;
 /// again leave through capacity eviction. moka's per-entry `Expiry` would add
 /// timer-wheel work to every read; one clock read is cheaper, and it makes a
 /// manual clock work without a second check.
-pub(crate) type L1<K, V> = Cache<K, Entry<V>, L1Hasher>;
+pub(crate) type Moka<K, V> = Cache<K, Entry<V>, L1Hasher>;
+
+/// The L1 tier. Every write to it happens under the fence (see `fence.rs`).
+pub(crate) enum L1<K, V> {
+    /// One cache, one policy.
+    Fixed(Moka<K, V>),
+    /// [`L1Eviction::Adaptive`].
+    Adaptive(Box<Adaptive<K, V>>),
+}
+
+impl<K, V> L1<K, V>
+where
+    K: CacheKey,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A caller's read of `key` (counted by the policy).
+    #[inline]
+    pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
+        match self {
+            L1::Fixed(cache) => cache.get(key).await,
+            L1::Adaptive(adaptive) => adaptive.get(key).await,
+        }
+    }
+
+    /// Whether `key` has an entry (not counted by the policy).
+    pub(crate) fn contains_key(&self, key: &K) -> bool {
+        match self {
+            L1::Fixed(cache) => cache.contains_key(key),
+            L1::Adaptive(adaptive) => adaptive.contains_key(key),
+        }
+    }
+
+    pub(crate) async fn insert(&self, key: K, entry: Entry<V>) {
+        match self {
+            L1::Fixed(cache) => cache.insert(key, entry).await,
+            L1::Adaptive(adaptive) => adaptive.insert(key, entry).await,
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, key: &K) {
+        match self {
+            L1::Fixed(cache) => cache.invalidate(key).await,
+            L1::Adaptive(adaptive) => {
+                for cache in adaptive.caches() {
+                    cache.invalidate(key).await;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn invalidate_all(&self) {
+        match self {
+            L1::Fixed(cache) => cache.invalidate_all(),
+            L1::Adaptive(adaptive) => adaptive.caches().for_each(|cache| cache.invalidate_all()),
+        }
+    }
+
+    /// Removes every key whose string form matches `pattern` (lazily: moka
+    /// applies the predicate on reads and in the background).
+    pub(crate) fn remove_matching(&self, pattern: &Arc<Pattern>) {
+        match self {
+            L1::Fixed(cache) => remove_matching(cache, pattern),
+            L1::Adaptive(adaptive) => adaptive.remove_matching(pattern),
+        }
+    }
+
+    /// Drops `key` if its entry is still expired at `now`, so that the next
+    /// flight loads it instead of finding it.
+    pub(crate) async fn remove_if_expired(&self, key: &K, now: u64) {
+        match self {
+            L1::Fixed(cache) => remove_if_expired(cache, key, now).await,
+            L1::Adaptive(adaptive) => {
+                for cache in adaptive.caches() {
+                    remove_if_expired(&cache, key, now).await;
+                }
+            }
+        }
+    }
+
+    /// Entries held (approximate: moka counts asynchronously).
+    pub(crate) fn entry_count(&self) -> u64 {
+        match self {
+            L1::Fixed(cache) => cache.entry_count(),
+            L1::Adaptive(adaptive) => adaptive.caches().map(|cache| cache.entry_count()).sum(),
+        }
+    }
+
+    pub(crate) async fn run_pending_tasks(&self) {
+        match self {
+            L1::Fixed(cache) => cache.run_pending_tasks().await,
+            L1::Adaptive(adaptive) => {
+                for cache in adaptive.caches() {
+                    cache.run_pending_tasks().await;
+                }
+            }
+        }
+    }
+
+    /// The policy L1 runs now.
+    pub(crate) fn policy(&self, configured: L1Eviction) -> L1Eviction {
+        match self {
+            L1::Fixed(_) => configured,
+            L1::Adaptive(adaptive) => adaptive.policy(),
+        }
+    }
+}
+
+fn remove_matching<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    cache: &Moka<K, V>,
+    pattern: &Arc<Pattern>,
+) {
+    let matcher = Arc::clone(pattern);
+    let removed =
+        cache.invalidate_entries_if(move |key: &K, _| matcher.matches(&key.to_key_string()));
+    if removed.is_err() {
+        cache.invalidate_all();
+    }
+}
+
+async fn remove_if_expired<K: CacheKey, V: Clone + Send + Sync + 'static>(
+    cache: &Moka<K, V>,
+    key: &K,
+    now: u64,
+) {
+    cache
+        .entry_by_ref(key)
+        .and_compute_with(|current| {
+            let expired = current.is_some_and(|e| e.value().is_expired(now));
+            async move {
+                if expired {
+                    moka::ops::compute::Op::Remove
+                } else {
+                    moka::ops::compute::Op::Nop
+                }
+            }
+        })
+        .await;
+}
 
 /// A function giving an entry's weight, in whatever unit the capacity is in.
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
@@ -39,6 +185,15 @@ pub enum L1Eviction {
     /// Least recently used: every new entry is admitted. Best when the hot set
     /// moves (yesterday's popular keys are cold today).
     Lru,
+    /// Whichever of the two does better on this cache's own traffic: a miniature
+    /// simulation of both (two key-only caches of about a thousand keys, fed a
+    /// fixed hash-sampled share of the keys) runs beside L1, and L1 switches
+    /// policy when the other one's simulated hit ratio leads by more than one
+    /// point for a while. A switch builds a new L1 and moves the entries over
+    /// (invalidations stay exact throughout). It starts with TinyLFU. Costs a key
+    /// hash on every read, and two small cache lookups on sampled reads. Needs an
+    /// entry-bounded L1 ([`l1_max_entries`](crate::TieredCacheBuilder::l1_max_entries)).
+    Adaptive,
 }
 
 /// How L1's capacity is counted.
@@ -49,7 +204,35 @@ pub(crate) enum L1Capacity<K, V> {
     Weight { max: u64, weigher: Weigher<K, V> },
 }
 
-pub(crate) fn build<K, V>(name: &str, capacity: L1Capacity<K, V>, eviction: L1Eviction) -> L1<K, V>
+/// Builds L1. `Adaptive` needs an entry count (the builder checks).
+pub(crate) fn build<K, V>(
+    name: &str,
+    capacity: L1Capacity<K, V>,
+    eviction: L1Eviction,
+    fence: &Arc<Fence>,
+    report: &Arc<Report>,
+) -> L1<K, V>
+where
+    K: CacheKey,
+    V: Clone + Send + Sync + 'static,
+{
+    match (eviction, capacity) {
+        (L1Eviction::Adaptive, L1Capacity::Entries(max)) if max > 0 => {
+            let name = name.to_owned();
+            let build = Box::new(move |policy| one(&name, L1Capacity::Entries(max), policy));
+            L1::Adaptive(Box::new(Adaptive::new(
+                max,
+                build,
+                Arc::clone(fence),
+                Arc::clone(report),
+            )))
+        }
+        (eviction, capacity) => L1::Fixed(one(name, capacity, eviction)),
+    }
+}
+
+/// One moka cache with `eviction` (`Adaptive` means TinyLFU here).
+fn one<K, V>(name: &str, capacity: L1Capacity<K, V>, eviction: L1Eviction) -> Moka<K, V>
 where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
@@ -57,7 +240,7 @@ where
     // Invalidation closures: patterns (`invalidate_pattern`, and keys received from
     // other instances that cannot be parsed back) are removed lazily by moka.
     let policy = match eviction {
-        L1Eviction::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+        L1Eviction::TinyLfu | L1Eviction::Adaptive => moka::policy::EvictionPolicy::tiny_lfu(),
         L1Eviction::Lru => moka::policy::EvictionPolicy::lru(),
     };
     let builder = Cache::builder()

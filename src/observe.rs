@@ -7,6 +7,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::breaker::BreakerState;
+use crate::l1::L1Eviction;
 
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -94,6 +95,10 @@ pub trait Observer: Send + Sync + 'static {
     /// A flight found another instance's lease on its key and waited for its
     /// value instead of loading.
     fn lease_waited(&self) {}
+    /// An adaptive L1 ([`L1Eviction::Adaptive`]) switched to `policy`.
+    fn l1_policy_switched(&self, policy: L1Eviction) {
+        let _ = policy;
+    }
     /// [`warm`](crate::TieredCache::warm) finished a batch: `done` of `total`
     /// keys have been looked up.
     fn warmed(&self, done: usize, total: usize) {
@@ -162,6 +167,11 @@ pub struct Stats {
     pub soft_timeouts: u64,
     /// Flights that waited for another instance's lease instead of loading.
     pub lease_waits: u64,
+    /// Times an adaptive L1 ([`L1Eviction::Adaptive`]) switched policy.
+    pub l1_policy_switches: u64,
+    /// The eviction policy L1 runs now (for an adaptive L1, the one it switched
+    /// to last; it starts with TinyLFU).
+    pub l1_policy: L1Eviction,
     /// Entries in L1 (approximate: moka counts asynchronously).
     pub l1_entries: u64,
 }
@@ -214,9 +224,10 @@ pub(crate) enum Counter {
     FailSafe,
     SoftTimeouts,
     LeaseWaits,
+    L1PolicySwitches,
 }
 
-const COUNTERS: usize = Counter::LeaseWaits as usize + 1;
+const COUNTERS: usize = Counter::L1PolicySwitches as usize + 1;
 const LANES: usize = 16;
 
 /// Counters striped over cache-line-padded lanes, one lane per thread (modulo), so
@@ -267,7 +278,7 @@ impl Counters {
             .sum()
     }
 
-    pub(crate) fn snapshot(&self, l1_entries: u64) -> Stats {
+    pub(crate) fn snapshot(&self, l1_entries: u64, l1_policy: L1Eviction) -> Stats {
         Stats {
             l1: TierStats {
                 hits: self.get(Counter::L1Hits),
@@ -298,6 +309,8 @@ impl Counters {
             fail_safe: self.get(Counter::FailSafe),
             soft_timeouts: self.get(Counter::SoftTimeouts),
             lease_waits: self.get(Counter::LeaseWaits),
+            l1_policy_switches: self.get(Counter::L1PolicySwitches),
+            l1_policy,
             l1_entries,
         }
     }
@@ -403,7 +416,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        let stats = counters.snapshot(7);
+        let stats = counters.snapshot(7, L1Eviction::Lru);
         assert_eq!(stats.l1.hits, 8000);
         assert_eq!(stats.loads, 16);
         assert_eq!(stats.l1_entries, 7);

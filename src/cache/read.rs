@@ -220,19 +220,6 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// of finding it.
     async fn remove_if_expired(&self, key: &K) {
         let now = self.inner.clock.now();
-        self.inner
-            .l1
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let expired = current.is_some_and(|e| e.value().is_expired(now));
-                async move {
-                    if expired {
-                        moka::ops::compute::Op::Remove
-                    } else {
-                        moka::ops::compute::Op::Nop
-                    }
-                }
-            })
-            .await;
+        self.inner.l1.remove_if_expired(key, now).await;
     }
 }

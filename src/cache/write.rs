@@ -161,17 +161,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     async fn remove_matching(&self, pattern: Pattern) {
         let inner = &*self.inner;
         let pattern = Arc::new(pattern);
-        let matcher = Arc::clone(&pattern);
         inner
             .fence
-            .supersede_pattern(pattern, || {
-                let removed = inner
-                    .l1
-                    .invalidate_entries_if(move |key: &K, _| matcher.matches(&key.to_key_string()));
-                if removed.is_err() {
-                    inner.l1.invalidate_all();
-                }
-            })
+            .supersede_pattern(Arc::clone(&pattern), || inner.l1.remove_matching(&pattern))
             .await;
     }
 

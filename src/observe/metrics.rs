@@ -6,6 +6,7 @@ use metrics::{Counter, Gauge, Histogram};
 
 use super::{LoadOutcome, Observer, Tier};
 use crate::breaker::BreakerState;
+use crate::l1::L1Eviction;
 
 /// Reports a cache's events to the `metrics` facade, under the names of
 /// `docs/METRICS.md`, each labelled `cache = <name>`.
@@ -38,6 +39,8 @@ pub struct MetricsObserver {
     fail_safe: Counter,
     soft_timeouts: Counter,
     lease_waits: Counter,
+    /// Switches of an adaptive L1, to TinyLFU and to LRU.
+    l1_policy_switches: [Counter; 2],
     warm_progress: Gauge,
     breaker: Gauge,
 }
@@ -72,6 +75,7 @@ impl MetricsObserver {
             fail_safe: metrics::counter!("tiered_fail_safe_total", "cache" => cache.clone()),
             soft_timeouts: metrics::counter!("tiered_soft_timeouts_total", "cache" => cache.clone()),
             lease_waits: metrics::counter!("tiered_lease_waits_total", "cache" => cache.clone()),
+            l1_policy_switches: ["tiny_lfu", "lru"].map(|policy| metrics::counter!("tiered_l1_policy_switches_total", "cache" => cache.clone(), "policy" => policy)),
             warm_progress: metrics::gauge!("tiered_warm_progress", "cache" => cache.clone()),
             breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
         }
@@ -170,6 +174,11 @@ impl Observer for MetricsObserver {
 
     fn lease_waited(&self) {
         self.lease_waits.increment(1);
+    }
+
+    fn l1_policy_switched(&self, policy: L1Eviction) {
+        let index = usize::from(policy == L1Eviction::Lru);
+        self.l1_policy_switches[index].increment(1);
     }
 
     fn warmed(&self, done: usize, total: usize) {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod adaptive;
 mod fleet;
 mod freshness;
 mod harness;

@@ -314,3 +314,48 @@ fn metric<'a>(snapshot: &'a Snapshot, name: &str, cache: &str) -> &'a DebugValue
         .map(|(.., value)| value)
         .unwrap_or_else(|| panic!("{name} was not registered"))
 }
+
+/// An adaptive L1's switch moves `tiered_l1_policy_switches_total` for the
+/// policy it switched to, and only that one.
+#[tokio::test]
+async fn a_policy_switch_moves_its_metric() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let observer = metrics::with_local_recorder(&recorder, || MetricsObserver::new("switching"));
+    let cache = TieredCache::<u64, u64>::builder("switching")
+        .observer(observer)
+        .l1_max_entries(1000)
+        .l1_eviction(tiered::L1Eviction::Adaptive)
+        .build()
+        .unwrap();
+    // 200 hot keys that move to new keys every 2,000 reads: LRU's traffic.
+    let mut rng = fastrand::Rng::with_seed(5);
+    for i in 0..60_000u64 {
+        let key = (i / 2_000) * 1_000_000 + rng.u64(0..200);
+        cache
+            .get_with(&key, async { Ok::<_, BoxError>(Some(key)) })
+            .await
+            .unwrap();
+    }
+    let stats = cache.stats();
+    assert!(stats.l1_policy_switches >= 1, "no switch");
+    let snapshot = snapshotter.snapshot().into_vec();
+    let switches = |policy: &str| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                key.key().name() == "tiered_l1_policy_switches_total"
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "policy" && l.value() == policy)
+            })
+            .map(|(.., value)| value)
+            .unwrap_or_else(|| panic!("no switch counter for {policy}"))
+    };
+    assert_eq!(
+        switches("lru"),
+        &DebugValue::Counter(stats.l1_policy_switches)
+    );
+    assert_eq!(switches("tiny_lfu"), &DebugValue::Counter(0));
+}
