@@ -4,7 +4,7 @@
 //! Run: `scripts/callgrind-l1-hit` (builds this harness, runs each variant under
 //! `valgrind --tool=callgrind` with 0 and with N hits, and prints the instructions
 //! per hit: the difference divided by N). Directly:
-//! `target/release/deps/overhead-* <bare|tiered|tiered-prometheus> <hits>`.
+//! `target/release/deps/overhead-* <bare|tiered|tiered-adaptive|tiered-prometheus> <hits>`.
 //! The fixture is `l1_hit`'s: 100k `String` keys and `Arc<User>` values, read in a
 //! seeded random order through `now_or_never` (no executor).
 
@@ -42,6 +42,13 @@ fn main() {
                 black_box(hit.expect("no error").expect("present"));
             }
         }
+        "tiered-adaptive" => {
+            let tiered = users::tiered(|b| b.l1_eviction(tiered::L1Eviction::Adaptive));
+            for key in keys.clone() {
+                let hit = tiered.get(key).now_or_never().unwrap();
+                black_box(hit.expect("no error").expect("present"));
+            }
+        }
         #[cfg(feature = "metrics")]
         "tiered-prometheus" => {
             let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -53,6 +60,8 @@ fn main() {
                 black_box(hit.expect("no error").expect("present"));
             }
         }
-        other => panic!("unknown variant {other} (bare, tiered, tiered-prometheus)"),
+        other => {
+            panic!("unknown variant {other} (bare, tiered, tiered-adaptive, tiered-prometheus)")
+        }
     }
 }

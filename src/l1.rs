@@ -46,7 +46,6 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A caller's read of `key` (counted by the policy).
-    #[inline]
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
         match self {
             L1::Fixed(cache) => cache.get(key).await,
@@ -65,7 +64,7 @@ where
     pub(crate) async fn insert(&self, key: K, entry: Entry<V>) {
         match self {
             L1::Fixed(cache) => cache.insert(key, entry).await,
-            L1::Adaptive(adaptive) => adaptive.insert(key, entry).await,
+            L1::Adaptive(adaptive) => adaptive.active().insert(key, entry).await,
         }
     }
 
@@ -73,7 +72,7 @@ where
         match self {
             L1::Fixed(cache) => cache.invalidate(key).await,
             L1::Adaptive(adaptive) => {
-                for cache in adaptive.caches() {
+                for cache in adaptive.both() {
                     cache.invalidate(key).await;
                 }
             }
@@ -83,7 +82,11 @@ where
     pub(crate) fn invalidate_all(&self) {
         match self {
             L1::Fixed(cache) => cache.invalidate_all(),
-            L1::Adaptive(adaptive) => adaptive.caches().for_each(|cache| cache.invalidate_all()),
+            L1::Adaptive(adaptive) => {
+                for cache in adaptive.both() {
+                    cache.invalidate_all();
+                }
+            }
         }
     }
 
@@ -92,7 +95,11 @@ where
     pub(crate) fn remove_matching(&self, pattern: &Arc<Pattern>) {
         match self {
             L1::Fixed(cache) => remove_matching(cache, pattern),
-            L1::Adaptive(adaptive) => adaptive.remove_matching(pattern),
+            L1::Adaptive(adaptive) => {
+                for cache in adaptive.both() {
+                    remove_matching(cache, pattern);
+                }
+            }
         }
     }
 
@@ -102,8 +109,8 @@ where
         match self {
             L1::Fixed(cache) => remove_if_expired(cache, key, now).await,
             L1::Adaptive(adaptive) => {
-                for cache in adaptive.caches() {
-                    remove_if_expired(&cache, key, now).await;
+                for cache in adaptive.both() {
+                    remove_if_expired(cache, key, now).await;
                 }
             }
         }
@@ -113,7 +120,11 @@ where
     pub(crate) fn entry_count(&self) -> u64 {
         match self {
             L1::Fixed(cache) => cache.entry_count(),
-            L1::Adaptive(adaptive) => adaptive.caches().map(|cache| cache.entry_count()).sum(),
+            L1::Adaptive(adaptive) => adaptive
+                .both()
+                .iter()
+                .map(|cache| cache.entry_count())
+                .sum(),
         }
     }
 
@@ -121,7 +132,7 @@ where
         match self {
             L1::Fixed(cache) => cache.run_pending_tasks().await,
             L1::Adaptive(adaptive) => {
-                for cache in adaptive.caches() {
+                for cache in adaptive.both() {
                     cache.run_pending_tasks().await;
                 }
             }
@@ -218,8 +229,7 @@ where
 {
     match (eviction, capacity) {
         (L1Eviction::Adaptive, L1Capacity::Entries(max)) if max > 0 => {
-            let name = name.to_owned();
-            let build = Box::new(move |policy| one(&name, L1Capacity::Entries(max), policy));
+            let build = |policy| one(name, L1Capacity::Entries(max), policy);
             L1::Adaptive(Box::new(Adaptive::new(
                 max,
                 build,

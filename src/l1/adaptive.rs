@@ -1,18 +1,20 @@
 //! An L1 that runs whichever eviction policy the shadow simulation prefers.
 //!
-//! moka fixes a cache's policy when it is built, so a switch builds a new cache
-//! with the other policy and makes it current; the old one retires. While it
-//! retires, a key missing from the current cache is looked up in the retiring one
-//! and, if found, moved over; a drain moves the rest, then the retiring cache is
-//! dropped. Invalidations apply to both caches. A move holds the fence's locks for
-//! its key (as an invalidation does while it changes L1), so it either happens
-//! before an invalidation of the key (which then removes the moved entry) or after
-//! it (and finds nothing to move).
+//! moka fixes a cache's policy when it is built, so an adaptive L1 holds two moka
+//! caches, one per policy, and reads go to the active one. A switch makes the
+//! other one active and drains the one it leaves into it; while it drains, a key
+//! missing from the active cache is looked up in the other and, if found, moved
+//! over. Once drained, the inactive cache is emptied.
+//!
+//! Every invalidation applies to both caches, whichever is active, so whatever
+//! either holds is as valid as a fixed L1's entry: a switch needs no care for
+//! invalidations racing it. A move reads and writes under the fence's locks for
+//! its key (as an invalidation changes L1 under them), so it happens wholly
+//! before an invalidation of the key (which then removes what it moved) or
+//! wholly after (and finds nothing to move).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::shadow::Shadow;
 use super::{L1Eviction, Moka};
@@ -20,20 +22,17 @@ use crate::entry::Entry;
 use crate::fence::Fence;
 use crate::key::CacheKey;
 use crate::observe::{Counter, Report};
-use crate::pattern::Pattern;
-
-type Build<K, V> = Box<dyn Fn(L1Eviction) -> Moka<K, V> + Send + Sync>;
 
 pub(crate) struct Adaptive<K, V> {
-    current: ArcSwap<Moka<K, V>>,
-    /// The cache the previous policy ran, until it is drained.
-    retiring: Arc<ArcSwapOption<Moka<K, V>>>,
-    /// Whether `current` runs LRU (else TinyLFU).
-    lru: AtomicBool,
+    tiny_lfu: Moka<K, V>,
+    lru: Moka<K, V>,
+    /// Whether `lru` is the active cache (else `tiny_lfu`).
+    lru_active: AtomicBool,
+    /// Whether the inactive cache is being drained into the active one.
+    draining: Arc<AtomicBool>,
     /// Held while a switch is made (windows may close on two threads at once).
     switching: Mutex<()>,
     shadow: Shadow,
-    build: Build<K, V>,
     fence: Arc<Fence>,
     report: Arc<Report>,
 }
@@ -43,75 +42,90 @@ where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    /// Starts with TinyLFU, for an L1 of `capacity` entries.
+    /// Starts with TinyLFU active, for an L1 of `capacity` entries; `build` makes
+    /// the cache of each policy.
     pub(crate) fn new(
         capacity: u64,
-        build: Build<K, V>,
+        build: impl Fn(L1Eviction) -> Moka<K, V>,
         fence: Arc<Fence>,
         report: Arc<Report>,
     ) -> Self {
         Adaptive {
-            current: ArcSwap::from_pointee(build(L1Eviction::TinyLfu)),
-            retiring: Arc::default(),
-            lru: AtomicBool::new(false),
+            tiny_lfu: build(L1Eviction::TinyLfu),
+            lru: build(L1Eviction::Lru),
+            lru_active: AtomicBool::new(false),
+            draining: Arc::default(),
             switching: Mutex::new(()),
             shadow: Shadow::new(capacity),
-            build,
             fence,
             report,
         }
     }
 
-    /// The policy the current cache runs.
+    /// The policy of the active cache.
     pub(crate) fn policy(&self) -> L1Eviction {
-        if self.lru.load(Ordering::Acquire) {
+        if self.lru_active.load(Ordering::Acquire) {
             L1Eviction::Lru
         } else {
             L1Eviction::TinyLfu
         }
     }
 
-    /// A caller's read of `key`: simulated, then looked up in the current cache,
-    /// then (while one retires) moved over from the retiring cache.
+    /// The active cache and the other one.
+    #[inline]
+    fn pair(&self) -> (&Moka<K, V>, &Moka<K, V>) {
+        if self.lru_active.load(Ordering::Acquire) {
+            (&self.lru, &self.tiny_lfu)
+        } else {
+            (&self.tiny_lfu, &self.lru)
+        }
+    }
+
+    /// The cache reads and writes go to.
+    #[inline]
+    pub(crate) fn active(&self) -> &Moka<K, V> {
+        self.pair().0
+    }
+
+    /// Both caches: what an invalidation changes.
+    pub(crate) fn both(&self) -> [&Moka<K, V>; 2] {
+        [&self.tiny_lfu, &self.lru]
+    }
+
+    /// A caller's read of `key`, simulated: the policy the simulation prefers
+    /// when this read closes a window with a clear verdict.
+    #[inline]
+    fn record(&self, key: &K) -> Option<L1Eviction> {
+        self.shadow.record(key)
+    }
+
+    /// A caller's read of `key`: simulated, then looked up in the active cache,
+    /// then (while a switch drains) moved over from the other one. (The read
+    /// path boxes this future: the default, fixed L1's reads stay small.)
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
-        if let Some(preferred) = self.shadow.record(key) {
+        if let Some(preferred) = self.record(key) {
             self.prefer(preferred).await;
         }
-        let found = self.current.load().get(key).await;
-        if found.is_some() {
-            return found;
+        match self.active().get(key).await {
+            None => self.take_from_draining(key).await,
+            found => found,
         }
-        let retiring = self.retiring.load_full()?;
-        let current = self.current.load_full();
-        move_entry(&self.fence, key, &retiring, &current).await
+    }
+
+    /// A key the active cache does not have, moved over from the other cache if
+    /// that one is draining and has it.
+    async fn take_from_draining(&self, key: &K) -> Option<Entry<V>> {
+        if !self.draining.load(Ordering::Acquire) {
+            return None;
+        }
+        let (active, other) = self.pair();
+        move_entry(&self.fence, key, other, active).await
     }
 
     pub(crate) fn contains_key(&self, key: &K) -> bool {
-        self.current.load().contains_key(key)
-            || self
-                .retiring
-                .load()
-                .as_ref()
-                .is_some_and(|retiring| retiring.contains_key(key))
-    }
-
-    pub(crate) async fn insert(&self, key: K, entry: Entry<V>) {
-        self.current.load().insert(key, entry).await;
-    }
-
-    /// Both caches, current first: what an invalidation changes. (A switch makes
-    /// the old cache retiring before it makes the new one current, so a reader
-    /// that sees the new current cache also sees the retiring one.)
-    pub(crate) fn caches(&self) -> impl Iterator<Item = Arc<Moka<K, V>>> {
-        let current = self.current.load_full();
-        let retiring = self.retiring.load_full();
-        std::iter::once(current).chain(retiring)
-    }
-
-    pub(crate) fn remove_matching(&self, pattern: &Arc<Pattern>) {
-        for cache in self.caches() {
-            super::remove_matching(&cache, pattern);
-        }
+        let (active, other) = self.pair();
+        active.contains_key(key)
+            || (self.draining.load(Ordering::Acquire) && other.contains_key(key))
     }
 
     /// Switches to `policy` unless it runs already, or a switch is still
@@ -135,46 +149,45 @@ where
         }
     }
 
-    /// Makes a new cache running `policy` current, and returns the drain of the
-    /// old one; `None` if another caller is switching or draining.
+    /// Makes the cache of `policy` active, and returns the drain of the other;
+    /// `None` if another caller is switching or a drain is still on.
     fn switch(&self, policy: L1Eviction) -> Option<impl std::future::Future<Output = ()>> {
         let _switching = self.switching.try_lock().ok()?;
-        if policy == self.policy() || self.retiring.load().is_some() {
+        if policy == self.policy() || self.draining.load(Ordering::Acquire) {
             return None;
         }
-        let next = Arc::new((self.build)(policy));
-        let previous = self.current.load_full();
-        self.retiring.store(Some(Arc::clone(&previous)));
-        self.current.store(Arc::clone(&next));
-        self.lru.store(policy == L1Eviction::Lru, Ordering::Release);
+        let (from, to) = self.pair();
+        let (from, to) = (from.clone(), to.clone());
+        self.draining.store(true, Ordering::Release);
+        self.lru_active
+            .store(policy == L1Eviction::Lru, Ordering::Release);
         self.report.count(Counter::L1PolicySwitches);
         self.report
             .with_observer(|observer| observer.l1_policy_switched(policy));
         tracing::info!(?policy, "L1 eviction policy switched");
         Some(drain(
-            previous,
-            next,
+            from,
+            to,
             Arc::clone(&self.fence),
-            Arc::clone(&self.retiring),
+            Arc::clone(&self.draining),
         ))
     }
 }
 
-/// Moves every entry of `old` to `new`, then forgets `old`.
-async fn drain<K, V>(
-    old: Arc<Moka<K, V>>,
-    new: Arc<Moka<K, V>>,
-    fence: Arc<Fence>,
-    retiring: Arc<ArcSwapOption<Moka<K, V>>>,
-) where
+/// Moves every entry of `from` to `to`, then empties `from`.
+async fn drain<K, V>(from: Moka<K, V>, to: Moka<K, V>, fence: Arc<Fence>, draining: Arc<AtomicBool>)
+where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    let keys: Vec<Arc<K>> = old.iter().map(|(key, _)| key).collect();
+    let keys: Vec<Arc<K>> = from.iter().map(|(key, _)| key).collect();
     for key in keys {
-        move_entry(&fence, &*key, &old, &new).await;
+        move_entry(&fence, &*key, &from, &to).await;
     }
-    retiring.store(None);
+    // What reached `from` after the keys were listed (a load that committed to
+    // it as the switch happened) is dropped: a later read loads it again.
+    from.invalidate_all();
+    draining.store(false, Ordering::Release);
 }
 
 /// Moves `key`'s entry from `from` to `to` (unless `to` has one already) under
