@@ -100,14 +100,15 @@ where
     }
 
     /// A caller's read of `key`: simulated, then looked up in the active cache,
-    /// then (while a switch drains) moved over from the other one. (The read
-    /// path boxes this future: the default, fixed L1's reads stay small.)
+    /// then (while a switch drains) moved over from the other one. The read
+    /// path boxes this future (so that a fixed L1's reads stay small), and this
+    /// one boxes its rare paths (so that the box is small).
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
         if let Some(preferred) = self.record(key) {
-            self.prefer(preferred).await;
+            Box::pin(self.prefer(preferred)).await;
         }
         match self.active().get(key).await {
-            None => self.take_from_draining(key).await,
+            None => Box::pin(self.take_from_draining(key)).await,
             found => found,
         }
     }
