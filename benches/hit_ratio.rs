@@ -12,7 +12,7 @@
 //! a TTL longer than the trace): only first requests miss.
 //!
 //! Run: `cargo bench --bench hit_ratio` (2M requests per trace), or
-//! `-- --requests 5000000`. It writes `target/hit_ratio.csv`;
+//! `-- --requests 5000000`, or one trace with `-- --trace drifting-0.99`. It writes `target/hit_ratio.csv`;
 //! `scripts/plot-hit-ratio` turns that into `docs/hit-ratio.png`.
 
 #[path = "support/zipf.rs"]
@@ -176,7 +176,14 @@ async fn main() -> Result<(), BoxError> {
         "adaptive/best"
     );
     let mut csv = String::from("trace,capacity,policy,hit_ratio\n");
+    let only = args
+        .iter()
+        .position(|a| a == "--trace")
+        .and_then(|i| args.get(i + 1));
     for (name, trace) in traces(requests) {
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let distinct = trace.iter().collect::<HashSet<_>>().len();
         let combined = 1.0 - distinct as f64 / trace.len() as f64;
         for fraction in [0.001, 0.01, 0.1] {

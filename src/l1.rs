@@ -199,10 +199,12 @@ pub enum L1Eviction {
     /// Whichever of the two does better on this cache's own traffic: a miniature
     /// simulation of both (two key-only caches of about a thousand keys, fed a
     /// fixed hash-sampled share of the keys) runs beside L1, and L1 switches
-    /// policy when the other one's simulated hit ratio leads by more than one
-    /// point for a while. A switch builds a new L1 and moves the entries over
-    /// (invalidations stay exact throughout). It starts with TinyLFU. Costs a key
-    /// hash on every read, and two small cache lookups on sampled reads. Needs an
+    /// policy when the other one's simulated hit ratio leads by more than two
+    /// points for a while. L1 then holds one moka cache per policy, and a switch
+    /// moves the entries from one to the other (invalidations stay exact
+    /// throughout). It starts with TinyLFU. A read costs more than with a fixed
+    /// policy (an allocation and a key hash, and two small cache lookups on
+    /// sampled reads: docs/BENCHMARKS.md, "Instructions per L1 hit"). Needs an
     /// entry-bounded L1 ([`l1_max_entries`](crate::TieredCacheBuilder::l1_max_entries)).
     Adaptive,
 }

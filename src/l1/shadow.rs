@@ -29,7 +29,7 @@ use super::L1Eviction;
 const SIMULATED_KEYS: u64 = 1024;
 
 /// How far (in hit ratio) the other policy must lead before it is preferred.
-pub(crate) const MARGIN: f64 = 0.01;
+pub(crate) const MARGIN: f64 = 0.02;
 
 /// Windows whose verdict is withheld while both simulated caches fill.
 const WARM_UP_WINDOWS: u64 = 2;
