@@ -45,7 +45,8 @@ where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    /// A caller's read of `key` (counted by the policy).
+    /// A read of `key` (counted by the policy). The read path's own lookup
+    /// (`l1_lookup`) does this inline, to keep a hit's future small.
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
         match self {
             L1::Fixed(cache) => cache.get(key).await,
