@@ -329,10 +329,11 @@ async fn four_instances_and_a_thousand_callers_of_a_cold_key_cause_one_query() {
     for user in users {
         assert_eq!(user.unwrap().unwrap().name, "user 7");
     }
+    let stats: Vec<_> = instances.iter().map(|c| c.stats()).collect();
     assert_eq!(
         pg.calls(&pool, "pg_sleep").await,
         1,
-        "one load in the fleet"
+        "one load in the fleet: {stats:#?}"
     );
     let waits: u64 = instances.iter().map(|c| c.stats().lease_waits).sum();
     let loads: u64 = instances.iter().map(|c| c.stats().loads).sum();
