@@ -182,13 +182,30 @@ where
     V: Clone + Send + Sync + 'static,
 {
     let keys: Vec<Arc<K>> = from.iter().map(|(key, _)| key).collect();
+    // Ends the drain however it ends, a cancelled caller's drain too (or no
+    // switch would ever come again).
+    let _done = Drained {
+        from: from.clone(),
+        draining,
+    };
     for key in keys {
         move_entry(&fence, &*key, &from, &to).await;
     }
-    // What reached `from` after the keys were listed (a load that committed to
-    // it as the switch happened) is dropped: a later read loads it again.
-    from.invalidate_all();
-    draining.store(false, Ordering::Release);
+}
+
+/// Ends a drain when dropped: empties the cache it drained (what reached it after
+/// its keys were listed, or what a cancelled drain left, is dropped: a later read
+/// loads it again) and lets the next switch come.
+struct Drained<K: CacheKey, V: Clone + Send + Sync + 'static> {
+    from: Moka<K, V>,
+    draining: Arc<AtomicBool>,
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Drop for Drained<K, V> {
+    fn drop(&mut self) {
+        self.from.invalidate_all();
+        self.draining.store(false, Ordering::Release);
+    }
 }
 
 /// Moves `key`'s entry from `from` to `to` (unless `to` has one already) under
