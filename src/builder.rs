@@ -521,7 +521,6 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         Ok(TieredCache::from_inner(Inner {
             l1: l1::build(&self.name, capacity, self.eviction, &fence, &report),
             l1_enabled,
-            eviction: self.eviction,
             l2,
             bus,
             name: self.name,

@@ -62,8 +62,6 @@ pub(crate) struct Inner<K, V> {
     pub(crate) l1: L1<K, V>,
     /// False when L1 has no capacity: entries are then not written to it.
     pub(crate) l1_enabled: bool,
-    /// The eviction policy configured (an adaptive L1 says which one it runs).
-    pub(crate) eviction: crate::L1Eviction,
     pub(crate) l2: Option<L2>,
     pub(crate) bus: Option<Bus>,
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
@@ -130,7 +128,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let mut stats = inner
             .report
             .counters
-            .snapshot(inner.l1.entry_count(), inner.l1.policy(inner.eviction));
+            .snapshot(inner.l1.entry_count(), inner.l1.policy());
         if let Some(l2) = &inner.l2 {
             stats.breaker = l2.breaker.state();
             stats.breaker_opened = l2.breaker.times_opened();

@@ -96,9 +96,7 @@ impl Fence {
     /// L1 comes after it moves the fence, so a plain [`ticket`](Self::ticket)
     /// taken in between would let the load read the old value and still commit.
     pub(crate) async fn settled_ticket<K: CacheKey>(&self, key: &K) -> Ticket {
-        let _global = self.global.read().await;
-        let _guard = self.shards[self.shard_of(key)].lock.lock().await;
-        self.ticket(key)
+        self.exclusive(key, async { self.ticket(key) }).await
     }
 
     /// Runs `f` (an L1 change of `key` that reads L1 first, such as moving an

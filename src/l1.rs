@@ -35,7 +35,7 @@ pub(crate) type Moka<K, V> = Cache<K, Entry<V>, L1Hasher>;
 /// The L1 tier. Every write to it happens under the fence (see `fence.rs`).
 pub(crate) enum L1<K, V> {
     /// One cache, one policy.
-    Fixed(Moka<K, V>),
+    Fixed(Moka<K, V>, L1Eviction),
     /// [`L1Eviction::Adaptive`].
     Adaptive(Box<Adaptive<K, V>>),
 }
@@ -49,7 +49,7 @@ where
     /// (`l1_lookup`) does this inline, to keep a hit's future small.
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
         match self {
-            L1::Fixed(cache) => cache.get(key).await,
+            L1::Fixed(cache, _) => cache.get(key).await,
             L1::Adaptive(adaptive) => adaptive.get(key).await,
         }
     }
@@ -57,49 +57,46 @@ where
     /// Whether `key` has an entry (not counted by the policy).
     pub(crate) fn contains_key(&self, key: &K) -> bool {
         match self {
-            L1::Fixed(cache) => cache.contains_key(key),
+            L1::Fixed(cache, _) => cache.contains_key(key),
             L1::Adaptive(adaptive) => adaptive.contains_key(key),
         }
     }
 
     pub(crate) async fn insert(&self, key: K, entry: Entry<V>) {
         match self {
-            L1::Fixed(cache) => cache.insert(key, entry).await,
+            L1::Fixed(cache, _) => cache.insert(key, entry).await,
             L1::Adaptive(adaptive) => adaptive.active().insert(key, entry).await,
         }
     }
 
-    pub(crate) async fn invalidate(&self, key: &K) {
+    /// Every cache L1 holds: what an invalidation changes (an adaptive L1's
+    /// inactive cache too, so that whatever either holds is valid).
+    fn all(&self) -> &[Moka<K, V>] {
         match self {
-            L1::Fixed(cache) => cache.invalidate(key).await,
-            L1::Adaptive(adaptive) => {
-                for cache in adaptive.both() {
-                    cache.invalidate(key).await;
-                }
-            }
+            L1::Fixed(cache, _) => std::slice::from_ref(cache),
+            L1::Adaptive(adaptive) => adaptive.both(),
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, key: &K) {
+        for cache in self.all() {
+            cache.invalidate(key).await;
         }
     }
 
     pub(crate) fn invalidate_all(&self) {
-        match self {
-            L1::Fixed(cache) => cache.invalidate_all(),
-            L1::Adaptive(adaptive) => {
-                for cache in adaptive.both() {
-                    cache.invalidate_all();
-                }
-            }
-        }
+        self.all().iter().for_each(Cache::invalidate_all);
     }
 
     /// Removes every key whose string form matches `pattern` (lazily: moka
     /// applies the predicate on reads and in the background).
     pub(crate) fn remove_matching(&self, pattern: &Arc<Pattern>) {
-        match self {
-            L1::Fixed(cache) => remove_matching(cache, pattern),
-            L1::Adaptive(adaptive) => {
-                for cache in adaptive.both() {
-                    remove_matching(cache, pattern);
-                }
+        for cache in self.all() {
+            let matcher = Arc::clone(pattern);
+            let removed = cache
+                .invalidate_entries_if(move |key: &K, _| matcher.matches(&key.to_key_string()));
+            if removed.is_err() {
+                cache.invalidate_all();
             }
         }
     }
@@ -107,78 +104,41 @@ where
     /// Drops `key` if its entry is still expired at `now`, so that the next
     /// flight loads it instead of finding it.
     pub(crate) async fn remove_if_expired(&self, key: &K, now: u64) {
-        match self {
-            L1::Fixed(cache) => remove_if_expired(cache, key, now).await,
-            L1::Adaptive(adaptive) => {
-                for cache in adaptive.both() {
-                    remove_if_expired(cache, key, now).await;
-                }
-            }
+        for cache in self.all() {
+            cache
+                .entry_by_ref(key)
+                .and_compute_with(|current| {
+                    let expired = current.is_some_and(|e| e.value().is_expired(now));
+                    async move {
+                        if expired {
+                            moka::ops::compute::Op::Remove
+                        } else {
+                            moka::ops::compute::Op::Nop
+                        }
+                    }
+                })
+                .await;
         }
     }
 
     /// Entries held (approximate: moka counts asynchronously).
     pub(crate) fn entry_count(&self) -> u64 {
-        match self {
-            L1::Fixed(cache) => cache.entry_count(),
-            L1::Adaptive(adaptive) => adaptive
-                .both()
-                .iter()
-                .map(|cache| cache.entry_count())
-                .sum(),
-        }
+        self.all().iter().map(Cache::entry_count).sum()
     }
 
     pub(crate) async fn run_pending_tasks(&self) {
-        match self {
-            L1::Fixed(cache) => cache.run_pending_tasks().await,
-            L1::Adaptive(adaptive) => {
-                for cache in adaptive.both() {
-                    cache.run_pending_tasks().await;
-                }
-            }
+        for cache in self.all() {
+            cache.run_pending_tasks().await;
         }
     }
 
     /// The policy L1 runs now.
-    pub(crate) fn policy(&self, configured: L1Eviction) -> L1Eviction {
+    pub(crate) fn policy(&self) -> L1Eviction {
         match self {
-            L1::Fixed(_) => configured,
+            L1::Fixed(_, policy) => *policy,
             L1::Adaptive(adaptive) => adaptive.policy(),
         }
     }
-}
-
-fn remove_matching<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    cache: &Moka<K, V>,
-    pattern: &Arc<Pattern>,
-) {
-    let matcher = Arc::clone(pattern);
-    let removed =
-        cache.invalidate_entries_if(move |key: &K, _| matcher.matches(&key.to_key_string()));
-    if removed.is_err() {
-        cache.invalidate_all();
-    }
-}
-
-async fn remove_if_expired<K: CacheKey, V: Clone + Send + Sync + 'static>(
-    cache: &Moka<K, V>,
-    key: &K,
-    now: u64,
-) {
-    cache
-        .entry_by_ref(key)
-        .and_compute_with(|current| {
-            let expired = current.is_some_and(|e| e.value().is_expired(now));
-            async move {
-                if expired {
-                    moka::ops::compute::Op::Remove
-                } else {
-                    moka::ops::compute::Op::Nop
-                }
-            }
-        })
-        .await;
 }
 
 /// A function giving an entry's weight, in whatever unit the capacity is in.
@@ -240,7 +200,7 @@ where
                 Arc::clone(report),
             )))
         }
-        (eviction, capacity) => L1::Fixed(one(name, capacity, eviction)),
+        (eviction, capacity) => L1::Fixed(one(name, capacity, eviction), eviction),
     }
 }
 

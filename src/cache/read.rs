@@ -167,7 +167,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         // and every state dropped (measured with `scripts/callgrind-l1-hit`). An
         // adaptive L1's larger read is boxed, at the cost of an allocation.
         let found = match &inner.l1 {
-            L1::Fixed(cache) => cache.get(key).await,
+            L1::Fixed(cache, _) => cache.get(key).await,
             L1::Adaptive(adaptive) => Box::pin(adaptive.get(key)).await,
         };
         match found {

@@ -24,9 +24,9 @@ use crate::key::CacheKey;
 use crate::observe::{Counter, Report};
 
 pub(crate) struct Adaptive<K, V> {
-    tiny_lfu: Moka<K, V>,
-    lru: Moka<K, V>,
-    /// Whether `lru` is the active cache (else `tiny_lfu`).
+    /// The TinyLFU cache, then the LRU one.
+    caches: [Moka<K, V>; 2],
+    /// Whether the LRU cache is the active one (else the TinyLFU one).
     lru_active: AtomicBool,
     /// Whether the inactive cache is being drained into the active one.
     draining: Arc<AtomicBool>,
@@ -51,8 +51,7 @@ where
         report: Arc<Report>,
     ) -> Self {
         Adaptive {
-            tiny_lfu: build(L1Eviction::TinyLfu),
-            lru: build(L1Eviction::Lru),
+            caches: [build(L1Eviction::TinyLfu), build(L1Eviction::Lru)],
             lru_active: AtomicBool::new(false),
             draining: Arc::default(),
             switching: Mutex::new(()),
@@ -74,10 +73,11 @@ where
     /// The active cache and the other one.
     #[inline]
     fn pair(&self) -> (&Moka<K, V>, &Moka<K, V>) {
+        let [tiny_lfu, lru] = &self.caches;
         if self.lru_active.load(Ordering::Acquire) {
-            (&self.lru, &self.tiny_lfu)
+            (lru, tiny_lfu)
         } else {
-            (&self.tiny_lfu, &self.lru)
+            (tiny_lfu, lru)
         }
     }
 
@@ -88,8 +88,8 @@ where
     }
 
     /// Both caches: what an invalidation changes.
-    pub(crate) fn both(&self) -> [&Moka<K, V>; 2] {
-        [&self.tiny_lfu, &self.lru]
+    pub(crate) fn both(&self) -> &[Moka<K, V>] {
+        &self.caches
     }
 
     /// A caller's read of `key`, simulated: the policy the simulation prefers
