@@ -9,34 +9,26 @@
 //! one call is let through (half-open); its success closes the breaker, its
 //! failure opens it again.
 //!
-//! One breaker serves every cache on one `RedisStore`: they share its state, its
-//! probe and its transitions (each cache's observer hears them).
+//! The breaker knows no store: it is given a probe (a closure that pings
+//! whatever it guards). One breaker serves every cache on one store (see
+//! `remote/gate.rs`): they share its state, its probe and its transitions (each
+//! cache's observer hears them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
+use crate::backoff::Backoff;
 use crate::clock::{saturating_nanos, Clock};
-use crate::l2::RemoteStore;
-use crate::observe::Report;
+use crate::error::BoxError;
+use crate::observe::{BreakerState, Report};
 
 /// How long one background probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A failed probe is tried once more after this.
 const RETRY_PROBE: Duration = Duration::from_millis(100);
-
-/// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum BreakerState {
-    /// Calls go through.
-    #[default]
-    Closed,
-    /// Calls are skipped; the store is probed in the background.
-    Open,
-    /// One probe call is allowed; its outcome decides.
-    HalfOpen,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -69,8 +61,8 @@ pub(crate) struct Breaker {
     settings: BreakerSettings,
     clock: Clock,
     opened: AtomicU64,
-    /// The store probed while open.
-    store: Arc<dyn RemoteStore>,
+    /// Pings what the breaker guards, while open.
+    probe: Probe,
     /// The reports of the caches that use this breaker.
     listeners: Mutex<Vec<Weak<Report>>>,
     this: Weak<Breaker>,
@@ -84,6 +76,9 @@ impl std::fmt::Debug for Breaker {
             .finish_non_exhaustive()
     }
 }
+
+/// A check that the guarded store answers (its `PING`).
+pub(crate) type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
 /// Leave to make one call. Report its outcome with [`Permit::success`] or
 /// [`Permit::failure`]; a permit dropped without either (a cancelled call) frees
@@ -99,11 +94,7 @@ pub(crate) struct Permit<'a> {
 pub(crate) type Transition = Option<BreakerState>;
 
 impl Breaker {
-    pub(crate) fn new(
-        settings: BreakerSettings,
-        clock: Clock,
-        store: Arc<dyn RemoteStore>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(settings: BreakerSettings, clock: Clock, probe: Probe) -> Arc<Self> {
         Arc::new_cyclic(|this| Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             settings: BreakerSettings {
@@ -112,7 +103,7 @@ impl Breaker {
             },
             clock,
             opened: AtomicU64::new(0),
-            store,
+            probe,
             listeners: Mutex::new(Vec::new()),
             this: this.clone(),
         })
@@ -233,21 +224,20 @@ impl Breaker {
 /// the breaker is gone or no longer waiting for this probe. Delays: the probe
 /// delay, doubling up to the cool-down, each plus up to 25% jitter.
 async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings) {
-    let mut delay = settings.probe_delay;
+    let mut backoff = Backoff::new(settings.probe_delay, settings.cooldown, 0.25);
     loop {
-        let jitter = delay.mul_f64(fastrand::f64() * 0.25);
-        tokio::time::sleep(delay + jitter).await;
+        backoff.wait().await;
         let Some(b) = breaker.upgrade() else {
             return;
         };
         if !b.is_probing() {
             return;
         }
-        let store = Arc::clone(&b.store);
+        let probe = Arc::clone(&b.probe);
         drop(b);
         let ping = || async {
             matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+                tokio::time::timeout(PROBE_TIMEOUT, probe()).await,
                 Ok(Ok(()))
             )
         };
@@ -265,8 +255,7 @@ async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings) {
             b.probed();
             return;
         }
-        tracing::debug!(?delay, "L2 probe failed");
-        delay = (delay * 2).min(settings.cooldown);
+        tracing::debug!("L2 probe failed");
     }
 }
 
@@ -334,9 +323,6 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-
-    use crate::error::BoxError;
-    use futures_util::future::BoxFuture;
     use std::sync::atomic::AtomicBool;
 
     /// A store that only answers `PING`, as told.
@@ -346,54 +332,11 @@ mod tests {
         pings: AtomicU64,
     }
 
-    impl RemoteStore for Pingable {
-        fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn get_many<'a>(
-            &'a self,
-            _: &'a [String],
-        ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn get_or_reserve<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a [u8],
-            _: Duration,
-        ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn set<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a [u8],
-            _: Duration,
-        ) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn replace<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a [u8],
-            _: &'a [u8],
-            _: Duration,
-        ) -> BoxFuture<'a, Result<bool, BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn delete<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn delete_matching<'a>(
-            &'a self,
-            _: &'a str,
-            _: crate::l2::ScanCursor,
-        ) -> BoxFuture<'a, Result<crate::l2::ScanStep, BoxError>> {
-            Box::pin(async { Err("only ping".into()) })
-        }
-        fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
-            self.pings.fetch_add(1, Ordering::SeqCst);
-            let up = self.up.load(Ordering::SeqCst);
+    fn probe_of(store: &Arc<Pingable>) -> Probe {
+        let store = Arc::clone(store);
+        Arc::new(move || {
+            store.pings.fetch_add(1, Ordering::SeqCst);
+            let up = store.up.load(Ordering::SeqCst);
             Box::pin(async move {
                 if up {
                     Ok(())
@@ -401,7 +344,7 @@ mod tests {
                     Err("down".into())
                 }
             })
-        }
+        })
     }
 
     fn settings(probe_delay: Duration) -> BreakerSettings {
@@ -419,7 +362,7 @@ mod tests {
             Breaker::new(
                 settings(Duration::from_millis(500)),
                 clock.clone().into(),
-                store,
+                probe_of(&store),
             ),
             clock,
         )
@@ -431,7 +374,7 @@ mod tests {
         let b = Breaker::new(
             settings(Duration::from_millis(500)),
             Clock::system(),
-            store.clone(),
+            probe_of(&store),
         );
         for _ in 0..3 {
             fail(&b);
@@ -459,7 +402,7 @@ mod tests {
                 probe_delay: Duration::from_millis(500),
             },
             Clock::system(),
-            store.clone(),
+            probe_of(&store),
         );
         fail(&b);
         tokio::time::sleep(Duration::from_secs(60)).await;

@@ -4,20 +4,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::breaker::{Breaker, BreakerSettings};
-use crate::bus::{Backplane, Bus};
-use crate::cache::{CacheValue, Inner, TieredCache};
+use crate::breaker::BreakerSettings;
+use crate::bus::Backplane;
+use crate::cache::TieredCache;
 use crate::clock::Clock;
 use crate::codec::{fingerprint, Codec, Wire, DEFAULT_L2_MAX_VALUE_BYTES};
-use crate::entry::{Ttl, TtlPolicy};
+use crate::engine::{Core, Settings};
 use crate::error::{BoxError, Error};
-use crate::fence::Fence;
-use crate::key::CacheKey;
-use crate::l1::{self, L1Capacity, L1Eviction, Weigher};
-use crate::l2::{L2Config, RemoteStore, L2};
-use crate::l3::{loader_fn, DynLoader, Loader};
-use crate::observe::{Counters, Observer, Report};
-use crate::refresh::{Freshness, DEFAULT_EARLY_REFRESH_BETA};
+use crate::key::{CacheKey, CacheValue};
+use crate::local::{self, L1Capacity, Weigher};
+use crate::namespace::Namespace;
+use crate::observe::Observer;
+use crate::policy::{Freshness, L1Eviction, Ttl, TtlPolicy, DEFAULT_EARLY_REFRESH_BETA};
+use crate::remote::{RemoteParts, RemoteStore};
+use crate::source::{loader_fn, DynLoader, Loader};
 
 mod freshness;
 
@@ -68,15 +68,12 @@ pub struct TieredCacheBuilder<K, V> {
     l2_compress_from: Option<usize>,
     l2_max_value_bytes: usize,
     #[cfg(feature = "encryption")]
-    l2_encryption: Option<crate::Encryption>,
+    l2_encryption: Option<crate::codec::Encryption>,
     l2_fill_window: Duration,
     l2_timeout: Duration,
     breaker: BreakerSettings,
     /// Whether `l2_probe_delay` was set (else it is kept within the cool-down).
     probe_delay_set: bool,
-    /// The store whose shared breaker this cache uses, if it is a `RedisStore`.
-    #[cfg(feature = "redis")]
-    redis: Option<crate::RedisStore>,
     codec: Codec,
     schema_version: u32,
     freshness: Freshness,
@@ -94,8 +91,16 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
     }
 }
 
+impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
+    /// Starts building a cache named `name` (1 to 64 characters of
+    /// `[A-Za-z0-9_.-]`; it namespaces the cache's shared-tier keys and metrics).
+    pub fn builder(name: impl Into<String>) -> TieredCacheBuilder<K, V> {
+        TieredCacheBuilder::new(name)
+    }
+}
+
 impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
-    pub(crate) fn new(name: impl Into<String>) -> Self {
+    fn new(name: impl Into<String>) -> Self {
         TieredCacheBuilder {
             name: name.into(),
             capacity: Capacity::Entries(DEFAULT_L1_MAX_ENTRIES),
@@ -124,8 +129,6 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 probe_delay: DEFAULT_BREAKER_PROBE_DELAY,
             },
             probe_delay_set: false,
-            #[cfg(feature = "redis")]
-            redis: None,
             codec: Codec::default(),
             schema_version: 1,
             freshness: Freshness {
@@ -144,26 +147,25 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// between caches, build a `RedisStore` once and use [`redis`](Self::redis).
     #[cfg(feature = "redis")]
     pub fn l2_redis(self, url: &str) -> Self {
-        self.redis_store(crate::RedisStore::standalone(url))
+        self.redis_store(crate::redis::RedisStore::standalone(url))
     }
 
     /// A Redis Cluster as the L2 tier and the invalidation bus, from the URLs of
     /// some of its nodes.
     #[cfg(feature = "redis")]
     pub fn l2_redis_cluster<S: AsRef<str>>(self, urls: &[S]) -> Self {
-        self.redis_store(crate::RedisStore::cluster(urls))
+        self.redis_store(crate::redis::RedisStore::cluster(urls))
     }
 
     /// `store` (shared with its clones: one connection, one subscription) as the
     /// L2 tier and the invalidation bus.
     #[cfg(feature = "redis")]
-    pub fn redis(self, store: crate::RedisStore) -> Self {
+    pub fn redis(self, store: crate::redis::RedisStore) -> Self {
         self.redis_store(Ok(store))
     }
 
     #[cfg(feature = "redis")]
-    fn redis_store(mut self, store: Result<crate::RedisStore, Error>) -> Self {
-        self.redis = store.as_ref().ok().cloned();
+    fn redis_store(mut self, store: Result<crate::redis::RedisStore, Error>) -> Self {
         self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
         self.l2 = Some(store.map(|s| Arc::new(s) as Arc<dyn RemoteStore>));
         self
@@ -172,10 +174,6 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
     /// sets one).
     pub fn l2(mut self, store: impl RemoteStore) -> Self {
-        #[cfg(feature = "redis")]
-        {
-            self.redis = None;
-        }
         self.l2 = Some(Ok(Arc::new(store)));
         self
     }
@@ -267,7 +265,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// for key rotation). Entries that do not open, and unencrypted ones, are
     /// counted misses. Default: off.
     #[cfg(feature = "encryption")]
-    pub fn l2_encryption(mut self, keys: crate::Encryption) -> Self {
+    pub fn l2_encryption(mut self, keys: crate::codec::Encryption) -> Self {
         self.l2_encryption = Some(keys);
         self
     }
@@ -373,7 +371,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// [`MetricsObserver`](crate::MetricsObserver)).
     #[cfg(feature = "metrics")]
     pub fn metrics(self) -> Self {
-        let observer = crate::MetricsObserver::new(&self.name);
+        let observer = crate::observe::metrics::MetricsObserver::new(&self.name);
         self.observer(observer)
     }
 
@@ -409,7 +407,6 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             // need not draw for them.
             freshness.early_beta = None;
         }
-        let l1_enabled = !matches!(self.capacity, Capacity::Entries(0) | Capacity::Bytes(0));
         if self.eviction == L1Eviction::Adaptive && matches!(self.capacity, Capacity::Bytes(_)) {
             return Err(Error::Config(
                 "L1Eviction::Adaptive needs an entry-bounded L1 (l1_max_entries): its \
@@ -423,7 +420,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 max,
                 weigher: self
                     .weigher
-                    .unwrap_or_else(l1::serialized_size_weigher::<K, V>),
+                    .unwrap_or_else(local::serialized_size_weigher::<K, V>),
             },
         };
         if self.l2_timeout.is_zero() || self.l2_timeout > MAX_L2_TIMEOUT {
@@ -465,74 +462,47 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
                 breaker.cooldown, breaker.probe_delay
             )));
         }
-        let report = Arc::new(Report {
-            counters: Counters::new(),
-            observer: self.observer,
-        });
         let prefix = match self.l2_prefix {
             Some(prefix) => validate_prefix(prefix)?,
             None => executable_prefix(),
         };
-        let namespace = if prefix.is_empty() {
-            format!("{}:{}:", self.name, self.schema_version)
-        } else {
-            format!("{prefix}:{}:{}:", self.name, self.schema_version)
-        };
+        let namespace = Namespace::new(&prefix, &self.name, self.schema_version);
         let bus = match self.bus {
             None => None,
-            Some(backplane) => Some(Bus::new(
-                backplane?,
-                format!("tiered-bus:{namespace}"),
-                self.l2_timeout,
-            )),
+            Some(backplane) => Some((backplane?, namespace.channel(), self.l2_timeout)),
         };
-        let l2 = match self.l2 {
+        let remote = match self.l2 {
             None => None,
-            Some(store) => {
-                let store = store?;
-                // Caches on one `RedisStore` share its breaker (and its probe).
-                let make = || Breaker::new(breaker, self.clock.clone(), Arc::clone(&store));
-                #[cfg(feature = "redis")]
-                let breaker = match &self.redis {
-                    Some(redis) => Arc::clone(redis.shared.breaker.get_or_init(make)),
-                    None => make(),
-                };
-                #[cfg(not(feature = "redis"))]
-                let breaker = make();
-                breaker.listen(&report);
-                Some(L2::new(L2Config {
-                    store,
-                    breaker,
-                    timeout: self.l2_timeout,
-                    reservation_ttl: self.l2_fill_window,
-                    namespace,
-                    wire: Wire {
-                        codec: self.codec,
-                        fingerprint: fingerprint::<V>(self.schema_version),
-                        compress_from: self.l2_compress_from,
-                        max_value_bytes: self.l2_max_value_bytes,
-                        #[cfg(feature = "encryption")]
-                        encryption: self.l2_encryption,
-                    },
-                }))
-            }
+            Some(store) => Some(RemoteParts {
+                store: store?,
+                breaker,
+                clock: self.clock.clone(),
+                timeout: self.l2_timeout,
+                reservation_ttl: self.l2_fill_window,
+                namespace,
+                wire: Wire {
+                    codec: self.codec,
+                    fingerprint: fingerprint::<V>(self.schema_version),
+                    compress_from: self.l2_compress_from,
+                    max_value_bytes: self.l2_max_value_bytes,
+                    #[cfg(feature = "encryption")]
+                    encryption: self.l2_encryption,
+                },
+            }),
         };
-        let fence = Arc::new(Fence::new());
-        Ok(TieredCache::from_inner(Inner {
-            l1: l1::build(&self.name, capacity, self.eviction, &fence, &report),
-            l1_enabled,
-            l2,
-            bus,
+        Ok(TieredCache::from_core(Core::new(Settings {
             name: self.name,
-            loader: self.loader,
+            capacity,
+            eviction: self.eviction,
             ttl: self.ttl,
+            loader: self.loader,
             clock: self.clock,
-            fence,
-            report,
-            flights: Default::default(),
+            observer: self.observer,
+            remote,
+            bus,
             freshness,
             lease: self.lease,
-        }))
+        })))
     }
 }
 

@@ -4,105 +4,27 @@
 //! A [`Backplane`] (Redis pub/sub through `RedisStore`, or your own) carries
 //! versioned messages on one channel per cache namespace: a key, a pattern, or
 //! everything, with the id of the instance that sent them (which ignores its own).
-//! A received message goes through the cache's fence like a local invalidation, so
-//! it also stops a local load in flight from caching what it read before. When a
-//! subscription was lost, messages may have been missed: on every
-//! (re)subscription the instance clears its L1 (counted in
-//! [`Stats::bus_resubscribes`](crate::Stats::bus_resubscribes)), so no instance
-//! serves data older than the outage.
+//! The engine's listener (`engine/listen.rs`) applies what arrives through the
+//! cache's fence like a local invalidation, so it also stops a local load in
+//! flight from caching what it read before. When a subscription was lost,
+//! messages may have been missed: on every (re)subscription the instance clears
+//! its L1, so no instance serves data older than the outage.
+//!
+//! [`Bus`] is one cache's end: what it publishes (kept and sent again when a
+//! publish fails) and the state of its subscription.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-use crate::error::BoxError;
+pub(crate) mod backplane;
+pub(crate) mod message;
 
-pub(crate) mod listener;
-#[cfg(feature = "redis")]
-mod redis;
-#[cfg(feature = "redis")]
-pub(crate) use self::redis::RedisHub;
-
-/// A publish/subscribe transport for invalidation messages, apart from the
-/// [`RemoteStore`](crate::RemoteStore) so that either can be replaced alone.
-pub trait Backplane: Send + Sync + fmt::Debug + 'static {
-    /// Publishes `message` on `channel` to every subscriber (of every process).
-    fn publish<'a>(
-        &'a self,
-        channel: &'a str,
-        message: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), BoxError>>;
-
-    /// What is published on `channel` from now on, until the stream is dropped.
-    /// The backplane keeps the subscription up by itself (reconnecting with
-    /// backoff) and yields [`Delivery::Subscribed`] each time it is established,
-    /// since messages published while it was down are lost.
-    fn subscribe(&self, channel: &str) -> BoxStream<'static, Delivery>;
-}
-
-/// What a [`Backplane`] subscription yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Delivery {
-    /// The subscription is (again) established; anything published before may
-    /// have been missed.
-    Subscribed,
-    /// A message.
-    Message(Vec<u8>),
-}
-
-/// An invalidation, as sent between instances.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
-    /// One key, in its string form (an invalidation or an overwrite).
-    Key(String),
-    /// A glob over keys' string forms.
-    Pattern(String),
-    /// Everything.
-    All,
-}
-
-const MAGIC: [u8; 2] = *b"TB";
-const VERSION: u8 = 1;
-/// magic, version, kind, origin.
-const HEADER_LEN: usize = 2 + 1 + 1 + 16;
-
-impl Message {
-    pub(crate) fn encode(&self, origin: u128) -> Vec<u8> {
-        let (kind, text) = match self {
-            Message::Key(key) => (0, key.as_str()),
-            Message::Pattern(glob) => (1, glob.as_str()),
-            Message::All => (2, ""),
-        };
-        let mut out = Vec::with_capacity(HEADER_LEN + text.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
-        out.push(kind);
-        out.extend_from_slice(&origin.to_le_bytes());
-        out.extend_from_slice(text.as_bytes());
-        out
-    }
-
-    /// The sender and the message, or `None` for bytes this version does not read.
-    pub(crate) fn decode(bytes: &[u8]) -> Option<(u128, Message)> {
-        if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC || bytes[2] != VERSION {
-            return None;
-        }
-        let origin = u128::from_le_bytes(bytes[4..HEADER_LEN].try_into().ok()?);
-        let text = std::str::from_utf8(&bytes[HEADER_LEN..]).ok()?;
-        let message = match bytes[3] {
-            0 => Message::Key(text.to_owned()),
-            1 => Message::Pattern(text.to_owned()),
-            2 if text.is_empty() => Message::All,
-            _ => return None,
-        };
-        Some((origin, message))
-    }
-}
+pub use self::backplane::{Backplane, Delivery};
+pub(crate) use self::message::Message;
 
 /// Publishes beyond this many are collapsed into one [`Message::All`].
 const MAX_UNSENT: usize = 1000;
@@ -112,11 +34,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// One cache's end of the bus.
 pub(crate) struct Bus {
-    backplane: std::sync::Arc<dyn Backplane>,
-    pub(crate) channel: String,
+    backplane: Arc<dyn Backplane>,
+    channel: String,
     /// This instance's id, in every message it sends.
-    pub(crate) origin: u128,
-    pub(crate) timeout: Duration,
+    origin: u128,
+    timeout: Duration,
     /// Messages whose publish failed, sent again before the next one.
     unsent: Mutex<Vec<Message>>,
     has_unsent: AtomicBool,
@@ -124,10 +46,10 @@ pub(crate) struct Bus {
     failed_at: Mutex<Option<std::time::Instant>>,
     /// The listener task, started on first use (`None` outside a tokio runtime);
     /// aborted with the cache.
-    pub(crate) listener: OnceLock<Option<listener::Handle>>,
+    listener: OnceLock<Option<AbortOnDrop>>,
     /// Whether the first subscription is up.
-    pub(crate) ready: AtomicBool,
-    pub(crate) ready_notify: tokio::sync::Notify,
+    ready: AtomicBool,
+    ready_notify: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Bus {
@@ -139,15 +61,11 @@ impl fmt::Debug for Bus {
 }
 
 impl Bus {
-    pub(crate) fn new(
-        backplane: std::sync::Arc<dyn Backplane>,
-        channel: String,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(backplane: Arc<dyn Backplane>, channel: String, timeout: Duration) -> Self {
         Bus {
             backplane,
             channel,
-            origin: u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..)),
+            origin: (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
             timeout,
             unsent: Mutex::new(Vec::new()),
             has_unsent: AtomicBool::new(false),
@@ -158,8 +76,68 @@ impl Bus {
         }
     }
 
-    pub(crate) fn backplane(&self) -> &dyn Backplane {
-        &*self.backplane
+    /// What is published on this cache's channel from now on.
+    pub(crate) fn subscribe(&self) -> BoxStream<'static, Delivery> {
+        self.backplane.subscribe(&self.channel)
+    }
+
+    /// The message in `bytes`, unless it is this instance's own or unreadable
+    /// (foreign bytes, another version: ignored, logged).
+    pub(crate) fn receive(&self, bytes: &[u8]) -> Option<Message> {
+        match Message::decode(bytes) {
+            Some((origin, _)) if origin == self.origin => None,
+            Some((_, message)) => Some(message),
+            None => {
+                tracing::debug!(channel = %self.channel, "unreadable bus message ignored");
+                None
+            }
+        }
+    }
+
+    /// Whether the listener was started (or could not be, outside a runtime).
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listener.get().is_some()
+    }
+
+    /// Starts the listener once (`start` spawns it and returns its task, or
+    /// `None` outside a runtime). Returns whether the caller should wait for
+    /// the first subscription: it started the listener, which is not up yet.
+    pub(crate) fn start_listener(
+        &self,
+        start: impl FnOnce() -> Option<tokio::task::AbortHandle>,
+    ) -> bool {
+        if self.listener.get().is_some() {
+            return false;
+        }
+        let mut started = false;
+        let listening = self.listener.get_or_init(|| {
+            started = true;
+            start().map(AbortOnDrop)
+        });
+        started && listening.is_some() && !self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits (up to the timeout) for the first subscription, if the caller
+    /// started the listener. `subscribed` must be taken before starting it.
+    pub(crate) async fn wait_ready(&self, subscribed: tokio::sync::futures::Notified<'_>) {
+        let _ = tokio::time::timeout(self.timeout, subscribed).await;
+    }
+
+    /// A future that completes when the first subscription is up (take it
+    /// before [`start_listener`](Self::start_listener)).
+    pub(crate) fn subscribed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ready_notify.notified()
+    }
+
+    /// Whether a subscription was up before.
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The subscription is up (again).
+    pub(crate) fn mark_subscribed(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.ready_notify.notify_waiters();
     }
 
     /// Sends `message` (after any that could not be sent before). Returns whether
@@ -232,32 +210,12 @@ impl Bus {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Aborts the listener task when the cache is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
 
-    #[test]
-    fn messages_round_trip_and_foreign_bytes_are_ignored() {
-        let origin = 0x0123_4567_89ab_cdef_0011_2233_4455_6677;
-        for message in [
-            Message::Key("user:1".into()),
-            Message::Key(String::new()),
-            Message::Pattern("user:[0-9]*é".into()),
-            Message::All,
-        ] {
-            let bytes = message.encode(origin);
-            assert_eq!(Message::decode(&bytes), Some((origin, message)));
-        }
-        assert_eq!(Message::decode(b""), None);
-        assert_eq!(Message::decode(b"TB\x02"), None);
-        let mut future = Message::All.encode(origin);
-        future[2] = 9;
-        assert_eq!(Message::decode(&future), None, "another version");
-        let mut kind = Message::All.encode(origin);
-        kind[3] = 7;
-        assert_eq!(Message::decode(&kind), None);
-        let mut bad_utf8 = Message::Key("k".into()).encode(origin);
-        bad_utf8.push(0xff);
-        assert_eq!(Message::decode(&bad_utf8), None);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,38 +1,23 @@
-//! [`TieredCache`]: the public type. Reads are in `cache/read.rs`, writes and
-//! invalidations in `cache/write.rs`, the flight of a missing key in `flight.rs`.
+//! [`TieredCache`]: the public type, a handle to one engine [`Core`]. Every
+//! method here says what it promises and hands the work to the engine.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use futures_util::FutureExt;
 
-use crate::builder::TieredCacheBuilder;
-use crate::bus::Bus;
-use crate::clock::Clock;
-use crate::entry::TtlPolicy;
-use crate::fence::Fence;
-use crate::key::CacheKey;
-use crate::l1::L1;
-use crate::l2::L2;
-use crate::l3::DynLoader;
-use crate::observe::{Report, Stats};
+use crate::engine::{shared, Core, Fetched, Lookup};
+use crate::error::{BoxError, Error};
+use crate::key::{CacheKey, CacheValue};
+use crate::observe::Stats;
+use crate::policy::Ttl;
 
-mod read;
 mod warm;
-mod write;
 
-pub(crate) use self::read::Lookup;
 pub use self::warm::Warmed;
-
-/// What a cache can hold: a `serde` type that is cheap enough to clone.
-///
-/// Hits return values by `clone()`. For anything bigger than a few words, cache
-/// `Arc<T>` (serde's `rc` feature serializes it as `T`), so a hit costs one
-/// reference-count increment.
-pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
 
 /// A three-tier cache: L1 in process, then L2 (shared), then the loader, with one
 /// flight per key.
@@ -54,92 +39,159 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue
 /// # Ok(()) }
 /// ```
 pub struct TieredCache<K, V> {
-    pub(crate) inner: Arc<Inner<K, V>>,
-}
-
-pub(crate) struct Inner<K, V> {
-    pub(crate) name: String,
-    pub(crate) l1: L1<K, V>,
-    /// False when L1 has no capacity: entries are then not written to it.
-    pub(crate) l1_enabled: bool,
-    pub(crate) l2: Option<L2>,
-    pub(crate) bus: Option<Bus>,
-    pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
-    pub(crate) ttl: TtlPolicy,
-    pub(crate) clock: Clock,
-    pub(crate) fence: Arc<Fence>,
-    pub(crate) report: Arc<Report>,
-    /// The flights on now, by key.
-    pub(crate) flights: crate::flight::Flights<K, V>,
-    /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
-    pub(crate) freshness: crate::refresh::Freshness,
-    /// The life of a fleet-wide lease, if leases are on.
-    pub(crate) lease: Option<std::time::Duration>,
+    core: Arc<Core<K, V>>,
 }
 
 impl<K, V> Clone for TieredCache<K, V> {
     fn clone(&self) -> Self {
         TieredCache {
-            inner: Arc::clone(&self.inner),
+            core: Arc::clone(&self.core),
         }
     }
 }
 
-impl<K, V> fmt::Debug for TieredCache<K, V> {
+impl<K: CacheKey, V: CacheValue> fmt::Debug for TieredCache<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TieredCache")
-            .field("name", &self.inner.name)
-            .field("ttl", &self.inner.ttl)
+            .field("name", &self.core.name())
+            .field("ttl", self.core.ttl())
             .finish_non_exhaustive()
     }
 }
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
-    /// Starts building a cache named `name` (1 to 64 characters of
-    /// `[A-Za-z0-9_.-]`; it namespaces the cache's shared-tier keys and metrics).
-    pub fn builder(name: impl Into<String>) -> TieredCacheBuilder<K, V> {
-        TieredCacheBuilder::new(name)
-    }
-
-    pub(crate) fn from_inner(inner: Inner<K, V>) -> Self {
+    pub(crate) fn from_core(core: Core<K, V>) -> Self {
         TieredCache {
-            inner: Arc::new(inner),
+            core: Arc::new(core),
         }
     }
 
-    pub(crate) fn from_arc(inner: Arc<Inner<K, V>>) -> Self {
-        TieredCache { inner }
+    /// The engine, for the macro runtime.
+    pub(crate) fn core(&self) -> &Arc<Core<K, V>> {
+        &self.core
     }
 
     /// The cache's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        self.core.name()
     }
 
     /// The Redis (L2) key that holds `key`'s entry, if the cache has an L2:
     /// `{prefix}:{name}:{schema version}:{key}`.
     pub fn l2_key(&self, key: &K) -> Option<String> {
-        self.inner.l2.as_ref().map(|l2| l2.key(key))
+        self.core.l2_key(key)
     }
 
     /// A snapshot of the cache's counters.
     pub fn stats(&self) -> Stats {
-        let inner = &*self.inner;
-        let mut stats = inner
-            .report
-            .counters
-            .snapshot(inner.l1.entry_count(), inner.l1.policy());
-        if let Some(l2) = &inner.l2 {
-            stats.breaker = l2.breaker.state();
-            stats.breaker_opened = l2.breaker.times_opened();
-        }
-        stats
+        self.core.stats()
     }
 
     /// Runs L1's pending maintenance (evictions, expirations, entry counts) now
     /// rather than on its own schedule: for tests and exact
     /// [`Stats::l1_entries`].
     pub async fn run_pending_tasks(&self) {
-        self.inner.l1.run_pending_tasks().await;
+        self.core.run_pending_tasks().await;
+    }
+
+    /// The value of `key`: from L1, else from L2, else from the loader (one flight
+    /// however many callers ask at once). `Ok(None)` means the loader found nothing,
+    /// which is remembered for the negative TTL. Without a loader, only the cache
+    /// tiers are read. L2 failures never fail a read: they are counted misses.
+    pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
+        let job = match self.core.lookup(key).await {
+            Lookup::Hit(entry) => return Ok(entry.value),
+            miss => miss.into_job(),
+        };
+        // Boxed: the miss path's state machine is large, and keeping it out of
+        // `get`'s future keeps a hit from moving it around.
+        Box::pin(self.core.fly(key, None::<std::future::Ready<_>>, job)).await
+    }
+
+    /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
+    /// from `load` (which is only polled on a miss, and only by one of the callers
+    /// asking at once). `load`'s error comes back as [`Error::Load`], whose
+    /// `source()` is the original error. If the key is invalidated while `load`
+    /// runs, its value is returned to this caller but cached nowhere, and callers
+    /// that were waiting on it run their own `load` instead.
+    pub async fn get_with<F, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    where
+        F: Future<Output = Result<Option<V>, E>>,
+        E: Into<BoxError>,
+    {
+        let job = match self.core.lookup(key).await {
+            Lookup::Hit(entry) => return Ok(entry.value),
+            miss => miss.into_job(),
+        };
+        let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
+        Box::pin(self.core.fly(key, Some(first), job)).await
+    }
+
+    /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
+    /// round trip, and what is still missing is loaded with one
+    /// [`Loader::load_many`](crate::Loader::load_many) call, while each key still
+    /// shares the flight of any concurrent `get` of it. Duplicate keys are looked
+    /// up once.
+    pub async fn get_many(&self, keys: &[K]) -> Result<HashMap<K, V>, Error> {
+        self.core.get_many(keys).await
+    }
+
+    /// Writes `value` for `key` in every tier, with the default TTLs, and tells
+    /// the other instances to drop their copy. A load of the same key that was in
+    /// flight (on any instance) will not overwrite it. If Redis cannot be reached,
+    /// its old entry is deleted later instead, before this instance reads it again.
+    pub async fn insert(&self, key: K, value: V) {
+        let ttl = self.core.ttl();
+        let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
+        self.core.write(key, value, l1_ttl, l2_ttl).await;
+    }
+
+    /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
+    /// jitter) in each; a `ttl` past [`Ttl::MAX`](crate::Ttl::MAX) is shortened to
+    /// it. A zero `ttl` removes the key instead.
+    pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            return self.invalidate(&key).await;
+        }
+        let ttl = ttl.min(Ttl::MAX);
+        self.core.write(key, value, ttl, ttl).await;
+    }
+
+    /// Removes `key` from every tier, and from every other instance's L1. Once
+    /// this returns, no load that was in flight (on any instance) can write back
+    /// what it read before. If L2 cannot be reached (or this call is cancelled),
+    /// the deletion is replayed before this instance reads L2 again.
+    pub async fn invalidate(&self, key: &K) {
+        self.core.invalidate(key).await;
+    }
+
+    /// Removes every key whose string form matches the Redis glob `pattern` (`*`,
+    /// `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes; see [`Pattern`]) from every
+    /// tier and every instance, with the guarantees of
+    /// [`invalidate`](Self::invalidate). In L2 this walks the cache's namespace
+    /// with `SCAN MATCH` + `UNLINK`, one batch per call (every master of a
+    /// cluster), so it takes time in proportion to the namespace's size. Use
+    /// [`escape_glob`](crate::escape_glob) for literal parts.
+    ///
+    /// ```
+    /// # use tiered::TieredCache;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = TieredCache::<String, u32>::builder("orders").build().unwrap();
+    /// cache.insert("user:7:order:1".into(), 10).await;
+    /// cache.insert("user:8:order:1".into(), 20).await;
+    /// cache.invalidate_pattern("user:7:*").await;
+    /// assert_eq!(cache.get(&"user:7:order:1".into()).await.unwrap(), None);
+    /// assert_eq!(cache.get(&"user:8:order:1".into()).await.unwrap(), Some(20));
+    /// # }
+    /// ```
+    pub async fn invalidate_pattern(&self, pattern: &str) {
+        self.core.invalidate_pattern(pattern).await;
+    }
+
+    /// Removes every entry of this cache from every tier (in L2: every key of its
+    /// namespace, by `SCAN` + `UNLINK`) and every instance, with the guarantees of
+    /// [`invalidate`](Self::invalidate).
+    pub async fn invalidate_all(&self) {
+        self.core.invalidate_all().await;
     }
 }

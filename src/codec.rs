@@ -36,9 +36,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::entry::Ttl;
 use crate::error::BoxError;
-use crate::refresh::Lifetime;
+use crate::policy::Lifetime;
+use crate::policy::Ttl;
 
 #[cfg(feature = "encryption")]
 mod encryption;

@@ -1,35 +1,9 @@
-//! The envelope every tier stores, TTL presets and the expiry policy.
+//! The envelope every tier stores: a value or a remembered absence, with its timing.
 
 use std::time::Duration;
 
 use crate::clock::saturating_nanos;
-use crate::refresh::Freshness;
-
-/// Common TTLs.
-///
-/// ```
-/// use tiered::Ttl;
-/// assert_eq!(Ttl::MEDIUM.as_secs(), 300);
-/// ```
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct Ttl;
-
-impl Ttl {
-    /// The longest TTL a cache keeps an entry for (10 years): the builder rejects
-    /// longer TTLs, and [`insert_with_ttl`](crate::TieredCache::insert_with_ttl)
-    /// shortens them to this, so that expiry times never overflow and Redis never
-    /// refuses an expiry.
-    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
-    /// One minute.
-    pub const SHORT: Duration = Duration::from_secs(60);
-    /// Five minutes.
-    pub const MEDIUM: Duration = Duration::from_secs(5 * 60);
-    /// One hour.
-    pub const LONG: Duration = Duration::from_secs(60 * 60);
-    /// One day.
-    pub const VERY_LONG: Duration = Duration::from_secs(24 * 60 * 60);
-}
+use crate::policy::Freshness;
 
 /// A cached value or a remembered absence, with its timing. Times are nanoseconds of
 /// the cache's [`Clock`](crate::Clock).
@@ -101,6 +75,24 @@ impl<V> Entry<V> {
         now < self.fresh_until
     }
 
+    /// The XFetch draw for a hit at `now` (see `policy/freshness.rs`): whether to
+    /// refresh this entry early.
+    pub(crate) fn refresh_early(&self, freshness: &Freshness, now: u64) -> bool {
+        let Some(beta) = freshness.early_beta else {
+            return false;
+        };
+        let gap = self.fresh_until.saturating_sub(now) as f64;
+        let u = 1.0 - fastrand::f64();
+        self.load_nanos as f64 * beta * -u.ln() >= gap
+    }
+
+    /// Whether this stale entry is within its stale-while-revalidate window.
+    pub(crate) fn revalidates(&self, freshness: &Freshness, now: u64) -> bool {
+        now < self
+            .fresh_until
+            .saturating_add(saturating_nanos(freshness.stale_while_revalidate))
+    }
+
     /// This entry served stale by fail-safe: fresh again for `throttle` (within
     /// its expiry), so that a failing loader is not called on every read.
     pub(crate) fn throttled(&self, now: u64, throttle: Duration) -> Self
@@ -120,77 +112,9 @@ impl<V> Entry<V> {
     }
 }
 
-/// TTLs and jitter, as configured on the builder.
-#[derive(Debug, Clone)]
-pub(crate) struct TtlPolicy {
-    pub(crate) l1: Duration,
-    pub(crate) l2: Duration,
-    pub(crate) negative: Duration,
-    /// A fraction in `[0, 1)`: each TTL is shortened by a random part of up to this
-    /// fraction, so that entries written together do not expire together.
-    pub(crate) jitter: f64,
-}
-
-impl TtlPolicy {
-    /// `ttl` shortened by a random fraction of up to `jitter`: never longer than asked.
-    pub(crate) fn jittered(&self, ttl: Duration) -> Duration {
-        if self.jitter <= 0.0 {
-            return ttl;
-        }
-        ttl.mul_f64(1.0 - self.jitter * fastrand::f64())
-    }
-
-    /// The L1 TTL of a value or a remembered absence.
-    pub(crate) fn l1_for<V>(&self, value: &Option<V>) -> Duration {
-        self.jittered(if value.is_some() {
-            self.l1
-        } else {
-            self.negative
-        })
-    }
-
-    /// The L2 TTL of a value or a remembered absence.
-    pub(crate) fn l2_for<V>(&self, value: &Option<V>) -> Duration {
-        self.jittered(if value.is_some() {
-            self.l2
-        } else {
-            self.negative
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_only_shortens_and_stays_within_the_fraction() {
-        let policy = TtlPolicy {
-            l1: Ttl::SHORT,
-            l2: Ttl::LONG,
-            negative: Duration::from_secs(5),
-            jitter: 0.1,
-        };
-        let mut distinct = std::collections::HashSet::new();
-        for _ in 0..1000 {
-            let ttl = policy.jittered(Ttl::SHORT);
-            assert!(ttl <= Ttl::SHORT);
-            assert!(ttl >= Ttl::SHORT.mul_f64(0.9));
-            distinct.insert(ttl);
-        }
-        assert!(distinct.len() > 100, "jitter should spread expiries");
-    }
-
-    #[test]
-    fn no_jitter_keeps_the_ttl() {
-        let policy = TtlPolicy {
-            l1: Ttl::LONG,
-            l2: Ttl::LONG,
-            negative: Duration::ZERO,
-            jitter: 0.0,
-        };
-        assert_eq!(policy.jittered(Ttl::LONG), Ttl::LONG);
-    }
 
     #[test]
     fn expiry_is_write_time_plus_ttl() {
@@ -204,5 +128,89 @@ mod tests {
         assert!(!entry.is_expired(1_499));
         assert!(entry.is_expired(1_500));
         assert!(entry.is_fresh(1_499) && !entry.is_fresh(1_500));
+    }
+
+    fn entry(fresh_until: u64, load: Duration) -> Entry<u8> {
+        let freshness = Freshness {
+            early_beta: Some(1.0),
+            ..Freshness::default()
+        };
+        let written = 0;
+        let mut entry = Entry::new(
+            Some(1),
+            written,
+            Duration::from_nanos(fresh_until),
+            &freshness,
+            load,
+        );
+        entry.fresh_until = fresh_until;
+        entry
+    }
+
+    #[test]
+    fn xfetch_draws_follow_the_exponential_law() {
+        let freshness = Freshness {
+            early_beta: Some(1.0),
+            ..Freshness::default()
+        };
+        let load = Duration::from_millis(10);
+        let e = entry(1_000_000_000, load);
+        let rate = |gap: Duration| {
+            let now = e.fresh_until - saturating_nanos(gap);
+            let hits = (0..100_000)
+                .filter(|_| e.refresh_early(&freshness, now))
+                .count();
+            hits as f64 / 100_000.0
+        };
+        // P(refresh) = exp(-gap / (load × β)).
+        assert!((rate(Duration::ZERO) - 1.0).abs() < 1e-9);
+        assert!(
+            (rate(load) - (-1.0f64).exp()).abs() < 0.01,
+            "{}",
+            rate(load)
+        );
+        assert!((rate(load * 3) - (-3.0f64).exp()).abs() < 0.01);
+        assert_eq!(rate(load * 40), 0.0);
+        // Hits before the window need no draw: the window covers every success.
+        assert_eq!(
+            e.early_from,
+            e.fresh_until - saturating_nanos(load.mul_f64(crate::policy::freshness::XFETCH_REACH))
+        );
+        let off = Freshness::default();
+        assert!(!e.refresh_early(&off, e.fresh_until - 1));
+        assert_eq!(off.early_from(0, 500, load), 500);
+    }
+
+    #[test]
+    fn entries_are_kept_for_swr_and_fail_safe() {
+        let fresh = Duration::from_secs(10);
+        let swr = Freshness {
+            stale_while_revalidate: Duration::from_secs(5),
+            ..Freshness::default()
+        };
+        assert_eq!(
+            swr.lifetime(fresh, Duration::ZERO).keep,
+            Duration::from_secs(15)
+        );
+        let fail_safe = Freshness {
+            fail_safe: Some(Duration::from_secs(3600)),
+            ..swr.clone()
+        };
+        assert_eq!(
+            fail_safe.lifetime(fresh, Duration::ZERO).keep,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            Freshness::default().lifetime(fresh, Duration::ZERO).keep,
+            fresh
+        );
+        let e = Entry::new(Some(1), 0, fresh, &fail_safe, Duration::ZERO);
+        assert!(e.is_fresh(9_999_999_999) && !e.is_fresh(10_000_000_000));
+        assert!(!e.is_expired(3_599_000_000_000) && e.is_expired(3_600_000_000_000));
+        assert!(e.revalidates(&fail_safe, 14_999_999_999));
+        assert!(!e.revalidates(&fail_safe, 15_000_000_000));
+        let throttled = e.throttled(20_000_000_000, Duration::from_secs(1));
+        assert!(throttled.is_fresh(20_999_999_999) && !throttled.is_fresh(21_000_000_000));
+        assert_eq!(throttled.expires, e.expires);
     }
 }

@@ -1,7 +1,11 @@
-//! How keys become strings (for L2 keys, patterns and error messages).
+//! What a cache holds: keys ([`CacheKey`]: how they become strings, for L2 keys,
+//! patterns and error messages) and values ([`CacheValue`]).
 
 use std::hash::Hash;
 use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// A cache key.
 ///
@@ -34,6 +38,15 @@ pub trait CacheKey: Hash + Eq + Clone + Send + Sync + 'static {
         None
     }
 }
+
+/// What a cache can hold: a `serde` type that is cheap enough to clone.
+///
+/// Hits return values by `clone()`. For anything bigger than a few words, cache
+/// `Arc<T>` (serde's `rc` feature serializes it as `T`), so a hit costs one
+/// reference-count increment.
+pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
 
 macro_rules! str_keys {
     ($($t:ty),*) => {$(

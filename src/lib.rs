@@ -40,56 +40,67 @@
     rust_2018_idioms
 )]
 
+// The layers, top to bottom; a module imports only from layers below its own
+// (scripts/check-layers checks it; docs/DESIGN.md draws it).
+//
+// facade
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
-mod breaker;
 mod builder;
-mod bus;
 mod cache;
-mod clock;
+// engine
+mod engine;
+// tiers
+mod bus;
+mod local;
+mod remote;
+// adapters (and the ports they implement: remote/store.rs, bus/backplane.rs, source.rs)
+#[cfg(feature = "redis")]
+mod redis;
+mod source;
+// mechanisms
+mod backoff;
+mod breaker;
 mod codec;
-mod entry;
-mod error;
 mod fence;
-mod flight;
-mod key;
-mod l1;
-mod l2;
-mod l3;
-mod lease;
+// values
+mod entry;
 mod observe;
+mod policy;
+// vocabulary
+mod clock;
+mod error;
+mod key;
+mod namespace;
 mod pattern;
-mod refresh;
 
-pub use breaker::BreakerState;
 pub use builder::{
     TieredCacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
     DEFAULT_BREAKER_PROBE_DELAY, DEFAULT_JITTER, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
     DEFAULT_L2_FILL_WINDOW, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
 };
 pub use bus::{Backplane, Delivery};
-pub use cache::{CacheValue, TieredCache, Warmed};
+pub use cache::{TieredCache, Warmed};
 pub use clock::{Clock, ManualClock};
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
 pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
-pub use entry::Ttl;
 pub use error::{BoxError, Error, SharedError};
-pub use key::CacheKey;
-pub use l1::L1Eviction;
-#[cfg(feature = "redis")]
-pub use l2::RedisStore;
-pub use l2::{RemoteStore, ScanCursor, ScanStep};
-#[cfg(feature = "postgres")]
-pub use l3::PgLoader;
-pub use l3::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
-pub use lease::DEFAULT_LEASE_TTL;
+pub use key::{CacheKey, CacheValue};
 #[cfg(feature = "metrics")]
-pub use observe::MetricsObserver;
-pub use observe::{LoadOutcome, Observer, Stats, Tier, TierStats};
+pub use observe::metrics::MetricsObserver;
+pub use observe::{BreakerState, LoadOutcome, Observer, Stats, Tier, TierStats};
 pub use pattern::{escape_glob, Pattern};
-pub use refresh::{DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE};
+pub use policy::{
+    L1Eviction, Ttl, DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_LEASE_TTL,
+};
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
+pub use remote::{RemoteStore, ScanCursor, ScanStep};
+#[cfg(feature = "postgres")]
+pub use source::postgres::PgLoader;
+pub use source::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
 /// Caches an `async fn` through a [`TieredCache<String, V>`].
 ///
 /// Calls with the same key share one flight: the body runs once, and every caller

@@ -6,13 +6,23 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::breaker::BreakerState;
-use crate::l1::L1Eviction;
+use crate::policy::L1Eviction;
 
 #[cfg(feature = "metrics")]
-mod metrics;
-#[cfg(feature = "metrics")]
-pub use self::metrics::MetricsObserver;
+pub(crate) mod metrics;
+
+/// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Calls go through.
+    #[default]
+    Closed,
+    /// Calls are skipped; the store is probed in the background.
+    Open,
+    /// One probe call is allowed; its outcome decides.
+    HalfOpen,
+}
 
 /// A cache tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -227,12 +237,42 @@ pub(crate) enum Counter {
     L1PolicySwitches,
 }
 
-const COUNTERS: usize = Counter::L1PolicySwitches as usize + 1;
+impl Counter {
+    /// Every counter, in declaration order (their discriminants index the lanes).
+    const ALL: [Counter; 24] = [
+        Counter::L1Hits,
+        Counter::L1Misses,
+        Counter::L2Hits,
+        Counter::L2Misses,
+        Counter::L2Errors,
+        Counter::L2Corrupt,
+        Counter::L2Oversized,
+        Counter::L2NamespaceClears,
+        Counter::NegativeHits,
+        Counter::Loads,
+        Counter::LoadErrors,
+        Counter::Coalesced,
+        Counter::Superseded,
+        Counter::Inserts,
+        Counter::Invalidations,
+        Counter::InvalidationsReceived,
+        Counter::BusResubscribes,
+        Counter::BusPublishErrors,
+        Counter::Refreshes,
+        Counter::StaleServed,
+        Counter::FailSafe,
+        Counter::SoftTimeouts,
+        Counter::LeaseWaits,
+        Counter::L1PolicySwitches,
+    ];
+}
+
+const COUNTERS: usize = Counter::ALL.len();
 const LANES: usize = 16;
 
 /// Counters striped over cache-line-padded lanes, one lane per thread (modulo), so
 /// that hits on different cores do not contend on one cache line.
-pub(crate) struct Counters {
+struct Counters {
     lanes: Box<[CachePadded<[AtomicU64; COUNTERS]>]>,
 }
 
@@ -258,7 +298,7 @@ fn lane() -> usize {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Counters {
             lanes: (0..LANES)
                 .map(|_| CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))))
@@ -267,18 +307,18 @@ impl Counters {
     }
 
     #[inline]
-    pub(crate) fn add(&self, counter: Counter, n: u64) {
+    fn add(&self, counter: Counter, n: u64) {
         self.lanes[lane()][counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn get(&self, counter: Counter) -> u64 {
+    fn get(&self, counter: Counter) -> u64 {
         self.lanes
             .iter()
             .map(|lane| lane[counter as usize].load(Ordering::Relaxed))
             .sum()
     }
 
-    pub(crate) fn snapshot(&self, l1_entries: u64, l1_policy: L1Eviction) -> Stats {
+    fn snapshot(&self, l1_entries: u64, l1_policy: L1Eviction) -> Stats {
         Stats {
             l1: TierStats {
                 hits: self.get(Counter::L1Hits),
@@ -318,11 +358,23 @@ impl Counters {
 
 /// Where the cache reports: its counters and its observer, if any.
 pub(crate) struct Report {
-    pub(crate) counters: Counters,
-    pub(crate) observer: Option<std::sync::Arc<dyn Observer>>,
+    counters: Counters,
+    observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
 impl Report {
+    pub(crate) fn new(observer: Option<std::sync::Arc<dyn Observer>>) -> Self {
+        Report {
+            counters: Counters::new(),
+            observer,
+        }
+    }
+
+    /// A snapshot of the counters (the breaker's fields are the caller's to fill).
+    pub(crate) fn stats(&self, l1_entries: u64, l1_policy: L1Eviction) -> Stats {
+        self.counters.snapshot(l1_entries, l1_policy)
+    }
+
     #[inline]
     pub(crate) fn count(&self, counter: Counter) {
         self.counters.add(counter, 1);
@@ -383,7 +435,17 @@ impl Report {
                 Counter::FailSafe => observer.fail_safe(),
                 Counter::SoftTimeouts => observer.soft_timeout(),
                 Counter::LeaseWaits => observer.lease_waited(),
-                _ => {}
+                // Reported through their own calls (`tier`, `l2_error`, `load`,
+                // `invalidated`, `l1_policy_switched`), with arguments.
+                Counter::L1Hits
+                | Counter::L1Misses
+                | Counter::L2Hits
+                | Counter::L2Misses
+                | Counter::L2Errors
+                | Counter::Loads
+                | Counter::LoadErrors
+                | Counter::Invalidations
+                | Counter::L1PolicySwitches => {}
             }
         }
     }
@@ -421,6 +483,13 @@ mod tests {
         assert_eq!(stats.loads, 16);
         assert_eq!(stats.l1_entries, 7);
         assert_eq!(stats.l1.misses, 0);
+    }
+
+    #[test]
+    fn every_counter_is_listed_once_in_order() {
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i, "{counter:?}");
+        }
     }
 
     #[test]

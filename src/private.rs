@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use crate::cache::CacheValue;
-use crate::cache::Lookup;
-use crate::flight::{Failure, Fetched, Flight, Job};
-use crate::TieredCache;
+use crate::cache::TieredCache;
+use crate::engine::{Answer, Failure, Fetched, Job, Lookup};
+use crate::key::CacheValue;
 
 /// The per-function options of the attribute.
 #[derive(Debug)]
@@ -215,7 +214,8 @@ where
     U: Fn(&T) -> bool,
     F: Future<Output = Result<Option<T>, E>>,
 {
-    let fallback = match cache.l1_lookup(&key).await {
+    let core = cache.core();
+    let fallback = match core.lookup(&key).await {
         Lookup::Hit(entry) if entry.value.is_some() || options.negative => {
             return Ok(entry.value);
         }
@@ -252,21 +252,19 @@ where
         time_limit: false,
         ..Job::default()
     };
-    let (shared, answered) = match cache.fly_raw(&key, Some(first), job).await {
+    let (shared, answered) = match core.fly_raw(&key, Some(first), job).await {
         Ok(entry) => (Ok(entry.value), false),
-        Err(flight) => match &*flight {
-            Flight::Settled(entry) | Flight::Superseded(entry) | Flight::Stale(entry) => {
-                (Ok(entry.value.clone()), false)
-            }
-            Flight::Unkept(value) => (Ok(value.clone()), true),
-            Flight::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
+        Err(flight) => match flight.answer() {
+            Answer::Value(value) => (Ok(value), false),
+            Answer::Unkept(value) => (Ok(value), true),
+            Answer::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
                 Some(error) => return Err(error.clone()),
                 None => (Ok(None), false),
             },
-            Flight::Failed(Failure::Panicked(message)) => {
+            Answer::Failed(Failure::Panicked(message)) => {
                 panic!("the cached function panicked: {message}")
             }
-            Flight::Failed(Failure::Load(_) | Failure::TimedOut(_)) => (Ok(None), false),
+            Answer::Failed(Failure::Load(_) | Failure::TimedOut(_)) => (Ok(None), false),
         },
     };
     match (shared, take()) {

@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use super::TieredCacheBuilder;
-use crate::cache::CacheValue;
-use crate::entry::{Ttl, TtlPolicy};
 use crate::error::Error;
-use crate::key::CacheKey;
-use crate::refresh::Freshness;
+use crate::key::{CacheKey, CacheValue};
+use crate::policy::{Freshness, Ttl, TtlPolicy};
 
 impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// Probabilistic early refresh (XFetch) with this `beta` (default
@@ -156,10 +154,11 @@ pub(super) fn validate(
 
 #[cfg(test)]
 mod tests {
-    use crate::{Error, TieredCache};
+    use crate::cache::TieredCache;
+    use crate::error::Error;
     use std::time::Duration;
 
-    fn refused(builder: crate::TieredCacheBuilder<u64, u64>, words: &str) {
+    fn refused(builder: crate::builder::TieredCacheBuilder<u64, u64>, words: &str) {
         match builder.build() {
             Err(Error::Config(message)) => assert!(message.contains(words), "{message}"),
             other => panic!("expected a config error about {words}, got {other:?}"),

@@ -2,9 +2,9 @@
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::cache::{CacheValue, TieredCache};
+use crate::cache::TieredCache;
 use crate::error::Error;
-use crate::key::CacheKey;
+use crate::key::{CacheKey, CacheValue};
 
 /// How many keys one warming batch looks up (one `get_many`).
 const WARM_BATCH: usize = 256;
@@ -66,12 +66,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             match result {
                 Ok(found) => warmed.found += found.len(),
                 Err(error) => {
-                    tracing::warn!(cache = %self.inner.name, %error, "a warming batch failed");
+                    tracing::warn!(cache = %self.core().name(), %error, "a warming batch failed");
                     warmed.failed += len;
                     warmed.error.get_or_insert(error);
                 }
             }
-            self.inner.report.with_observer(|o| o.warmed(done, total));
+            self.core()
+                .report()
+                .with_observer(|o| o.warmed(done, total));
         }
         warmed
     }

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 
-use super::{LoadOutcome, Observer, Tier};
-use crate::breaker::BreakerState;
-use crate::l1::L1Eviction;
+use crate::observe::{BreakerState, LoadOutcome, Observer, Tier};
+use crate::policy::L1Eviction;
 
 /// Reports a cache's events to the `metrics` facade, under the names of
 /// `docs/METRICS.md`, each labelled `cache = <name>`.

@@ -300,7 +300,10 @@ async fn two_processes_see_each_others_invalidations() {
     while child.ask("get") != "3" {
         assert!(start.elapsed() < Duration::from_secs(20), "child kept 2");
     }
-    assert_eq!(child.ask("received"), "2");
+    // At least both: delivery is at-least-once (a publish that timed out here,
+    // under load, may still have reached Redis, and is sent again).
+    let received: u64 = child.ask("received").parse().unwrap();
+    assert!(received >= 2, "the child applied {received} invalidations");
     child.quit();
 }
 

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 
 use crate::error::BoxError;
 use crate::key::CacheKey;
-use crate::l3::Loader;
+use crate::source::Loader;
 
 type RowMapper<K, V> = dyn Fn(&Row) -> Result<(K, V), tokio_postgres::Error> + Send + Sync;
 

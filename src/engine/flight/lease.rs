@@ -1,33 +1,25 @@
 //! One load per key across a fleet (opt-in): before loading, a flight takes a
-//! short lease in the shared tier (`SET lease-key token NX PX`). Flights of other
+//! short lease in the shared tier (`remote/lease.rs`). Flights of other
 //! instances that find the lease taken wait for the holder's value to appear in
 //! L2, asking for the lease again at each poll, so that a holder that died (its
 //! lease expired) is replaced by one waiter; past twice the lease they load
-//! themselves. The holder gives the lease back with its token only (a script), so
-//! a holder slower than its lease never frees another's. With the breaker open or
-//! L2 failing, a flight does not wait: it is the local single flight.
+//! themselves. The holder gives the lease back with its token only, so a holder
+//! slower than its lease never frees another's. With the breaker open or L2
+//! failing, a flight does not wait: it is the local single flight.
 
 use std::time::{Duration, Instant};
 
-use crate::cache::{CacheValue, TieredCache};
+use crate::backoff::Backoff;
+use crate::engine::Core;
 use crate::entry::Entry;
 use crate::fence::Ticket;
-use crate::key::CacheKey;
-use crate::l2::L2;
+use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
-
-/// The default life of a lease (it should outlast a load).
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+use crate::remote::{Lease, Remote};
 
 /// The first and the longest pause between polls of a waiting flight.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 const LONGEST_POLL: Duration = Duration::from_millis(50);
-
-/// A lease this flight holds.
-pub(crate) struct Lease {
-    key: String,
-    token: [u8; 16],
-}
 
 /// What asking for a lease came to.
 pub(crate) enum Leased<V> {
@@ -41,56 +33,47 @@ pub(crate) enum Leased<V> {
     Free,
 }
 
-impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
+impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Takes `key`'s lease, or waits for the holder's value. `refresh_after`: a
     /// refresh takes only an entry fresh past this instant.
     pub(crate) async fn lease(
         &self,
         key: &K,
-        l2: &L2,
+        remote: &Remote,
         ticket: Ticket,
         refresh_after: Option<u64>,
     ) -> Leased<V> {
-        let inner = &*self.inner;
-        let Some(ttl) = inner.lease else {
+        let Some(ttl) = self.lease else {
             return Leased::Free;
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return Leased::Free;
         }
-        let lease_key = l2.lease_key(key);
-        let l2_key = l2.key(key);
+        let l2_key = remote.key(key);
         let token: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
         let deadline = Instant::now() + ttl * 2;
-        let mut pause = FIRST_POLL;
+        let mut polls = Backoff::new(FIRST_POLL, LONGEST_POLL, 0.25);
         let mut waited = false;
         loop {
-            match l2.lease(&inner.report, &lease_key, &token, ttl).await {
+            match remote.lease(key, token, ttl).await {
                 None => return Leased::Free,
-                Some(true) => {
-                    return Leased::Held(Lease {
-                        key: lease_key,
-                        token,
-                    })
-                }
-                Some(false) => {}
+                Some(Ok(lease)) => return Leased::Held(lease),
+                Some(Err(())) => {}
             }
             if !waited {
                 waited = true;
-                inner.report.event(Counter::LeaseWaits);
+                self.report.event(Counter::LeaseWaits);
             }
             if Instant::now() >= deadline {
-                tracing::warn!(cache = %inner.name, key = %lease_key,
+                tracing::warn!(cache = %self.name, key = %l2_key,
                     "the lease holder did not fill in time: loading here");
                 return Leased::Free;
             }
-            let jitter = pause.mul_f64(fastrand::f64() * 0.25);
-            tokio::time::sleep(pause + jitter).await;
-            pause = (pause * 2).min(LONGEST_POLL);
-            let Some(hit) = l2.peek::<V>(&inner.report, &l2_key).await else {
+            polls.wait().await;
+            let Some(hit) = remote.peek::<V>(&l2_key).await else {
                 continue;
             };
-            let entry = self.entry_from_l2(hit, inner.clock.now());
+            let entry = self.entry_from_l2(hit, self.clock.now());
             if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
                 continue;
             }
@@ -104,9 +87,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
 
     /// Gives a held lease back.
     pub(crate) async fn release(&self, lease: Option<Lease>) {
-        if let (Some(lease), Some(l2)) = (lease, &self.inner.l2) {
-            l2.release(&self.inner.report, &lease.key, &lease.token)
-                .await;
+        if let (Some(lease), Some(remote)) = (lease, &self.remote) {
+            remote.release(lease).await;
         }
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Mutex, PoisonError};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
-use super::L1Eviction;
+use crate::policy::L1Eviction;
 
 /// How many keys each simulated cache holds, at least (unless L1 holds fewer):
 /// L1's capacity is divided by the largest power of two that keeps it above this.

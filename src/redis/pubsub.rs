@@ -12,10 +12,10 @@ use futures_util::{FutureExt, StreamExt};
 use redis::aio::PubSubSink;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::bus::{Backplane, Delivery};
+use super::{RedisStore, Shared};
+use crate::backoff::Backoff;
+use crate::bus::backplane::{Backplane, Delivery};
 use crate::error::BoxError;
-use crate::l2::redis::Shared;
-use crate::RedisStore;
 
 /// How long connecting and subscribing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,7 +28,7 @@ const HEALTH_CHECK: Duration = Duration::from_secs(5);
 
 /// The subscribers of one store's pub/sub connection.
 #[derive(Default)]
-pub(crate) struct RedisHub {
+pub(super) struct RedisHub {
     state: Mutex<HubState>,
 }
 
@@ -92,7 +92,7 @@ impl Backplane for RedisStore {
 
 /// Keeps the subscription of `shared`'s channels up while anyone listens.
 async fn run(shared: Weak<Shared>) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP, 0.5);
     let mut node = 0usize;
     loop {
         let Some(store) = shared.upgrade() else {
@@ -120,12 +120,11 @@ async fn run(shared: Weak<Shared>) {
                     if !matches!(subscribe.await, Ok(Ok(()))) {
                         store.hub.lock().sink = None;
                         drop(store);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_CAP);
+                        backoff.wait().await;
                         continue;
                     }
                 }
-                backoff = BACKOFF_START;
+                backoff.reset();
                 for subscriber in store.hub.lock().subscribers.values().flatten() {
                     let _ = subscriber.send(Delivery::Subscribed);
                 }
@@ -146,9 +145,7 @@ async fn run(shared: Weak<Shared>) {
                 drop(store);
             }
         }
-        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_CAP);
+        backoff.wait().await;
     }
 }
 

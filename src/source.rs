@@ -11,9 +11,7 @@ use crate::error::BoxError;
 use crate::key::CacheKey;
 
 #[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "postgres")]
-pub use self::postgres::PgLoader;
+pub(crate) mod postgres;
 
 /// How many keys the default [`Loader::load_many`] loads at once.
 pub const DEFAULT_LOAD_MANY_CONCURRENCY: usize = 16;

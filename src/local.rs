@@ -12,6 +12,7 @@ use crate::fence::Fence;
 use crate::key::CacheKey;
 use crate::observe::Report;
 use crate::pattern::Pattern;
+use crate::policy::L1Eviction;
 
 mod adaptive;
 mod shadow;
@@ -33,7 +34,12 @@ pub(crate) type L1Hasher = foldhash::fast::RandomState;
 pub(crate) type Moka<K, V> = Cache<K, Entry<V>, L1Hasher>;
 
 /// The L1 tier. Every write to it happens under the fence (see `fence.rs`).
-pub(crate) enum L1<K, V> {
+pub(crate) struct L1<K, V> {
+    repr: Repr<K, V>,
+    enabled: bool,
+}
+
+enum Repr<K, V> {
     /// One cache, one policy.
     Fixed(Moka<K, V>, L1Eviction),
     /// [`L1Eviction::Adaptive`].
@@ -45,36 +51,46 @@ where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    /// A read of `key` (counted by the policy). The read path's own lookup
-    /// (`l1_lookup`) does this inline, to keep a hit's future small.
+    /// The moka cache of a fixed-policy L1: the read path awaits its `get`
+    /// itself, to keep a hit's future small (an adaptive L1 reads through
+    /// [`get`](Self::get), boxed).
+    #[inline]
+    pub(crate) fn fixed(&self) -> Option<&Moka<K, V>> {
+        match &self.repr {
+            Repr::Fixed(cache, _) => Some(cache),
+            Repr::Adaptive(_) => None,
+        }
+    }
+
+    /// A read of `key` (counted by the policy).
     pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
-        match self {
-            L1::Fixed(cache, _) => cache.get(key).await,
-            L1::Adaptive(adaptive) => adaptive.get(key).await,
+        match &self.repr {
+            Repr::Fixed(cache, _) => cache.get(key).await,
+            Repr::Adaptive(adaptive) => adaptive.get(key).await,
         }
     }
 
     /// Whether `key` has an entry (not counted by the policy).
     pub(crate) fn contains_key(&self, key: &K) -> bool {
-        match self {
-            L1::Fixed(cache, _) => cache.contains_key(key),
-            L1::Adaptive(adaptive) => adaptive.contains_key(key),
+        match &self.repr {
+            Repr::Fixed(cache, _) => cache.contains_key(key),
+            Repr::Adaptive(adaptive) => adaptive.contains_key(key),
         }
     }
 
     pub(crate) async fn insert(&self, key: K, entry: Entry<V>) {
-        match self {
-            L1::Fixed(cache, _) => cache.insert(key, entry).await,
-            L1::Adaptive(adaptive) => adaptive.active().insert(key, entry).await,
+        match &self.repr {
+            Repr::Fixed(cache, _) => cache.insert(key, entry).await,
+            Repr::Adaptive(adaptive) => adaptive.active().insert(key, entry).await,
         }
     }
 
     /// Every cache L1 holds: what an invalidation changes (an adaptive L1's
     /// inactive cache too, so that whatever either holds is valid).
     fn all(&self) -> &[Moka<K, V>] {
-        match self {
-            L1::Fixed(cache, _) => std::slice::from_ref(cache),
-            L1::Adaptive(adaptive) => adaptive.both(),
+        match &self.repr {
+            Repr::Fixed(cache, _) => std::slice::from_ref(cache),
+            Repr::Adaptive(adaptive) => adaptive.both(),
         }
     }
 
@@ -134,41 +150,15 @@ where
 
     /// The policy L1 runs now.
     pub(crate) fn policy(&self) -> L1Eviction {
-        match self {
-            L1::Fixed(_, policy) => *policy,
-            L1::Adaptive(adaptive) => adaptive.policy(),
+        match &self.repr {
+            Repr::Fixed(_, policy) => *policy,
+            Repr::Adaptive(adaptive) => adaptive.policy(),
         }
     }
 }
 
 /// A function giving an entry's weight, in whatever unit the capacity is in.
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
-
-/// Which entry L1 evicts when it is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum L1Eviction {
-    /// moka's TinyLFU: a new entry is admitted only if it has been asked for more
-    /// often than the entry it would evict (a frequency sketch remembers), and the
-    /// least recently used admitted entry goes first. Best when popularity is
-    /// stable (Zipf-like traffic) and with one-off scans, which it keeps out.
-    #[default]
-    TinyLfu,
-    /// Least recently used: every new entry is admitted. Best when the hot set
-    /// moves (yesterday's popular keys are cold today).
-    Lru,
-    /// Whichever of the two does better on this cache's own traffic: a miniature
-    /// simulation of both (two key-only caches of about a thousand keys, fed a
-    /// fixed hash-sampled share of the keys) runs beside L1, and L1 switches
-    /// policy when the other one's simulated hit ratio leads by more than two
-    /// points for a while. L1 then holds one moka cache per policy, and a switch
-    /// moves the entries from one to the other (invalidations stay exact
-    /// throughout). It starts with TinyLFU. A read costs more than with a fixed
-    /// policy (an allocation and a key hash, and two small cache lookups on
-    /// sampled reads: docs/BENCHMARKS.md, "Instructions per L1 hit"). Needs an
-    /// entry-bounded L1 ([`l1_max_entries`](crate::TieredCacheBuilder::l1_max_entries)).
-    Adaptive,
-}
 
 /// How L1's capacity is counted.
 pub(crate) enum L1Capacity<K, V> {
@@ -178,29 +168,41 @@ pub(crate) enum L1Capacity<K, V> {
     Weight { max: u64, weigher: Weigher<K, V> },
 }
 
-/// Builds L1. `Adaptive` needs an entry count (the builder checks).
-pub(crate) fn build<K, V>(
-    name: &str,
-    capacity: L1Capacity<K, V>,
-    eviction: L1Eviction,
-    fence: &Arc<Fence>,
-    report: &Arc<Report>,
-) -> L1<K, V>
+impl<K, V> L1<K, V>
 where
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
 {
-    match (eviction, capacity) {
-        (L1Eviction::Adaptive, L1Capacity::Entries(max)) if max > 0 => {
-            let build = |policy| one(name, L1Capacity::Entries(max), policy);
-            L1::Adaptive(Box::new(Adaptive::new(
-                max,
-                build,
-                Arc::clone(fence),
-                Arc::clone(report),
-            )))
-        }
-        (eviction, capacity) => L1::Fixed(one(name, capacity, eviction), eviction),
+    /// Builds L1. `Adaptive` needs an entry count (the builder checks).
+    pub(crate) fn new(
+        name: &str,
+        capacity: L1Capacity<K, V>,
+        eviction: L1Eviction,
+        fence: &Arc<Fence>,
+        report: &Arc<Report>,
+    ) -> Self {
+        let enabled = !matches!(
+            capacity,
+            L1Capacity::Entries(0) | L1Capacity::Weight { max: 0, .. }
+        );
+        let repr = match (eviction, capacity) {
+            (L1Eviction::Adaptive, L1Capacity::Entries(max)) if max > 0 => {
+                let build = |policy| one(name, L1Capacity::Entries(max), policy);
+                Repr::Adaptive(Box::new(Adaptive::new(
+                    max,
+                    build,
+                    Arc::clone(fence),
+                    Arc::clone(report),
+                )))
+            }
+            (eviction, capacity) => Repr::Fixed(one(name, capacity, eviction), eviction),
+        };
+        L1 { repr, enabled }
+    }
+
+    /// False when L1 has no capacity: entries are then not written to it.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
     }
 }
 

@@ -14,19 +14,31 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::cache::{CacheValue, TieredCache};
-use crate::fence::Ticket;
-use crate::flight::Flight;
+use crate::engine::flight::outcome::Flight;
+use crate::fence::{Fence, Ticket};
 use crate::key::CacheKey;
 
 /// Where a flight publishes its outcome (once).
 pub(crate) type Outcome<V> = watch::Receiver<Option<Arc<Flight<V>>>>;
 
-/// Flights on now, by key, each with a fence ticket taken as it began.
-pub(crate) type Flights<K, V> = Mutex<HashMap<K, (Outcome<V>, Ticket)>>;
+/// The flights on now, by key, each with a fence ticket taken as it began.
+type Map<K, V> = Mutex<HashMap<K, (Outcome<V>, Ticket)>>;
+
+/// The flights of one cache.
+pub(crate) struct Flights<K, V> {
+    map: Arc<Map<K, V>>,
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            map: Arc::default(),
+        }
+    }
+}
 
 /// What joining a key's flight made of this caller.
-pub(crate) enum Joined<K: CacheKey, V: CacheValue> {
+pub(crate) enum Joined<K: CacheKey, V> {
     /// No flight was on: this caller runs it, and must publish its outcome.
     Runner(Runner<K, V>),
     /// A flight is on: wait for its outcome.
@@ -40,14 +52,14 @@ pub(crate) enum Joined<K: CacheKey, V: CacheValue> {
 /// The duty to publish a flight's outcome. Dropped unpublished (its caller gave
 /// up, its task was cancelled), it ends the flight with no outcome: the waiters
 /// then start over, and one of them runs the next flight.
-pub(crate) struct Runner<K: CacheKey, V: CacheValue> {
-    cache: TieredCache<K, V>,
+pub(crate) struct Runner<K: CacheKey, V> {
+    map: Arc<Map<K, V>>,
     key: K,
     sender: watch::Sender<Option<Arc<Flight<V>>>>,
     outcome: Outcome<V>,
 }
 
-impl<K: CacheKey, V: CacheValue> Runner<K, V> {
+impl<K: CacheKey, V> Runner<K, V> {
     /// Where this flight's outcome will be.
     pub(crate) fn outcome(&self) -> Outcome<V> {
         self.outcome.clone()
@@ -63,7 +75,7 @@ impl<K: CacheKey, V: CacheValue> Runner<K, V> {
 
     /// Takes the key out of the map, if this flight is still the one there.
     fn leave(&self) {
-        let mut flights = lock(&self.cache.inner.flights);
+        let mut flights = lock(&self.map);
         if flights
             .get(&self.key)
             .is_some_and(|(outcome, _)| outcome.same_channel(&self.outcome))
@@ -73,19 +85,17 @@ impl<K: CacheKey, V: CacheValue> Runner<K, V> {
     }
 }
 
-impl<K: CacheKey, V: CacheValue> Drop for Runner<K, V> {
+impl<K: CacheKey, V> Drop for Runner<K, V> {
     fn drop(&mut self) {
         self.leave();
     }
 }
 
-fn lock<K, V>(
-    flights: &Flights<K, V>,
-) -> std::sync::MutexGuard<'_, HashMap<K, (Outcome<V>, Ticket)>> {
-    flights.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<K, V>(map: &Map<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, (Outcome<V>, Ticket)>> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
+impl<K: CacheKey, V> Flights<K, V> {
     /// Joins `key`'s flight, or becomes its runner.
     ///
     /// Joining compares fence tickets: this caller's, taken now, and the
@@ -93,10 +103,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// flight (it may be an L1 entry it found, or a value it committed, before an
     /// invalidation that completed since): a caller that came after such an
     /// invalidation does not take it.
-    pub(crate) fn join(&self, key: &K) -> Joined<K, V> {
-        let fence = &self.inner.fence;
+    pub(crate) fn join(&self, fence: &Fence, key: &K) -> Joined<K, V> {
         let now = fence.ticket(key);
-        let mut flights = lock(&self.inner.flights);
+        let mut flights = lock(&self.map);
         if let Some((outcome, began)) = flights.get(key) {
             if fence.changed_between(key, began, &now) {
                 return Joined::Overtaken(outcome.clone());
@@ -106,7 +115,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let (sender, outcome) = watch::channel(None);
         flights.insert(key.clone(), (outcome.clone(), now));
         Joined::Runner(Runner {
-            cache: self.clone(),
+            map: Arc::clone(&self.map),
             key: key.clone(),
             sender,
             outcome,
@@ -115,7 +124,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
 
     /// Whether a flight of `key` is on.
     pub(crate) fn flying(&self, key: &K) -> bool {
-        lock(&self.inner.flights).contains_key(key)
+        lock(&self.map).contains_key(key)
     }
 }
 

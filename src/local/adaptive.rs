@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::shadow::Shadow;
-use super::{L1Eviction, Moka};
+use super::Moka;
 use crate::entry::Entry;
 use crate::fence::Fence;
 use crate::key::CacheKey;
 use crate::observe::{Counter, Report};
+use crate::policy::L1Eviction;
 
 pub(crate) struct Adaptive<K, V> {
     /// The TinyLFU cache, then the LRU one.

@@ -16,26 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::{BoxError, Error};
-use crate::l2::{RemoteStore, ScanCursor, ScanStep};
+use crate::remote::store::{new_identity, RemoteStore, ScanCursor, ScanStep};
+
+mod pubsub;
+mod scripts;
+
+use self::pubsub::RedisHub;
+use self::scripts::{GET_OR_RESERVE, RELEASE, REPLACE};
 
 /// How many keys one `SCAN` step asks for, and one `UNLINK` removes.
 const SCAN_BATCH: usize = 1000;
-
-/// Reads a key; if it is empty, leaves the reservation `ARGV[1]` for `ARGV[2]` ms.
-const GET_OR_RESERVE: &str = "local v = redis.call('GET', KEYS[1]) \
-if v then return v end \
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-return false";
-
-/// Writes `ARGV[2]` for `ARGV[3]` ms only if the key holds exactly `ARGV[1]`.
-const REPLACE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end \
-return 0";
-
-/// Deletes the lease `KEYS[1]` only if it still holds the token `ARGV[1]`.
-const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-return redis.call('DEL', KEYS[1]) end \
-return 0";
 
 /// Redis as the shared tier, and as the invalidation bus.
 ///
@@ -54,19 +44,20 @@ return 0";
 /// [`TieredCacheBuilder::redis`](crate::TieredCacheBuilder::redis).
 #[derive(Clone)]
 pub struct RedisStore {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
 }
 
-pub(crate) struct Shared {
+struct Shared {
     target: Target,
     conn: OnceLock<Conn>,
     connecting: Mutex<Option<(u64, Attempt)>>,
     /// Where pub/sub connections go: the server, or each node of a cluster in turn
     /// (a cluster forwards every `PUBLISH` to all its nodes).
-    pub(crate) pubsub: Vec<Client>,
-    pub(crate) hub: crate::bus::RedisHub,
-    /// The circuit breaker of every cache on this store (made by the first).
-    pub(crate) breaker: std::sync::OnceLock<Arc<crate::breaker::Breaker>>,
+    pubsub: Vec<Client>,
+    hub: RedisHub,
+    /// This store's identity: the caches on it (and its clones) share one
+    /// circuit breaker.
+    identity: u64,
 }
 
 #[derive(Clone)]
@@ -133,8 +124,8 @@ impl RedisStore {
                 conn: OnceLock::new(),
                 connecting: Mutex::new(None),
                 pubsub,
-                hub: crate::bus::RedisHub::default(),
-                breaker: std::sync::OnceLock::new(),
+                hub: RedisHub::default(),
+                identity: new_identity(),
             }),
         }
     }
@@ -503,6 +494,10 @@ impl RemoteStore for RedisStore {
         RedisStore::ping(self).boxed()
     }
 
+    fn identity(&self) -> Option<u64> {
+        Some(self.shared.identity)
+    }
+
     fn delete_matching<'a>(
         &'a self,
         pattern: &'a str,
@@ -512,9 +507,9 @@ impl RemoteStore for RedisStore {
     }
 }
 
-/// A TTL as Redis `PX` milliseconds: at least 1, at most [`Ttl::MAX`](crate::Ttl::MAX)
+/// A TTL as Redis `PX` milliseconds: at least 1, at most [`Ttl::MAX`](crate::policy::Ttl::MAX)
 /// (Redis refuses an expiry past `i64` milliseconds).
 fn millis(ttl: Duration) -> u64 {
-    let ttl = ttl.min(crate::Ttl::MAX);
+    let ttl = ttl.min(crate::policy::Ttl::MAX);
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }

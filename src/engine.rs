@@ -1,0 +1,133 @@
+//! The engine: [`Core`] owns a cache's state (its tiers, fence, flights, report)
+//! and runs its reads and writes. The public [`TieredCache`](crate::TieredCache)
+//! is a handle to one `Core`.
+//!
+//! - `lookup.rs`: the L1 read, and what a hit late in its entry's life starts.
+//! - `flight.rs` + `flight/`: one flight per missing key: joining it
+//!   (`coalesce`), running it (`run`: L2, lease, load, fill, commit), what it
+//!   ends with (`outcome`), the fleet-wide lease wait (`lease`).
+//! - `batch.rs`: `get_many`, one L2 round trip and one batch load for many keys.
+//! - `refresh.rs`: background refreshes and the stale copies flights fall back on.
+//! - `write.rs`: inserts and invalidations, here and on the other instances.
+//! - `listen.rs`: applying the other instances' invalidations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::{Backplane, Bus};
+use crate::clock::Clock;
+use crate::fence::Fence;
+use crate::key::{CacheKey, CacheValue};
+use crate::local::{L1Capacity, L1};
+use crate::observe::{Observer, Report, Stats};
+use crate::policy::{Freshness, L1Eviction, TtlPolicy};
+use crate::remote::{Remote, RemoteParts};
+use crate::source::DynLoader;
+
+mod batch;
+pub(crate) mod flight;
+mod listen;
+pub(crate) mod lookup;
+pub(crate) mod refresh;
+mod write;
+
+use self::flight::coalesce::Flights;
+pub(crate) use self::flight::outcome::{shared, Answer, Failure, Fetched, Job};
+pub(crate) use self::lookup::Lookup;
+
+/// Everything a cache is made from, as the builder validated it.
+pub(crate) struct Settings<K, V> {
+    pub(crate) name: String,
+    pub(crate) capacity: L1Capacity<K, V>,
+    pub(crate) eviction: L1Eviction,
+    pub(crate) ttl: TtlPolicy,
+    pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
+    pub(crate) clock: Clock,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) remote: Option<RemoteParts>,
+    /// The bus's backplane and channel, and its time limit per publish.
+    pub(crate) bus: Option<(Arc<dyn Backplane>, String, Duration)>,
+    pub(crate) freshness: Freshness,
+    /// The life of a fleet-wide lease, if leases are on.
+    pub(crate) lease: Option<Duration>,
+}
+
+/// The state of one cache, and the engine that runs it.
+pub(crate) struct Core<K, V> {
+    name: String,
+    l1: L1<K, V>,
+    remote: Option<Arc<Remote>>,
+    bus: Option<Bus>,
+    loader: Option<Arc<dyn DynLoader<K, V>>>,
+    ttl: TtlPolicy,
+    clock: Clock,
+    fence: Arc<Fence>,
+    report: Arc<Report>,
+    flights: Flights<K, V>,
+    /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
+    freshness: Freshness,
+    lease: Option<Duration>,
+}
+
+impl<K: CacheKey, V: CacheValue> Core<K, V> {
+    /// Makes each part from its settings.
+    pub(crate) fn new(settings: Settings<K, V>) -> Self {
+        let report = Arc::new(Report::new(settings.observer));
+        let fence = Arc::new(Fence::new());
+        Core {
+            l1: L1::new(
+                &settings.name,
+                settings.capacity,
+                settings.eviction,
+                &fence,
+                &report,
+            ),
+            remote: settings
+                .remote
+                .map(|parts| Arc::new(Remote::new(parts, Arc::clone(&report)))),
+            bus: settings
+                .bus
+                .map(|(backplane, channel, timeout)| Bus::new(backplane, channel, timeout)),
+            name: settings.name,
+            loader: settings.loader,
+            ttl: settings.ttl,
+            clock: settings.clock,
+            fence,
+            report,
+            flights: Flights::default(),
+            freshness: settings.freshness,
+            lease: settings.lease,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn ttl(&self) -> &TtlPolicy {
+        &self.ttl
+    }
+
+    /// Where this cache reports.
+    pub(crate) fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The L2 key of `key`, if the cache has an L2.
+    pub(crate) fn l2_key(&self, key: &K) -> Option<String> {
+        self.remote.as_ref().map(|remote| remote.key(key))
+    }
+
+    /// A snapshot of the cache's counters.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.report.stats(self.l1.entry_count(), self.l1.policy());
+        if let Some(remote) = &self.remote {
+            (stats.breaker, stats.breaker_opened) = remote.breaker();
+        }
+        stats
+    }
+
+    pub(crate) async fn run_pending_tasks(&self) {
+        self.l1.run_pending_tasks().await;
+    }
+}

@@ -1,0 +1,299 @@
+//! Running a flight: per attempt, a fence ticket, the L2 read (or the one
+//! `get_many` did), the fleet lease, the load, the L2 fill and the L1 commit.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::clock::saturating_nanos;
+use crate::codec::Decoded;
+use crate::engine::flight::lease::Leased;
+use crate::engine::flight::outcome::{shared, Failure, Fetched, Flight, Job};
+use crate::engine::flight::MAX_LOAD_ATTEMPTS;
+use crate::engine::refresh::Fallback;
+use crate::engine::Core;
+use crate::entry::Entry;
+use crate::fence::Ticket;
+use crate::key::{CacheKey, CacheValue};
+use crate::observe::{Counter, LoadOutcome};
+use crate::remote::{Filled, L2Read};
+
+/// One millisecond in clock nanoseconds: L2 times are kept in milliseconds.
+const MILLI: u64 = 1_000_000;
+
+impl<K: CacheKey, V: CacheValue> Core<K, V> {
+    /// The flight itself, run by one caller (or in a task of its own).
+    pub(super) async fn run<F>(&self, key: &K, mut first: Option<F>, mut job: Job<V>) -> Flight<V>
+    where
+        F: Future<Output = Result<Fetched<V>, Failure>>,
+    {
+        let loader = self.loader.as_deref();
+        let can_load = first.is_some() || loader.is_some();
+        let mut fallback = job.fallback.take();
+        let mut last = None;
+        for _ in 0..MAX_LOAD_ATTEMPTS {
+            let (ticket, read) = match job.prepared.take() {
+                Some((ticket, read)) => (ticket, Some(read)),
+                None => {
+                    let ticket = self.fence.ticket(key);
+                    // Only a read that will load leaves a fill reservation.
+                    let reserve = first.is_some() || loader.is_some();
+                    let read = match &self.remote {
+                        Some(remote) => Some(remote.get::<V>(&remote.key(key), reserve).await),
+                        None => None,
+                    };
+                    (ticket, read)
+                }
+            };
+            let seen = match read {
+                Some(L2Read::Hit(hit, seen)) => {
+                    let now = self.clock.now();
+                    let entry = self.entry_from_l2(hit, now);
+                    let newer = job
+                        .refresh_after
+                        .is_none_or(|after| entry.fresh_until > after.saturating_add(MILLI));
+                    let revalidate = job.refresh_after.is_none()
+                        && entry.revalidates(&self.freshness, now)
+                        && self.can_refresh();
+                    if (entry.is_fresh(now) && newer) || revalidate {
+                        // Fresh, or stale within stale-while-revalidate (served
+                        // now; the caller starts the refresh).
+                        if self.commit(key, ticket, &entry).await {
+                            return Flight::Settled(entry);
+                        }
+                        self.count_superseded();
+                        last = Some(entry);
+                        continue;
+                    }
+                    fallback = Fallback::newer(fallback, Some(Fallback { entry, ticket }));
+                    Some(seen)
+                }
+                Some(L2Read::Miss(seen)) => Some(seen),
+                Some(L2Read::Unavailable) | None => None,
+            };
+            if first.is_none() && loader.is_none() {
+                if !can_load {
+                    return Flight::Settled(Entry::uncached(None));
+                }
+                break;
+            }
+            // A share of a `get_many` batch takes no lease: the batch loads
+            // every key it holds anyway.
+            let lease = match (&seen, &self.remote) {
+                (Some(_), Some(remote)) if self.lease.is_some() && job.own_load => {
+                    match self.lease(key, remote, ticket, job.refresh_after).await {
+                        Leased::Held(lease) => Some(lease),
+                        Leased::Filled(entry) => return Flight::Settled(entry),
+                        Leased::Superseded(entry) => {
+                            self.count_superseded();
+                            last = Some(entry);
+                            continue;
+                        }
+                        Leased::Free => None,
+                    }
+                }
+                _ => None,
+            };
+            let started = Instant::now();
+            let loaded = self.load(key, first.take(), &job).await;
+            let took = started.elapsed();
+            let fetched = match loaded {
+                Ok(fetched) => fetched,
+                Err(failure) => {
+                    self.release(lease).await;
+                    return self.fail_safe(key, fallback, failure).await;
+                }
+            };
+            if !fetched.keep {
+                self.release(lease).await;
+                return Flight::Unkept(fetched.value);
+            }
+            let l1_ttl = fetched
+                .ttl
+                .unwrap_or_else(|| self.ttl.l1_for(&fetched.value));
+            let entry = Entry::new(
+                fetched.value,
+                self.clock.now(),
+                l1_ttl,
+                &self.freshness,
+                took,
+            );
+            let mut filled = Filled::Unknown;
+            if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
+                let l2_ttl = fetched.ttl.unwrap_or_else(|| self.ttl.l2_for(&entry.value));
+                if !l2_ttl.is_zero() {
+                    let lifetime = self.freshness.lifetime(l2_ttl, took);
+                    let l2_key = remote.key(key);
+                    let value = entry.value.as_ref();
+                    filled = remote.fill(&l2_key, seen, value, lifetime).await;
+                }
+            }
+            self.release(lease).await;
+            if filled == Filled::Superseded {
+                self.count_superseded();
+                last = Some(entry);
+                continue;
+            }
+            if self.commit(key, ticket, &entry).await {
+                return Flight::Settled(entry);
+            }
+            self.count_superseded();
+            last = Some(entry);
+        }
+        match last {
+            Some(entry) => Flight::Superseded(entry),
+            None => Flight::Settled(Entry::uncached(None)),
+        }
+    }
+
+    /// One load: this caller's own (`first`), or the configured loader's, within
+    /// the hard timeout.
+    async fn load<F>(&self, key: &K, first: Option<F>, job: &Job<V>) -> Result<Fetched<V>, Failure>
+    where
+        F: Future<Output = Result<Fetched<V>, Failure>>,
+    {
+        let limit = self.freshness.hard_timeout.filter(|_| job.time_limit);
+        match (first, self.loader.as_deref()) {
+            (Some(first), _) if job.own_load => self.timed(1, within(limit, first)).await,
+            (Some(share), _) => within(limit, share).await,
+            (None, Some(loader)) => {
+                let load = loader
+                    .load(key)
+                    .map(|r| r.map(Fetched::cached).map_err(shared));
+                self.timed(1, within(limit, load)).await
+            }
+            (None, None) => Ok(Fetched::cached(None)),
+        }
+    }
+
+    /// A failed load: the stale copy instead, if there is one still to be served
+    /// (fail-safe), put back in L1 fresh for the throttle; else the failure.
+    async fn fail_safe(
+        &self,
+        key: &K,
+        fallback: Option<Fallback<V>>,
+        failure: Failure,
+    ) -> Flight<V> {
+        let now = self.clock.now();
+        if let Some(Fallback { entry, ticket }) = fallback {
+            if !entry.is_expired(now) {
+                let throttled = entry.throttled(now, self.freshness.throttle);
+                if self.commit(key, ticket, &throttled).await {
+                    tracing::warn!(cache = %self.name, "load failed: serving a stale copy (fail-safe)");
+                    self.report.event(Counter::FailSafe);
+                    return Flight::Stale(throttled);
+                }
+            }
+        }
+        Flight::Failed(failure)
+    }
+
+    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL.
+    pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64) -> Entry<V> {
+        let l1_ttl = self.ttl.l1_for(&hit.value).min(hit.fresh);
+        let mut entry = Entry::new(hit.value, now, l1_ttl, &self.freshness, hit.load);
+        entry.expires = entry
+            .expires
+            .min(now.saturating_add(saturating_nanos(hit.remaining)))
+            .max(entry.fresh_until);
+        entry
+    }
+
+    /// Writes `entry` to L1 unless `key` was invalidated since `ticket`. Returns
+    /// whether the fence let it through (also when L1 is off).
+    pub(crate) async fn commit(&self, key: &K, ticket: Ticket, entry: &Entry<V>) -> bool {
+        let write = async {
+            if self.l1.enabled() && !entry.is_expired(self.clock.now()) {
+                self.l1.insert(key.clone(), entry.clone()).await;
+            }
+        };
+        self.fence.commit(key, ticket, write).await
+    }
+
+    fn count_superseded(&self) {
+        self.report.event(Counter::Superseded);
+    }
+
+    /// Runs a load of `keys` keys: times it, contains a panic, counts and reports it.
+    pub(crate) async fn timed<T, F>(&self, keys: usize, load: F) -> Result<T, Failure>
+    where
+        T: Loaded,
+        F: Future<Output = Result<T, Failure>>,
+    {
+        self.report.count(Counter::Loads);
+        let span = tracing::debug_span!("tiered.load", cache = %self.name, keys);
+        let start = Instant::now();
+        let result = AssertUnwindSafe(load).catch_unwind().instrument(span).await;
+        let elapsed = start.elapsed();
+        let (outcome, result) = match result {
+            Ok(Ok(value)) => (value.outcome(), Ok(value)),
+            Ok(Err(failure)) => (LoadOutcome::Error, Err(failure)),
+            Err(panic) => (
+                LoadOutcome::Panicked,
+                Err(Failure::Panicked(panic_message(&*panic))),
+            ),
+        };
+        if outcome == LoadOutcome::Error || outcome == LoadOutcome::Panicked {
+            self.report.count(Counter::LoadErrors);
+            tracing::debug!(cache = %self.name, ?outcome, "load failed");
+        }
+        self.report
+            .with_observer(|o| o.load(outcome, keys, elapsed));
+        result
+    }
+}
+
+/// What a load produced, as an [`Observer`](crate::Observer) sees it.
+pub(crate) trait Loaded {
+    fn outcome(&self) -> LoadOutcome;
+}
+
+impl<V> Loaded for Fetched<V> {
+    fn outcome(&self) -> LoadOutcome {
+        match self.value {
+            Some(_) => LoadOutcome::Value,
+            None => LoadOutcome::Absent,
+        }
+    }
+}
+
+impl<K, V> Loaded for HashMap<K, V> {
+    fn outcome(&self) -> LoadOutcome {
+        if self.is_empty() {
+            LoadOutcome::Absent
+        } else {
+            LoadOutcome::Value
+        }
+    }
+}
+
+/// `load`, given up after `limit` (if any, and inside a tokio runtime).
+async fn within<T>(
+    limit: Option<Duration>,
+    load: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match limit {
+        Some(limit) if tokio::runtime::Handle::try_current().is_ok() => {
+            match tokio::time::timeout(limit, load).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::TimedOut(limit)),
+            }
+        }
+        _ => load.await,
+    }
+}
+
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

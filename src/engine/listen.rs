@@ -1,0 +1,86 @@
+//! The task that applies other instances' invalidations to this one.
+//!
+//! The task knows the engine only through [`Subscriber`], which [`Core`]
+//! implements: it holds it weakly, and ends when the cache is dropped (its
+//! handle in the bus also aborts it).
+
+use std::sync::{Arc, Weak};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+
+use crate::bus::{Bus, Delivery, Message};
+use crate::engine::Core;
+use crate::key::{CacheKey, CacheValue};
+
+/// What the listener needs of a cache.
+pub(crate) trait Subscriber: Send + Sync + 'static {
+    /// The cache's end of the bus.
+    fn bus(&self) -> &Bus;
+    /// Applies an invalidation another instance sent.
+    fn apply(&self, message: Message) -> BoxFuture<'_, ()>;
+    /// The subscription is up; `again`: it was up before, and messages may have
+    /// been missed since.
+    fn subscribed(&self, again: bool) -> BoxFuture<'_, ()>;
+}
+
+impl<K: CacheKey, V: CacheValue> Subscriber for Core<K, V> {
+    fn bus(&self) -> &Bus {
+        self.bus
+            .as_ref()
+            .expect("a cache with a listener has a bus")
+    }
+
+    fn apply(&self, message: Message) -> BoxFuture<'_, ()> {
+        Box::pin(self.apply_remote(message))
+    }
+
+    fn subscribed(&self, again: bool) -> BoxFuture<'_, ()> {
+        Box::pin(self.clear_l1_after_gap(again))
+    }
+}
+
+impl<K: CacheKey, V: CacheValue> Core<K, V> {
+    /// Starts the bus listener on first use. The caller that starts it waits (up
+    /// to the L2 timeout, once) for the subscription, so that what it reads is not
+    /// cleared again when the subscription comes up; nobody else ever waits.
+    pub(crate) async fn start_bus(self: &Arc<Self>) {
+        let Some(bus) = self.bus.as_ref().filter(|bus| !bus.is_listening()) else {
+            return;
+        };
+        let subscribed = bus.subscribed();
+        let weak: Weak<dyn Subscriber> = Arc::downgrade(self) as Weak<dyn Subscriber>;
+        let wait = bus.start_listener(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let stream = bus.subscribe();
+            Some(runtime.spawn(listen(weak, stream)).abort_handle())
+        });
+        if wait {
+            bus.wait_ready(subscribed).await;
+        }
+    }
+}
+
+async fn listen(
+    cache: Weak<dyn Subscriber>,
+    mut stream: futures_util::stream::BoxStream<'static, Delivery>,
+) {
+    while let Some(delivery) = stream.next().await {
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let bus = cache.bus();
+        match delivery {
+            Delivery::Subscribed => {
+                cache.subscribed(bus.is_subscribed()).await;
+                bus.mark_subscribed();
+                bus.send_unsent().await;
+            }
+            Delivery::Message(bytes) => {
+                if let Some(message) = bus.receive(&bytes) {
+                    cache.apply(message).await;
+                }
+            }
+        }
+    }
+}

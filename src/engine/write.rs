@@ -1,0 +1,134 @@
+//! The write path: inserts and invalidations, here and (through the bus) on every
+//! other instance.
+//!
+//! Each change is made in L2 first, then in L1 through the fence (so that no load
+//! that read L2 before the change can commit afterwards), then published on the
+//! bus. A change that cannot reach L2 is owed: replayed before this instance reads
+//! L2 again, and in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::Message;
+use crate::engine::Core;
+use crate::entry::Entry;
+use crate::key::{CacheKey, CacheValue};
+use crate::observe::Counter;
+use crate::pattern::{escape_glob, Pattern};
+
+impl<K: CacheKey, V: CacheValue> Core<K, V> {
+    /// Writes `value` for `key` in every tier, fresh for `l1_ttl` in L1 and
+    /// `l2_ttl` in L2, and tells the other instances to drop their copy.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
+        key: K,
+        value: V,
+        l1_ttl: Duration,
+        l2_ttl: Duration,
+    ) {
+        self.start_bus().await;
+        self.report.event(Counter::Inserts);
+        let now = self.clock.now();
+        let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
+        if let Some(remote) = &self.remote {
+            let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
+            remote
+                .set(&remote.key(&key), entry.value.as_ref(), lifetime)
+                .await;
+        }
+        let l1_write = async {
+            if self.l1.enabled() {
+                self.l1.insert(key.clone(), entry).await;
+            }
+        };
+        self.fence.supersede(&key, l1_write).await;
+        self.publish(Message::Key(key.to_key_string())).await;
+    }
+
+    /// Removes `key` from every tier, and from every other instance's L1.
+    pub(crate) async fn invalidate(self: &Arc<Self>, key: &K) {
+        self.begin_invalidation(false).await;
+        if let Some(remote) = &self.remote {
+            remote.delete(remote.key(key)).await;
+        }
+        self.fence.supersede(key, self.l1.invalidate(key)).await;
+        self.publish(Message::Key(key.to_key_string())).await;
+    }
+
+    /// Removes every key whose string form matches the Redis glob `pattern`.
+    pub(crate) async fn invalidate_pattern(self: &Arc<Self>, pattern: &str) {
+        self.begin_invalidation(false).await;
+        if let Some(remote) = &self.remote {
+            remote.delete_pattern(pattern).await;
+        }
+        self.remove_matching(Pattern::new(pattern)).await;
+        self.publish(Message::Pattern(pattern.to_owned())).await;
+    }
+
+    /// Removes every entry of this cache from every tier and instance.
+    pub(crate) async fn invalidate_all(self: &Arc<Self>) {
+        self.begin_invalidation(true).await;
+        if let Some(remote) = &self.remote {
+            remote.clear().await;
+        }
+        self.clear_l1().await;
+        self.publish(Message::All).await;
+    }
+
+    /// Applies another instance's invalidation to this one's L1, through the fence.
+    pub(crate) async fn apply_remote(&self, message: Message) {
+        self.report.event(Counter::InvalidationsReceived);
+        match message {
+            Message::Key(text) => match K::from_key_str(&text) {
+                Some(key) => self.fence.supersede(&key, self.l1.invalidate(&key)).await,
+                None => self.remove_matching(Pattern::new(escape_glob(&text))).await,
+            },
+            Message::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
+            Message::All => self.clear_l1().await,
+        }
+    }
+
+    /// Clears L1 once the bus subscription is (re)established: messages may have
+    /// been missed. `again` is false for the first subscription (L1 then only
+    /// holds what was read while the subscription was not up yet).
+    pub(crate) async fn clear_l1_after_gap(&self, again: bool) {
+        self.clear_l1().await;
+        if again {
+            self.report.event(Counter::BusResubscribes);
+            tracing::info!(cache = %self.name, "bus resubscribed: L1 cleared");
+        }
+    }
+
+    /// Starts the bus if needed, and counts and reports an invalidation.
+    async fn begin_invalidation(self: &Arc<Self>, all: bool) {
+        self.start_bus().await;
+        self.report.count(Counter::Invalidations);
+        self.report.with_observer(|o| o.invalidated(all));
+    }
+
+    /// Empties L1 through the fence: no load in flight commits what it read before.
+    async fn clear_l1(&self) {
+        self.fence.supersede_all(|| self.l1.invalidate_all()).await;
+    }
+
+    async fn remove_matching(&self, pattern: Pattern) {
+        let pattern = Arc::new(pattern);
+        self.fence
+            .supersede_pattern(Arc::clone(&pattern), || self.l1.remove_matching(&pattern))
+            .await;
+    }
+
+    /// Publishes `message`, and makes sure that what L2 still owes is replayed in
+    /// the background (other instances read L2 too: they must not wait for this
+    /// one's next read to stop seeing what it deleted).
+    async fn publish(&self, message: Message) {
+        if let Some(remote) = &self.remote {
+            remote.keep_replaying();
+        }
+        if let Some(bus) = &self.bus {
+            if !bus.publish(message).await {
+                self.report.event(Counter::BusPublishErrors);
+            }
+        }
+    }
+}

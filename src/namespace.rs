@@ -1,0 +1,83 @@
+//! [`Namespace`]: every name the cache derives from its prefix, name and schema
+//! version — its Redis keys, the globs that walk them, its lease keys and its bus
+//! channel — made in one place, so that they cannot drift apart.
+
+use crate::key::CacheKey;
+use crate::pattern::escape_glob;
+
+/// `{prefix}:{cache name}:{schema version}:`, and the names made from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Namespace {
+    /// `{prefix}:{name}:{schema}:` (or `{name}:{schema}:` with an empty prefix).
+    base: String,
+    /// `base`, escaped for globs.
+    glob_base: String,
+}
+
+impl Namespace {
+    /// The namespace of cache `name` at `schema_version` under `prefix` (which
+    /// the builder has checked: no glob characters, `:` allowed).
+    pub(crate) fn new(prefix: &str, name: &str, schema_version: u32) -> Self {
+        let base = if prefix.is_empty() {
+            format!("{name}:{schema_version}:")
+        } else {
+            format!("{prefix}:{name}:{schema_version}:")
+        };
+        Namespace {
+            glob_base: escape_glob(&base),
+            base,
+        }
+    }
+
+    /// The store key of a cache key.
+    pub(crate) fn key<K: CacheKey>(&self, key: &K) -> String {
+        let mut out = String::with_capacity(self.base.len() + 16);
+        out.push_str(&self.base);
+        key.write_key(&mut out);
+        out
+    }
+
+    /// The store glob of a glob over cache keys' string forms.
+    pub(crate) fn glob(&self, pattern: &str) -> String {
+        format!("{}{pattern}", self.glob_base)
+    }
+
+    /// The store glob of every key of the namespace.
+    pub(crate) fn everything(&self) -> String {
+        self.glob("*")
+    }
+
+    /// The lease key of a cache key: outside the namespace's keys (no pattern or
+    /// namespace walk of entries matches it).
+    pub(crate) fn lease_key<K: CacheKey>(&self, key: &K) -> String {
+        let mut out = String::with_capacity(self.base.len() + 24);
+        out.push_str(self.base.strip_suffix(':').unwrap_or(&self.base));
+        out.push_str("#lease:");
+        key.write_key(&mut out);
+        out
+    }
+
+    /// The invalidation bus channel of the namespace.
+    pub(crate) fn channel(&self) -> String {
+        format!("tiered-bus:{}", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::Pattern;
+
+    #[test]
+    fn every_name_derives_from_one_base() {
+        let ns = Namespace::new("svc:prod", "users", 2);
+        assert_eq!(ns.key(&7u64), "svc:prod:users:2:7");
+        assert_eq!(ns.lease_key(&7u64), "svc:prod:users:2#lease:7");
+        assert_eq!(ns.channel(), "tiered-bus:svc:prod:users:2:");
+        let all = Pattern::new(ns.everything());
+        assert!(all.matches(&ns.key(&"a*b".to_owned())));
+        assert!(!all.matches(&ns.lease_key(&7u64)), "leases are outside");
+        assert!(!all.matches(&Namespace::new("svc:prod", "users", 3).key(&7u64)));
+        assert_eq!(Namespace::new("", "t", 1).key(&1u8), "t:1:1");
+    }
+}

@@ -1,0 +1,113 @@
+//! The shared tier (L2) of one cache: its store behind a gate (breaker and
+//! timeout), the keys of its namespace, the wire format, and the work it owes.
+//!
+//! - `store.rs`: the [`RemoteStore`] port (bytes in, bytes out).
+//! - `gate.rs`: every call's breaker, timeout and counting.
+//! - `read.rs`: reads, which leave a fill reservation on a miss.
+//! - `fill.rs`: writes: race-proof fills and explicit overwrites.
+//! - `owed.rs`: deletions that could not reach the store, replayed before the
+//!   store is read again, and by a background task.
+//! - `lease.rs`: the fleet-wide load lease.
+//!
+//! # Fills that an invalidation cannot be overwritten by
+//!
+//! A read that finds nothing in L2 leaves a *fill reservation* in the key (a unique
+//! token, atomically, only if the key is still empty) before it loads. Its fill
+//! then replaces exactly those bytes (compare-and-set), or nothing. Whatever
+//! changes the key in between — a deletion by `invalidate`, a `SCAN` + `UNLINK` of a
+//! pattern or of the whole namespace, an `insert`, another instance's fill — makes
+//! the fill a no-op, on any instance, with no clock involved: a reservation that
+//! expired is simply gone, and the fill finds nothing to replace. A read that finds
+//! another reader's reservation loads too and may replace it (first fill wins).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::breaker::BreakerSettings;
+use crate::clock::Clock;
+use crate::codec::Wire;
+use crate::error::BoxError;
+use crate::key::CacheKey;
+use crate::namespace::Namespace;
+use crate::observe::{BreakerState, Report};
+
+mod fill;
+mod gate;
+mod lease;
+mod owed;
+mod read;
+pub(crate) mod store;
+
+pub(crate) use self::fill::Filled;
+use self::gate::Gate;
+pub(crate) use self::lease::Lease;
+use self::owed::Owed;
+pub(crate) use self::read::{L2Read, Seen};
+pub use self::store::{RemoteStore, ScanCursor, ScanStep};
+
+/// The L2 tier of one cache.
+pub(crate) struct Remote {
+    gate: Gate,
+    owed: Owed,
+    namespace: Namespace,
+    wire: Wire,
+    /// How long a reader's fill reservation lasts.
+    reservation_ttl: Duration,
+}
+
+/// What the L2 tier is made of, from the builder's settings.
+pub(crate) struct RemoteParts {
+    pub(crate) store: Arc<dyn RemoteStore>,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) clock: Clock,
+    pub(crate) timeout: Duration,
+    pub(crate) reservation_ttl: Duration,
+    pub(crate) namespace: Namespace,
+    pub(crate) wire: Wire,
+}
+
+impl Remote {
+    pub(crate) fn new(parts: RemoteParts, report: Arc<Report>) -> Self {
+        Remote {
+            gate: Gate::new(
+                parts.store,
+                parts.breaker,
+                parts.clock,
+                parts.timeout,
+                report,
+            ),
+            owed: Owed::new(parts.timeout),
+            namespace: parts.namespace,
+            wire: parts.wire,
+            reservation_ttl: parts.reservation_ttl,
+        }
+    }
+
+    /// The store key of a cache key.
+    pub(crate) fn key<K: CacheKey>(&self, key: &K) -> String {
+        self.namespace.key(key)
+    }
+
+    /// The breaker's state and how often it opened.
+    pub(crate) fn breaker(&self) -> (BreakerState, u64) {
+        self.gate.breaker()
+    }
+
+    fn report(&self) -> &Report {
+        self.gate.report()
+    }
+
+    /// Runs one store call through the gate, once owed deletions are done.
+    /// `None` when the breaker is open, deletions are still owed, or the call
+    /// failed or timed out (counted).
+    async fn call<T, F>(&self, op: &'static str, call: F) -> Option<T>
+    where
+        F: Future<Output = Result<T, BoxError>>,
+    {
+        if self.owed.is_owed() && !self.owed.flush(&self.gate, &self.namespace).await {
+            return None;
+        }
+        self.gate.call(op, call).await
+    }
+}

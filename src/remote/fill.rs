@@ -1,0 +1,105 @@
+//! Writes to the shared tier: a loaded entry's fill (compare-and-set against
+//! what its read saw, so that no invalidation since is overwritten) and an
+//! explicit insert's overwrite (owed as a deletion if it cannot land).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::codec::EncodeError;
+use crate::observe::Counter;
+use crate::policy::Lifetime;
+use crate::remote::owed::Work;
+use crate::remote::{Remote, Seen};
+
+/// How a fill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filled {
+    Written,
+    /// The key changed since the read: an invalidation (or another fill) came first.
+    Superseded,
+    /// Skipped or failed: unknown whether anything changed.
+    Unknown,
+}
+
+impl Remote {
+    /// Writes a loaded entry (a value or an absence) for its `lifetime`, only if
+    /// the key still holds what the read saw.
+    pub(crate) async fn fill<V: Serialize>(
+        &self,
+        key: &str,
+        seen: &Seen,
+        value: Option<&V>,
+        lifetime: Lifetime,
+    ) -> Filled {
+        let ttl = self.store_ttl(lifetime);
+        let bytes = match self.wire.encode(value, lifetime, key) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                self.not_encoded(key, &error);
+                return Filled::Unknown;
+            }
+        };
+        let replace = self.gate.store().replace(key, &seen.0, &bytes, ttl);
+        match self.call("fill", replace).await {
+            Some(true) => Filled::Written,
+            Some(false) => Filled::Superseded,
+            None => Filled::Unknown,
+        }
+    }
+
+    /// Overwrites the entry of `key` (an explicit insert). Returns whether it
+    /// landed; if not (or if this call is cancelled), the old entry is deleted
+    /// later instead, before the store is read again.
+    pub(crate) async fn set<V: Serialize>(
+        &self,
+        key: &str,
+        value: Option<&V>,
+        lifetime: Lifetime,
+    ) -> bool {
+        let ttl = self.store_ttl(lifetime);
+        let mut owed = self.owed.until_done(Work::Key(key.to_owned()));
+        match self.wire.encode(value, lifetime, key) {
+            Ok(bytes) => {
+                let landed = self
+                    .call("set", self.gate.store().set(key, &bytes, ttl))
+                    .await
+                    .is_some();
+                if landed {
+                    owed.done();
+                }
+                landed
+            }
+            Err(error) => {
+                // The old entry must not outlive the insert: delete it now.
+                self.not_encoded(key, &error);
+                owed.done();
+                self.delete(key.to_owned()).await
+            }
+        }
+    }
+
+    /// How long the store keeps an entry: past its usable time by a grace (up to
+    /// the fill window), so that a fill that read the entry still finds its bytes
+    /// there when it ran past their expiry (the entry reads as a miss meanwhile).
+    /// Without it, a load racing its entry's expiry would see the key change
+    /// under it and load again.
+    fn store_ttl(&self, lifetime: Lifetime) -> Duration {
+        let grace = self.reservation_ttl.min(lifetime.keep);
+        lifetime.keep.saturating_add(grace)
+    }
+
+    /// Counts a value that is not written to L2 (it stays L1-only).
+    fn not_encoded(&self, key: &str, error: &EncodeError) {
+        match error {
+            EncodeError::TooLarge(bytes) => {
+                tracing::debug!(key, bytes, "value past l2_max_value_bytes: L1 only");
+                self.report().event(Counter::L2Oversized);
+            }
+            EncodeError::Codec(_) => {
+                tracing::warn!(key, %error, "value does not encode: L1 only");
+                self.report().l2_error();
+            }
+        }
+    }
+}

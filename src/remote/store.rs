@@ -1,0 +1,130 @@
+//! The shared tier's port: [`RemoteStore`], a key-value store at the level of
+//! bytes, implemented by the Redis adapter (`redis.rs`), the in-memory double
+//! (`memory/`) and users' own stores.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::BoxError;
+
+/// A shared key-value store for the L2 tier, at the level of bytes.
+///
+/// Futures are boxed so that a cache can hold any store as `Arc<dyn RemoteStore>`.
+/// Implementations report failures as errors; the cache wraps every call in its own
+/// timeout and circuit breaker and never lets a store error fail a read.
+/// [`get_or_reserve`](RemoteStore::get_or_reserve) and
+/// [`replace`](RemoteStore::replace) must each be atomic on their key: they are what
+/// keeps a load that raced an invalidation from writing its old value back.
+pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
+    /// The bytes at `key`, if any.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>>;
+
+    /// The bytes at each of `keys`, in order (one round trip where the store can).
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, BoxError>>;
+
+    /// The bytes at `key`; if there are none, stores `reservation` there for `ttl`
+    /// (atomically with the read) and returns `None`.
+    fn get_or_reserve<'a>(
+        &'a self,
+        key: &'a str,
+        reservation: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>>;
+
+    /// Stores `value` at `key` for `ttl`, whatever was there.
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Stores `value` at `key` for `ttl` only if `key` holds exactly `expected`
+    /// (atomically); returns whether it did.
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>>;
+
+    /// Takes the lease `key` for `ttl` if no one holds it (`SET key token NX PX`);
+    /// returns whether this caller now holds it. The default (for stores without
+    /// leases) always grants it: every instance loads for itself.
+    fn lease<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        let _ = (key, token, ttl);
+        Box::pin(async { Ok(true) })
+    }
+
+    /// Gives the lease `key` back if it is still held with `token` (atomically);
+    /// a lease that expired and was taken by another is left alone.
+    fn release<'a>(&'a self, key: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<(), BoxError>> {
+        let _ = (key, token);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Removes `keys`.
+    fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>>;
+
+    /// Checks that the store answers (the circuit breaker's background probe).
+    /// The default reads a key that is never written.
+    fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        Box::pin(async move { self.get("tiered:ping").await.map(|_| ()) })
+    }
+
+    /// One step of removing every key that matches the Redis glob `pattern`
+    /// (`SCAN MATCH` + `UNLINK` of one batch, on every node of a cluster in turn),
+    /// starting at `cursor` ([`ScanCursor::default`] for the first step). Keys that
+    /// exist from the first step to the last are removed.
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        cursor: ScanCursor,
+    ) -> BoxFuture<'a, Result<ScanStep, BoxError>>;
+
+    /// Which store this is, for sharing one circuit breaker: caches whose stores
+    /// return the same `Some(id)` (clones of one `RedisStore`, say) share a
+    /// breaker, so that one outage opens it once for all of them and one probe
+    /// closes it. Ids must be unique per underlying store within the process.
+    /// The default, `None`, gives each cache a breaker of its own.
+    fn identity(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A fresh process-unique store identity, for [`RemoteStore::identity`].
+pub(crate) fn new_identity() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a [`RemoteStore::delete_matching`] walk is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    /// The node being scanned (0 for a single server; the index of a cluster master
+    /// in address order).
+    pub node: usize,
+    /// The `SCAN` cursor on that node.
+    pub position: u64,
+}
+
+/// What one [`RemoteStore::delete_matching`] step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStep {
+    /// Keys removed by this step.
+    pub deleted: u64,
+    /// Where to go on, or `None` when the walk is complete.
+    pub next: Option<ScanCursor>,
+}
