@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 
+use crate::backoff::Backoff;
+
 pub(crate) mod backplane;
 pub(crate) mod message;
 
@@ -31,6 +33,10 @@ const MAX_UNSENT: usize = 1000;
 
 /// How long after a failed publish the next change only keeps its message.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The background sender's backoff: first delay and cap.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 /// One cache's end of the bus.
 pub(crate) struct Bus {
@@ -44,9 +50,15 @@ pub(crate) struct Bus {
     has_unsent: AtomicBool,
     /// When a send last failed (then sends wait [`RETRY_AFTER`]).
     failed_at: Mutex<Option<std::time::Instant>>,
+    /// Held by the one caller sending kept messages.
+    send_lock: futures_util::lock::Mutex<()>,
+    /// Whether the background sender runs.
+    sending: AtomicBool,
     /// The listener task, started on first use (`None` outside a tokio runtime);
     /// aborted with the cache.
     listener: OnceLock<Option<AbortOnDrop>>,
+    /// When the listener was started.
+    started_at: OnceLock<std::time::Instant>,
     /// Whether the first subscription is up.
     ready: AtomicBool,
     ready_notify: tokio::sync::Notify,
@@ -70,7 +82,10 @@ impl Bus {
             unsent: Mutex::new(Vec::new()),
             has_unsent: AtomicBool::new(false),
             failed_at: Mutex::new(None),
+            send_lock: futures_util::lock::Mutex::new(()),
+            sending: AtomicBool::new(false),
             listener: OnceLock::new(),
+            started_at: OnceLock::new(),
             ready: AtomicBool::new(false),
             ready_notify: tokio::sync::Notify::new(),
         }
@@ -94,42 +109,35 @@ impl Bus {
         }
     }
 
-    /// Whether the listener was started (or could not be, outside a runtime).
-    pub(crate) fn is_listening(&self) -> bool {
-        self.listener.get().is_some()
-    }
-
     /// Starts the listener once (`start` spawns it and returns its task, or
-    /// `None` outside a runtime). Returns whether the caller should wait for
-    /// the first subscription: it started the listener, which is not up yet.
-    pub(crate) fn start_listener(
-        &self,
-        start: impl FnOnce() -> Option<tokio::task::AbortHandle>,
-    ) -> bool {
-        if self.listener.get().is_some() {
-            return false;
-        }
-        let mut started = false;
-        let listening = self.listener.get_or_init(|| {
-            started = true;
+    /// `None` outside a runtime).
+    pub(crate) fn start_listener(&self, start: impl FnOnce() -> Option<tokio::task::AbortHandle>) {
+        self.listener.get_or_init(|| {
+            let _ = self.started_at.set(std::time::Instant::now());
             start().map(AbortOnDrop)
         });
-        started && listening.is_some() && !self.ready.load(Ordering::Acquire)
     }
 
-    /// Waits (up to the timeout) for the first subscription, if the caller
-    /// started the listener. `subscribed` must be taken before starting it.
-    pub(crate) async fn wait_ready(&self, subscribed: tokio::sync::futures::Notified<'_>) {
-        let _ = tokio::time::timeout(self.timeout, subscribed).await;
+    /// How long a caller may still wait for the first subscription: within one
+    /// timeout of the listener's start, while it is not up. (Past that, nobody
+    /// waits: a Redis that is down at start-up costs each read nothing.)
+    pub(crate) fn startup_left(&self) -> Option<Duration> {
+        if self.listener.get().is_some_and(Option::is_none) {
+            return None; // no runtime, no listener
+        }
+        let started = self.started_at.get()?;
+        self.timeout.checked_sub(started.elapsed())
     }
 
     /// A future that completes when the first subscription is up (take it
-    /// before [`start_listener`](Self::start_listener)).
+    /// before checking [`is_subscribed`](Self::is_subscribed), so that the
+    /// notification cannot fall between the two).
     pub(crate) fn subscribed(&self) -> tokio::sync::futures::Notified<'_> {
         self.ready_notify.notified()
     }
 
-    /// Whether a subscription was up before.
+    /// Whether the subscription has been up (it may be down now: then it
+    /// yields a new subscription, and L1 is cleared, when it is back).
     pub(crate) fn is_subscribed(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -141,24 +149,76 @@ impl Bus {
     }
 
     /// Sends `message` (after any that could not be sent before). Returns whether
-    /// everything was sent; what was not is kept for the next call. Within
-    /// [`RETRY_AFTER`] of a failed send, nothing is tried (an unreachable Redis
-    /// costs a change no timeout); the listener sends what is kept when its
-    /// subscription comes back.
-    pub(crate) async fn publish(&self, message: Message) -> bool {
+    /// everything was sent; what was not is kept and sent again by a background
+    /// task (with backoff) until it is. Within [`RETRY_AFTER`] of a failed send,
+    /// nothing is tried here (an unreachable Redis costs a change no timeout).
+    pub(crate) async fn publish(self: &Arc<Self>, message: Message) -> bool {
         self.keep(message);
         let failed_at = *self
             .failed_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            self.keep_sending();
             return false;
         }
-        self.send_unsent().await
+        let sent = self.send_unsent().await;
+        if !sent {
+            self.keep_sending();
+        }
+        sent
+    }
+
+    /// Keeps `message` and has it sent in the background (for callers that
+    /// cannot wait: owed work that landed during a read).
+    pub(crate) fn enqueue(self: &Arc<Self>, message: Message) {
+        self.keep(message);
+        self.keep_sending();
+    }
+
+    /// Starts the background sender of kept messages, unless it runs. It tries
+    /// at once, then backs off (50 ms doubling to 5 s) until nothing is kept or
+    /// the cache is dropped. Needs a tokio runtime (else the next publish or
+    /// resubscription sends what is kept).
+    fn keep_sending(self: &Arc<Self>) {
+        if self.sending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sending.store(false, Ordering::Release);
+            return;
+        };
+        let bus = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP, 0.25);
+            loop {
+                let Some(bus) = bus.upgrade() else {
+                    return;
+                };
+                if bus.send_unsent().await {
+                    bus.sending.store(false, Ordering::Release);
+                    // Kept again meanwhile, with nobody to send it: go on.
+                    if !bus.has_unsent.load(Ordering::Acquire)
+                        || bus.sending.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                    backoff.reset();
+                    continue;
+                }
+                drop(bus);
+                backoff.wait().await;
+            }
+        });
     }
 
     /// Sends what is kept. Returns whether nothing is left.
     pub(crate) async fn send_unsent(&self) -> bool {
+        if !self.has_unsent.load(Ordering::Acquire) {
+            return true;
+        }
+        // One sender at a time, so that a message is not sent twice by two.
+        let _sending = self.send_lock.lock().await;
         if !self.has_unsent.load(Ordering::Acquire) {
             return true;
         }

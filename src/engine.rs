@@ -11,17 +11,17 @@
 //! - `write.rs`: inserts and invalidations, here and on the other instances.
 //! - `listen.rs`: applying the other instances' invalidations.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::bus::{Backplane, Bus};
+use crate::bus::{Backplane, Bus, Message};
 use crate::clock::Clock;
 use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
 use crate::observe::{Observer, Report, Stats};
 use crate::policy::{Freshness, L1Eviction, TtlPolicy};
-use crate::remote::{Remote, RemoteParts};
+use crate::remote::{Announce, Landed, Remote, RemoteParts};
 use crate::source::DynLoader;
 
 mod batch;
@@ -57,7 +57,7 @@ pub(crate) struct Core<K, V> {
     name: String,
     l1: L1<K, V>,
     remote: Option<Arc<Remote>>,
-    bus: Option<Bus>,
+    bus: Option<Arc<Bus>>,
     loader: Option<Arc<dyn DynLoader<K, V>>>,
     ttl: TtlPolicy,
     clock: Clock,
@@ -74,6 +74,21 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     pub(crate) fn new(settings: Settings<K, V>) -> Self {
         let report = Arc::new(Report::new(settings.observer));
         let fence = Arc::new(Fence::new());
+        let bus = settings
+            .bus
+            .map(|(backplane, channel, timeout)| Arc::new(Bus::new(backplane, channel, timeout)));
+        // Owed work that lands later is published then (the other instances
+        // must drop what they re-read from L2 meanwhile).
+        let announce_on = bus.as_ref().map(Arc::downgrade);
+        let announce: Announce = Box::new(move |landed| {
+            if let Some(bus) = announce_on.as_ref().and_then(Weak::upgrade) {
+                bus.enqueue(match landed {
+                    Landed::Key(key) => Message::Key(key),
+                    Landed::Pattern(glob) => Message::Pattern(glob),
+                    Landed::All => Message::All,
+                });
+            }
+        });
         Core {
             l1: L1::new(
                 &settings.name,
@@ -84,10 +99,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             ),
             remote: settings
                 .remote
-                .map(|parts| Arc::new(Remote::new(parts, Arc::clone(&report)))),
-            bus: settings
-                .bus
-                .map(|(backplane, channel, timeout)| Bus::new(backplane, channel, timeout)),
+                .map(|parts| Remote::new(parts, Arc::clone(&report), announce)),
+            bus,
             name: settings.name,
             loader: settings.loader,
             ttl: settings.ttl,

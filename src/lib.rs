@@ -29,6 +29,9 @@
 //! - `macros` (default): the `#[cached_tier]` attribute.
 //! - `metrics`: `MetricsObserver`, reporting to the `metrics` facade.
 //! - `encryption`: `Encryption`, AES-256-GCM at rest for L2 values.
+//! - `testing`: `MemoryStore` and `MemoryBus`, an in-memory L2 and bus with
+//!   Redis's semantics and fault injection, to run several instances of a cache
+//!   in one test process with no server.
 //!
 //! [moka]: https://docs.rs/moka
 
@@ -56,6 +59,8 @@ mod bus;
 mod local;
 mod remote;
 // adapters (and the ports they implement: remote/store.rs, bus/backplane.rs, source.rs)
+#[cfg(feature = "testing")]
+mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 mod source;
@@ -88,6 +93,8 @@ pub use codec::Encryption;
 pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
 pub use error::{BoxError, Error, SharedError};
 pub use key::{CacheKey, CacheValue};
+#[cfg(feature = "testing")]
+pub use memory::{MemoryBus, MemoryStore, StoreOp};
 #[cfg(feature = "metrics")]
 pub use observe::metrics::MetricsObserver;
 pub use observe::{BreakerState, LoadOutcome, Observer, Stats, Tier, TierStats};
@@ -160,3 +167,8 @@ pub use tiered_macros::cached_tier;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/GUIDE.md")]
+pub struct GuideDoctests;

@@ -70,6 +70,17 @@ where
         }
     }
 
+    /// A read of `key` by a caller that holds the key's fence locks (see
+    /// `Fence::exclusive`): the same as [`get`](Self::get), except that an
+    /// adaptive L1 moves nothing between its caches (which would take the locks
+    /// again).
+    pub(crate) async fn get_locked(&self, key: &K) -> Option<Entry<V>> {
+        match &self.repr {
+            Repr::Fixed(cache, _) => cache.get(key).await,
+            Repr::Adaptive(adaptive) => adaptive.get_in_place(key).await,
+        }
+    }
+
     /// Whether `key` has an entry (not counted by the policy).
     pub(crate) fn contains_key(&self, key: &K) -> bool {
         match &self.repr {

@@ -57,6 +57,16 @@ impl Namespace {
         out
     }
 
+    /// The cache key's string form in a store key of this namespace.
+    pub(crate) fn key_of<'a>(&self, store_key: &'a str) -> Option<&'a str> {
+        store_key.strip_prefix(&self.base)
+    }
+
+    /// The glob over cache keys in a store glob of this namespace.
+    pub(crate) fn pattern_of<'a>(&self, store_glob: &'a str) -> Option<&'a str> {
+        store_glob.strip_prefix(&self.glob_base)
+    }
+
     /// The invalidation bus channel of the namespace.
     pub(crate) fn channel(&self) -> String {
         format!("tiered-bus:{}", self.base)
@@ -79,5 +89,9 @@ mod tests {
         assert!(!all.matches(&ns.lease_key(&7u64)), "leases are outside");
         assert!(!all.matches(&Namespace::new("svc:prod", "users", 3).key(&7u64)));
         assert_eq!(Namespace::new("", "t", 1).key(&1u8), "t:1:1");
+        let key = "a*b[c]".to_owned();
+        assert_eq!(ns.key_of(&ns.key(&key)), Some(key.as_str()));
+        assert_eq!(ns.pattern_of(&ns.glob("user:[0-9]*")), Some("user:[0-9]*"));
+        assert_eq!(ns.key_of("other:users:2:7"), None);
     }
 }

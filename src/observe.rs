@@ -89,6 +89,10 @@ pub trait Observer: Send + Sync + 'static {
     fn bus_resubscribed(&self) {}
     /// A bus message could not be published at first (it is kept and sent again).
     fn bus_publish_failed(&self) {}
+    /// A message from another instance could not be applied (a panic in
+    /// [`CacheKey::from_key_str`](crate::CacheKey::from_key_str), say): L1 was
+    /// cleared instead, and the listener goes on.
+    fn bus_apply_failed(&self) {}
     /// A shared-tier call failed or timed out (the read went on without it).
     fn l2_error(&self) {}
     /// A background refresh started (early refresh, or stale-while-revalidate).
@@ -166,6 +170,9 @@ pub struct Stats {
     pub bus_resubscribes: u64,
     /// Bus messages that could not be published at first (kept and sent again).
     pub bus_publish_errors: u64,
+    /// Messages from other instances that could not be applied (each cleared L1
+    /// instead).
+    pub bus_apply_failures: u64,
     /// Background refreshes started (early refresh and stale-while-revalidate).
     pub refreshes: u64,
     /// Stale values handed to callers (stale-while-revalidate, fail-safe, soft
@@ -229,6 +236,7 @@ pub(crate) enum Counter {
     InvalidationsReceived,
     BusResubscribes,
     BusPublishErrors,
+    BusApplyFailures,
     Refreshes,
     StaleServed,
     FailSafe,
@@ -239,7 +247,7 @@ pub(crate) enum Counter {
 
 impl Counter {
     /// Every counter, in declaration order (their discriminants index the lanes).
-    const ALL: [Counter; 24] = [
+    const ALL: [Counter; 25] = [
         Counter::L1Hits,
         Counter::L1Misses,
         Counter::L2Hits,
@@ -258,6 +266,7 @@ impl Counter {
         Counter::InvalidationsReceived,
         Counter::BusResubscribes,
         Counter::BusPublishErrors,
+        Counter::BusApplyFailures,
         Counter::Refreshes,
         Counter::StaleServed,
         Counter::FailSafe,
@@ -344,6 +353,7 @@ impl Counters {
             invalidations_received: self.get(Counter::InvalidationsReceived),
             bus_resubscribes: self.get(Counter::BusResubscribes),
             bus_publish_errors: self.get(Counter::BusPublishErrors),
+            bus_apply_failures: self.get(Counter::BusApplyFailures),
             refreshes: self.get(Counter::Refreshes),
             stale_served: self.get(Counter::StaleServed),
             fail_safe: self.get(Counter::FailSafe),
@@ -427,6 +437,7 @@ impl Report {
                 Counter::L2NamespaceClears => observer.l2_namespace_cleared(),
                 Counter::BusResubscribes => observer.bus_resubscribed(),
                 Counter::BusPublishErrors => observer.bus_publish_failed(),
+                Counter::BusApplyFailures => observer.bus_apply_failed(),
                 Counter::Coalesced => observer.coalesced(),
                 Counter::Superseded => observer.superseded(),
                 Counter::InvalidationsReceived => observer.invalidation_received(),

@@ -233,6 +233,17 @@ impl RedisStore {
         })
     }
 
+    /// Runs a script (`EVALSHA`, loading it first where the server lacks it).
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BoxError> {
+        Ok(match self.connection().await? {
+            Conn::Standalone(mut c) => script.invoke_async(&mut c).await?,
+            Conn::Cluster(mut c) => script.invoke_async(&mut c).await?,
+        })
+    }
+
     async fn unlink(&self, keys: &[String]) -> Result<(), BoxError> {
         for batch in keys.chunks(SCAN_BATCH) {
             self.query::<()>(redis::cmd("UNLINK").arg(batch)).await?;
@@ -401,14 +412,9 @@ impl RemoteStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
         async move {
-            let eval = redis::cmd("EVAL")
-                .arg(GET_OR_RESERVE)
-                .arg(1)
-                .arg(key)
-                .arg(reservation)
-                .arg(millis(ttl))
-                .clone();
-            self.query(&eval).await
+            let mut script = GET_OR_RESERVE.prepare_invoke();
+            script.key(key).arg(reservation).arg(millis(ttl));
+            self.eval(&script).await
         }
         .boxed()
     }
@@ -440,15 +446,9 @@ impl RemoteStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, BoxError>> {
         async move {
-            let eval = redis::cmd("EVAL")
-                .arg(REPLACE)
-                .arg(1)
-                .arg(key)
-                .arg(expected)
-                .arg(value)
-                .arg(millis(ttl))
-                .clone();
-            Ok(self.query::<i64>(&eval).await? == 1)
+            let mut script = REPLACE.prepare_invoke();
+            script.key(key).arg(expected).arg(value).arg(millis(ttl));
+            Ok(self.eval::<i64>(&script).await? == 1)
         }
         .boxed()
     }
@@ -475,13 +475,9 @@ impl RemoteStore for RedisStore {
 
     fn release<'a>(&'a self, key: &'a str, token: &'a [u8]) -> BoxFuture<'a, Result<(), BoxError>> {
         async move {
-            let eval = redis::cmd("EVAL")
-                .arg(RELEASE)
-                .arg(1)
-                .arg(key)
-                .arg(token)
-                .clone();
-            self.query::<i64>(&eval).await.map(|_| ())
+            let mut script = RELEASE.prepare_invoke();
+            script.key(key).arg(token);
+            self.eval::<i64>(&script).await.map(|_| ())
         }
         .boxed()
     }

@@ -21,7 +21,7 @@
 //! another reader's reservation loads too and may replace it (first fill wins).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::breaker::BreakerSettings;
@@ -54,7 +54,26 @@ pub(crate) struct Remote {
     wire: Wire,
     /// How long a reader's fill reservation lasts.
     reservation_ttl: Duration,
+    /// Told of owed work once it landed (the engine publishes it on the bus).
+    announce: Announce,
+    /// This tier, for the background replay it starts.
+    this: Weak<Remote>,
 }
+
+/// A change that was owed and has now landed in the store, in the cache's
+/// terms: what other instances must now drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Landed {
+    /// A key, in its string form.
+    Key(String),
+    /// A glob over keys' string forms.
+    Pattern(String),
+    /// The whole namespace.
+    All,
+}
+
+/// What the tier tells of owed work that landed.
+pub(crate) type Announce = Box<dyn Fn(Landed) + Send + Sync>;
 
 /// What the L2 tier is made of, from the builder's settings.
 pub(crate) struct RemoteParts {
@@ -68,8 +87,9 @@ pub(crate) struct RemoteParts {
 }
 
 impl Remote {
-    pub(crate) fn new(parts: RemoteParts, report: Arc<Report>) -> Self {
-        Remote {
+    /// The tier, in an `Arc` (its background replay holds it weakly).
+    pub(crate) fn new(parts: RemoteParts, report: Arc<Report>, announce: Announce) -> Arc<Self> {
+        Arc::new_cyclic(|this| Remote {
             gate: Gate::new(
                 parts.store,
                 parts.breaker,
@@ -81,7 +101,9 @@ impl Remote {
             namespace: parts.namespace,
             wire: parts.wire,
             reservation_ttl: parts.reservation_ttl,
-        }
+            announce,
+            this: this.clone(),
+        })
     }
 
     /// The store key of a cache key.
@@ -105,7 +127,7 @@ impl Remote {
     where
         F: Future<Output = Result<T, BoxError>>,
     {
-        if self.owed.is_owed() && !self.owed.flush(&self.gate, &self.namespace).await {
+        if self.owed.is_owed() && self.replay().await != owed::Replayed::Done {
             return None;
         }
         self.gate.call(op, call).await

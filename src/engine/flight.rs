@@ -76,13 +76,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         self.start_bus().await;
+        let can_load = first.is_some() || self.loader.is_some();
         let detach = first.is_none() && self.can_refresh();
         // A stale copy this caller takes at the soft timeout (detached loads only).
         let soft = (self.freshness.soft_timeout.filter(|_| detach))
             .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
         let mut round = 1;
         loop {
-            let (waiting, ran, overtaken) = match self.flights.join(&self.fence, key) {
+            let (waiting, ran, overtaken) = match self.flights.join(&self.fence, key, can_load) {
                 Joined::Waiter(outcome) => (outcome, false, false),
                 Joined::Overtaken(outcome) => (outcome, false, true),
                 Joined::Runner(runner) => {
@@ -138,12 +139,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     /// `key`'s L1 entry if it is fresh. Reads L1 only if the key is there, so
-    /// that a miss is not counted twice in moka's frequency sketch.
+    /// that a miss is not counted twice in moka's frequency sketch, and then
+    /// under the key's fence locks: an invalidation that has moved the fence but
+    /// not yet emptied L1 is waited for, so that the entry this flight hands its
+    /// waiters is no older than the ticket it joined them with.
     async fn fresh_in_l1(&self, key: &K) -> Option<Entry<V>> {
         if !self.l1.contains_key(key) {
             return None;
         }
-        let entry = self.l1.get(key).await?;
+        let entry = self.fence.exclusive(key, self.l1.get_locked(key)).await?;
         entry.is_fresh(self.clock.now()).then_some(entry)
     }
 
@@ -183,7 +187,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Starts `key`'s flight with the configured loader in a task of its own,
     /// unless one is on; returns whether it started one. Needs a tokio runtime.
     pub(crate) fn launch(self: &Arc<Self>, key: &K, job: Job<V>) -> bool {
-        let Joined::Runner(runner) = self.flights.join(&self.fence, key) else {
+        let Joined::Runner(runner) = self.flights.join(&self.fence, key, true) else {
             return false;
         };
         self.spawn_flight(key, runner, job);

@@ -6,8 +6,10 @@
 
 use std::sync::{Arc, Weak};
 
+use std::panic::AssertUnwindSafe;
+
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::bus::{Bus, Delivery, Message};
 use crate::engine::Core;
@@ -22,6 +24,8 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
     /// The subscription is up; `again`: it was up before, and messages may have
     /// been missed since.
     fn subscribed(&self, again: bool) -> BoxFuture<'_, ()>;
+    /// Applying a message panicked: what it would have removed is unknown.
+    fn apply_failed(&self) -> BoxFuture<'_, ()>;
 }
 
 impl<K: CacheKey, V: CacheValue> Subscriber for Core<K, V> {
@@ -38,25 +42,33 @@ impl<K: CacheKey, V: CacheValue> Subscriber for Core<K, V> {
     fn subscribed(&self, again: bool) -> BoxFuture<'_, ()> {
         Box::pin(self.clear_l1_after_gap(again))
     }
+
+    fn apply_failed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.clear_l1_after_failed_apply())
+    }
 }
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
-    /// Starts the bus listener on first use. The caller that starts it waits (up
-    /// to the L2 timeout, once) for the subscription, so that what it reads is not
-    /// cleared again when the subscription comes up; nobody else ever waits.
+    /// Starts the bus listener on first use. Until its first subscription is up
+    /// (and for at most one L2 timeout after it started), callers wait for it:
+    /// a flight that began before would be overtaken by the L1 clear that the
+    /// subscription brings, and its callers would load again.
     pub(crate) async fn start_bus(self: &Arc<Self>) {
-        let Some(bus) = self.bus.as_ref().filter(|bus| !bus.is_listening()) else {
+        let Some(bus) = self.bus.as_ref().filter(|bus| !bus.is_subscribed()) else {
             return;
         };
         let subscribed = bus.subscribed();
+        if bus.is_subscribed() {
+            return;
+        }
         let weak: Weak<dyn Subscriber> = Arc::downgrade(self) as Weak<dyn Subscriber>;
-        let wait = bus.start_listener(|| {
+        bus.start_listener(|| {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let stream = bus.subscribe();
             Some(runtime.spawn(listen(weak, stream)).abort_handle())
         });
-        if wait {
-            bus.wait_ready(subscribed).await;
+        if let Some(left) = bus.startup_left() {
+            let _ = tokio::time::timeout(left, subscribed).await;
         }
     }
 }
@@ -77,8 +89,17 @@ async fn listen(
                 bus.send_unsent().await;
             }
             Delivery::Message(bytes) => {
-                if let Some(message) = bus.receive(&bytes) {
-                    cache.apply(message).await;
+                let Some(message) = bus.receive(&bytes) else {
+                    continue;
+                };
+                // A panic (in a user's `CacheKey::from_key_str`, say) must not end
+                // the listener: this instance would stop hearing invalidations.
+                if AssertUnwindSafe(cache.apply(message))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    cache.apply_failed().await;
                 }
             }
         }

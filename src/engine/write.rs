@@ -30,49 +30,57 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.report.event(Counter::Inserts);
         let now = self.clock.now();
         let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
-        if let Some(remote) = &self.remote {
-            let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
-            remote
-                .set(&remote.key(&key), entry.value.as_ref(), lifetime)
-                .await;
-        }
+        let landed = match &self.remote {
+            Some(remote) => {
+                let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
+                let value = entry.value.as_ref();
+                remote.set(&remote.key(&key), value, lifetime).await
+            }
+            None => true,
+        };
         let l1_write = async {
             if self.l1.enabled() {
                 self.l1.insert(key.clone(), entry).await;
             }
         };
         self.fence.supersede(&key, l1_write).await;
-        self.publish(Message::Key(key.to_key_string())).await;
+        self.publish(landed, Message::Key(key.to_key_string()))
+            .await;
     }
 
     /// Removes `key` from every tier, and from every other instance's L1.
     pub(crate) async fn invalidate(self: &Arc<Self>, key: &K) {
         self.begin_invalidation(false).await;
-        if let Some(remote) = &self.remote {
-            remote.delete(remote.key(key)).await;
-        }
+        let landed = match &self.remote {
+            Some(remote) => remote.delete(remote.key(key)).await,
+            None => true,
+        };
         self.fence.supersede(key, self.l1.invalidate(key)).await;
-        self.publish(Message::Key(key.to_key_string())).await;
+        self.publish(landed, Message::Key(key.to_key_string()))
+            .await;
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern`.
     pub(crate) async fn invalidate_pattern(self: &Arc<Self>, pattern: &str) {
         self.begin_invalidation(false).await;
-        if let Some(remote) = &self.remote {
-            remote.delete_pattern(pattern).await;
-        }
+        let landed = match &self.remote {
+            Some(remote) => remote.delete_pattern(pattern).await,
+            None => true,
+        };
         self.remove_matching(Pattern::new(pattern)).await;
-        self.publish(Message::Pattern(pattern.to_owned())).await;
+        self.publish(landed, Message::Pattern(pattern.to_owned()))
+            .await;
     }
 
     /// Removes every entry of this cache from every tier and instance.
     pub(crate) async fn invalidate_all(self: &Arc<Self>) {
         self.begin_invalidation(true).await;
-        if let Some(remote) = &self.remote {
-            remote.clear().await;
-        }
+        let landed = match &self.remote {
+            Some(remote) => remote.clear().await,
+            None => true,
+        };
         self.clear_l1().await;
-        self.publish(Message::All).await;
+        self.publish(landed, Message::All).await;
     }
 
     /// Applies another instance's invalidation to this one's L1, through the fence.
@@ -99,6 +107,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         }
     }
 
+    /// Clears L1 after another instance's message could not be applied: what it
+    /// would have removed is unknown.
+    pub(crate) async fn clear_l1_after_failed_apply(&self) {
+        self.clear_l1().await;
+        self.report.event(Counter::BusApplyFailures);
+        tracing::error!(cache = %self.name, "a bus message could not be applied (a panic): L1 cleared");
+    }
+
     /// Starts the bus if needed, and counts and reports an invalidation.
     async fn begin_invalidation(self: &Arc<Self>, all: bool) {
         self.start_bus().await;
@@ -118,17 +134,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .await;
     }
 
-    /// Publishes `message`, and makes sure that what L2 still owes is replayed in
-    /// the background (other instances read L2 too: they must not wait for this
-    /// one's next read to stop seeing what it deleted).
-    async fn publish(&self, message: Message) {
-        if let Some(remote) = &self.remote {
-            remote.keep_replaying();
-        }
-        if let Some(bus) = &self.bus {
-            if !bus.publish(message).await {
-                self.report.event(Counter::BusPublishErrors);
-            }
+    /// Publishes `message` if its L2 change `landed`. A change that did not land
+    /// is owed: the replay publishes it once it lands (published now, it would
+    /// make the other instances re-read the old value from L2 and keep it).
+    async fn publish(&self, landed: bool, message: Message) {
+        let Some(bus) = self.bus.as_ref().filter(|_| landed) else {
+            return;
+        };
+        if !bus.publish(message).await {
+            self.report.event(Counter::BusPublishErrors);
         }
     }
 }

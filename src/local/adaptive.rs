@@ -124,6 +124,17 @@ where
         move_entry(&self.fence, key, other, active).await
     }
 
+    /// A read of `key` by a caller that holds the key's fence locks: the
+    /// active cache, then the draining one, moving nothing (a move takes those
+    /// locks itself).
+    pub(crate) async fn get_in_place(&self, key: &K) -> Option<Entry<V>> {
+        let (active, other) = self.pair();
+        match active.get(key).await {
+            None if self.draining.load(Ordering::Acquire) => other.get(key).await,
+            found => found,
+        }
+    }
+
     pub(crate) fn contains_key(&self, key: &K) -> bool {
         let (active, other) = self.pair();
         active.contains_key(key)

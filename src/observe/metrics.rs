@@ -32,6 +32,7 @@ pub struct MetricsObserver {
     l2_namespace_clears: Counter,
     bus_resubscribes: Counter,
     bus_publish_errors: Counter,
+    bus_apply_failures: Counter,
     l2_errors: Counter,
     refreshes: Counter,
     stale_served: Counter,
@@ -68,6 +69,7 @@ impl MetricsObserver {
             l2_namespace_clears: metrics::counter!("tiered_l2_namespace_clears_total", "cache" => cache.clone()),
             bus_resubscribes: metrics::counter!("tiered_bus_resubscribes_total", "cache" => cache.clone()),
             bus_publish_errors: metrics::counter!("tiered_bus_publish_errors_total", "cache" => cache.clone()),
+            bus_apply_failures: metrics::counter!("tiered_bus_apply_failures_total", "cache" => cache.clone()),
             l2_errors: metrics::counter!("tiered_l2_errors_total", "cache" => cache.clone()),
             refreshes: metrics::counter!("tiered_refreshes_total", "cache" => cache.clone()),
             stale_served: metrics::counter!("tiered_stale_served_total", "cache" => cache.clone()),
@@ -149,6 +151,10 @@ impl Observer for MetricsObserver {
 
     fn bus_publish_failed(&self) {
         self.bus_publish_errors.increment(1);
+    }
+
+    fn bus_apply_failed(&self) {
+        self.bus_apply_failures.increment(1);
     }
 
     fn l2_error(&self) {

@@ -86,9 +86,47 @@ impl Freshness {
         match self.early_beta {
             None => fresh_until,
             Some(beta) => {
-                let reach = saturating_nanos(load.mul_f64(beta * XFETCH_REACH));
+                // Any finite beta and any load (an L2 entry's is foreign input):
+                // past what a Duration holds, the window starts now.
+                let reach = Duration::try_from_secs_f64(load.as_secs_f64() * beta * XFETCH_REACH)
+                    .map_or(u64::MAX, saturating_nanos);
                 fresh_until.saturating_sub(reach).max(now)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_betas_and_hostile_load_times_open_the_window_now_without_a_panic() {
+        let now = 1_000;
+        let fresh_until = 10_000_000_000;
+        for (beta, load) in [
+            (f64::MAX, Duration::from_millis(1)),
+            (1e300, Duration::from_secs(1)),
+            (1e6, Duration::from_micros(u64::from(u32::MAX))),
+            (f64::MIN_POSITIVE, Duration::MAX),
+        ] {
+            let freshness = Freshness {
+                early_beta: Some(beta),
+                ..Freshness::default()
+            };
+            let from = freshness.early_from(now, fresh_until, load);
+            assert!(
+                (now..=fresh_until).contains(&from),
+                "{beta} {load:?}: {from}"
+            );
+        }
+        let huge = Freshness {
+            early_beta: Some(f64::MAX),
+            ..Freshness::default()
+        };
+        assert_eq!(
+            huge.early_from(now, fresh_until, Duration::from_secs(1)),
+            now
+        );
     }
 }

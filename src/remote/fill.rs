@@ -58,7 +58,7 @@ impl Remote {
         lifetime: Lifetime,
     ) -> bool {
         let ttl = self.store_ttl(lifetime);
-        let mut owed = self.owed.until_done(Work::Key(key.to_owned()));
+        let mut owed = self.until_done(Work::Key(key.to_owned()));
         match self.wire.encode(value, lifetime, key) {
             Ok(bytes) => {
                 let landed = self

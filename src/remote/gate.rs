@@ -126,3 +126,80 @@ fn shared_breaker(
     table.insert(id, Arc::downgrade(&breaker));
     breaker
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryStore, StoreOp};
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failures: 2,
+            cooldown: Duration::from_secs(5),
+            probe_delay: Duration::from_millis(500),
+        }
+    }
+
+    fn gate(store: &MemoryStore, report: &Arc<Report>) -> Gate {
+        let store: Arc<dyn RemoteStore> = Arc::new(store.clone());
+        let timeout = Duration::from_millis(100);
+        Gate::new(
+            store,
+            settings(),
+            Clock::system(),
+            timeout,
+            Arc::clone(report),
+        )
+    }
+
+    #[test]
+    fn caches_on_one_store_share_a_breaker_that_dies_with_them() {
+        let report = Arc::new(Report::new(None));
+        let store = MemoryStore::new();
+        let (a, b) = (gate(&store, &report), gate(&store.clone(), &report));
+        assert!(Arc::ptr_eq(&a.breaker, &b.breaker), "clones share one");
+        let other = gate(&store.connect(), &report);
+        assert!(!Arc::ptr_eq(&a.breaker, &other.breaker), "another client");
+        let weak = Arc::downgrade(&a.breaker);
+        drop((a, b));
+        assert!(
+            weak.upgrade().is_none(),
+            "nothing keeps it once its caches are gone"
+        );
+        let again = gate(&store, &report);
+        assert_eq!(again.breaker().1, 0, "a new breaker for the next cache");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_or_failing_call_is_a_counted_miss_and_opens_the_breaker() {
+        let report = Arc::new(Report::new(None));
+        let store = MemoryStore::new();
+        let gate = gate(&store, &report);
+        store.hang_next(StoreOp::Get, 1);
+        assert_eq!(
+            gate.call("get", gate.store().get("k")).await,
+            None,
+            "timed out"
+        );
+        store.fail_next(StoreOp::Get, 1);
+        assert_eq!(
+            gate.call("get", gate.store().get("k")).await,
+            None,
+            "failed"
+        );
+        assert_eq!(
+            report
+                .stats(0, crate::policy::L1Eviction::TinyLfu)
+                .l2_errors,
+            2
+        );
+        assert_eq!(gate.breaker(), (BreakerState::Open, 1));
+        let calls = store.calls(StoreOp::Get);
+        assert_eq!(gate.call("get", gate.store().get("k")).await, None);
+        assert_eq!(store.calls(StoreOp::Get), calls, "open: no call is made");
+        // The background probe (a PING) closes it once the store answers.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(gate.breaker().0, BreakerState::Closed);
+        assert_eq!(gate.call("get", gate.store().get("k")).await, Some(None));
+    }
+}

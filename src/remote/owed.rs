@@ -7,15 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::namespace::Namespace;
 use crate::observe::Counter;
 use crate::remote::gate::Gate;
 use crate::remote::store::{ScanCursor, ScanStep};
-use crate::remote::Remote;
+use crate::remote::{Landed, Remote};
 
 /// Past this many owed keys, the whole namespace is cleared instead.
 const MAX_PENDING: usize = 10_000;
@@ -27,22 +26,59 @@ const REPLAY_BATCH: usize = 1000;
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_CAP: Duration = Duration::from_secs(5);
 
-/// What is owed, with how far each walk got.
+/// What is owed, with how far each walk got. Every deferral has a number, so
+/// that a replay step only confirms the very work it started on (a key deferred
+/// again, or a walk restarted, while the step ran stays owed).
 #[derive(Default)]
 struct Pending {
-    /// Key → the deferral's number (a key deferred again while being replayed is
-    /// kept).
+    /// Key → the deferral's number.
     keys: HashMap<String, u64>,
     /// Glob walks, with how far each got.
-    patterns: Vec<(String, ScanCursor)>,
+    patterns: Vec<(String, Walk)>,
     /// A walk of the whole namespace, with how far it got.
-    clear: Option<ScanCursor>,
+    clear: Option<Walk>,
     next_number: u64,
+}
+
+/// How far an owed walk got, and the number of its (re)start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Walk {
+    cursor: ScanCursor,
+    number: u64,
+}
+
+/// What one replay came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replayed {
+    /// Nothing is owed any more.
+    Done,
+    /// Work was confirmed, but some is left (the budget ran out).
+    Progress,
+    /// A step failed (or the breaker is open, or another caller is replaying):
+    /// try again later.
+    Failed,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.patterns.is_empty() && self.clear.is_none()
+    }
+
+    fn number(&mut self) -> u64 {
+        self.next_number += 1;
+        self.next_number
+    }
+
+    /// A walk of the whole namespace from its start: it removes every key that
+    /// exists while it runs, so nothing owed before needs a walk of its own.
+    fn clear_from_start(&mut self) {
+        let number = self.number();
+        self.keys.clear();
+        self.patterns.clear();
+        self.clear = Some(Walk {
+            cursor: ScanCursor::default(),
+            number,
+        });
     }
 }
 
@@ -69,7 +105,7 @@ pub(super) struct Owed {
 /// failed, timed out or was cancelled (its caller's future dropped) is replayed
 /// later, never lost.
 pub(super) struct UntilDone<'a> {
-    owed: &'a Owed,
+    remote: &'a Remote,
     work: Option<Work>,
 }
 
@@ -88,7 +124,9 @@ impl UntilDone<'_> {
 impl Drop for UntilDone<'_> {
     fn drop(&mut self) {
         if let Some(work) = self.work.take() {
-            self.owed.defer(work);
+            self.remote.owed.defer(work);
+            // Also when the call was cancelled: nobody else may ever replay it.
+            self.remote.keep_replaying();
         }
     }
 }
@@ -109,14 +147,6 @@ impl Owed {
         self.has_pending.load(Ordering::Acquire)
     }
 
-    /// A guard that owes `work` unless it is marked done.
-    pub(super) fn until_done(&self, work: Work) -> UntilDone<'_> {
-        UntilDone {
-            owed: self,
-            work: Some(work),
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -125,52 +155,75 @@ impl Owed {
         let mut pending = self.lock();
         match work {
             Work::Key(key) => {
-                pending.next_number += 1;
-                let number = pending.next_number;
+                let number = pending.number();
                 pending.keys.insert(key, number);
                 if pending.keys.len() > MAX_PENDING {
-                    pending.keys.clear();
-                    pending.patterns.clear();
-                    pending.clear = Some(ScanCursor::default());
+                    pending.clear_from_start();
                 }
             }
+            // Kept even while a clear is owed, unless that clear has not begun:
+            // one that resumes past the start never revisits the keys before.
+            Work::Pattern(_, _)
+                if pending
+                    .clear
+                    .is_some_and(|walk| walk.cursor == ScanCursor::default()) => {}
             Work::Pattern(glob, cursor) => {
-                if pending.clear.is_none() {
-                    match pending.patterns.iter_mut().find(|(g, _)| *g == glob) {
-                        // The same glob again: walk it again from the start.
-                        Some(existing) => existing.1 = ScanCursor::default(),
-                        None => pending.patterns.push((glob, cursor)),
+                let number = pending.number();
+                match pending.patterns.iter_mut().find(|(g, _)| *g == glob) {
+                    // The same glob again: walk it again from the start.
+                    Some((_, walk)) => {
+                        *walk = Walk {
+                            cursor: ScanCursor::default(),
+                            number,
+                        }
                     }
+                    None => pending.patterns.push((glob, Walk { cursor, number })),
                 }
             }
+            // Another clear while one is owed: walk again from the start.
+            Work::Clear(_) if pending.clear.is_some() => pending.clear_from_start(),
+            Work::Clear(cursor) if cursor == ScanCursor::default() => pending.clear_from_start(),
+            // A clear cut short at `cursor`: what is owed besides stays owed (the
+            // rest of this walk does not revisit the keys before `cursor`).
             Work::Clear(cursor) => {
-                // What is owed so far is covered by the walk of the whole namespace.
-                pending.keys.clear();
-                pending.patterns.clear();
-                let restart = pending.clear.is_some();
-                pending.clear = Some(if restart {
-                    ScanCursor::default()
-                } else {
-                    cursor
-                });
+                let number = pending.number();
+                pending.clear = Some(Walk { cursor, number });
             }
         }
         self.has_pending.store(true, Ordering::Release);
     }
+}
 
-    /// Replays owed work for up to one budget. Returns whether none is left
-    /// (reads of the store must wait until then: they could see a deleted value).
-    pub(super) async fn flush(&self, gate: &Gate, namespace: &Namespace) -> bool {
-        let Some(_flushing) = self.flushing.try_lock() else {
-            return false; // another caller is flushing; this read skips L2
+async fn step(gate: &Gate, glob: &str, cursor: ScanCursor) -> Option<ScanStep> {
+    gate.call("scan", gate.store().delete_matching(glob, cursor))
+        .await
+}
+
+impl Remote {
+    /// A guard that owes `work` unless it is marked done.
+    pub(super) fn until_done(&self, work: Work) -> UntilDone<'_> {
+        UntilDone {
+            remote: self,
+            work: Some(work),
+        }
+    }
+
+    /// Replays owed work for up to one budget, and announces what landed (reads
+    /// of the store must wait until nothing is owed: they could see a deleted
+    /// value).
+    pub(super) async fn replay(&self) -> Replayed {
+        let (owed, gate, namespace) = (&self.owed, &self.gate, &self.namespace);
+        let Some(_replaying) = owed.flushing.try_lock() else {
+            return Replayed::Failed; // another caller is replaying: not done yet
         };
         let started = Instant::now();
+        let mut progress = false;
         loop {
             let (clear, pattern, keys) = {
-                let pending = self.lock();
+                let pending = owed.lock();
                 if pending.is_empty() {
-                    self.has_pending.store(false, Ordering::Release);
-                    return true;
+                    owed.has_pending.store(false, Ordering::Release);
+                    return Replayed::Done;
                 }
                 let keys: Vec<(String, u64)> = pending
                     .keys
@@ -180,34 +233,47 @@ impl Owed {
                     .collect();
                 (pending.clear, pending.patterns.first().cloned(), keys)
             };
-            if started.elapsed() >= self.budget {
-                return false;
-            }
-            if let Some(cursor) = clear {
-                let Some(step) = step(gate, &namespace.everything(), cursor).await else {
-                    return false;
+            if started.elapsed() >= owed.budget {
+                return if progress {
+                    Replayed::Progress
+                } else {
+                    Replayed::Failed
                 };
-                let mut pending = self.lock();
-                if pending.clear == Some(cursor) {
-                    pending.clear = step.next;
-                    if step.next.is_none() {
-                        gate.report().event(Counter::L2NamespaceClears);
+            }
+            if let Some(walk) = clear {
+                let Some(step) = step(gate, &namespace.everything(), walk.cursor).await else {
+                    return Replayed::Failed;
+                };
+                let mut pending = owed.lock();
+                if pending.clear == Some(walk) {
+                    match step.next {
+                        Some(cursor) => pending.clear = Some(Walk { cursor, ..walk }),
+                        None => {
+                            pending.clear = None;
+                            drop(pending);
+                            gate.report().event(Counter::L2NamespaceClears);
+                            (self.announce)(Landed::All);
+                        }
                     }
                 }
-            } else if let Some((glob, cursor)) = pattern {
-                let Some(step) = step(gate, &glob, cursor).await else {
-                    return false;
+            } else if let Some((glob, walk)) = pattern {
+                let Some(step) = step(gate, &glob, walk.cursor).await else {
+                    return Replayed::Failed;
                 };
-                let mut pending = self.lock();
+                let mut pending = owed.lock();
                 if let Some(i) = pending
                     .patterns
                     .iter()
-                    .position(|p| *p == (glob.clone(), cursor))
+                    .position(|(g, w)| *g == glob && *w == walk)
                 {
                     match step.next {
-                        Some(next) => pending.patterns[i].1 = next,
+                        Some(cursor) => pending.patterns[i].1 = Walk { cursor, ..walk },
                         None => {
                             pending.patterns.remove(i);
+                            drop(pending);
+                            if let Some(pattern) = namespace.pattern_of(&glob) {
+                                (self.announce)(Landed::Pattern(pattern.to_owned()));
+                            }
                         }
                     }
                 }
@@ -218,30 +284,32 @@ impl Owed {
                     .await
                     .is_none()
                 {
-                    return false;
+                    return Replayed::Failed;
                 }
-                let mut pending = self.lock();
+                let mut landed = Vec::with_capacity(keys.len());
+                let mut pending = owed.lock();
                 for (key, number) in keys {
                     if pending.keys.get(&key) == Some(&number) {
                         pending.keys.remove(&key);
+                        landed.push(key);
+                    }
+                }
+                drop(pending);
+                for key in landed {
+                    if let Some(key) = namespace.key_of(&key) {
+                        (self.announce)(Landed::Key(key.to_owned()));
                     }
                 }
             }
+            progress = true;
         }
     }
-}
 
-async fn step(gate: &Gate, glob: &str, cursor: ScanCursor) -> Option<ScanStep> {
-    gate.call("scan", gate.store().delete_matching(glob, cursor))
-        .await
-}
-
-impl Remote {
     /// Deletes `key`. Returns whether it landed; if the store cannot be reached
     /// (or this call is cancelled), the deletion is owed.
     pub(crate) async fn delete(&self, key: String) -> bool {
         let keys = [key];
-        let mut owed = self.owed.until_done(Work::Key(keys[0].clone()));
+        let mut owed = self.until_done(Work::Key(keys[0].clone()));
         let landed = self
             .call("delete", self.gate.store().delete(&keys))
             .await
@@ -270,7 +338,7 @@ impl Remote {
 
     async fn walk(&self, glob: &str, owed: impl Fn(ScanCursor) -> Work) -> bool {
         let mut cursor = ScanCursor::default();
-        let mut until_done = self.owed.until_done(owed(cursor));
+        let mut until_done = self.until_done(owed(cursor));
         loop {
             let step = self.gate.store().delete_matching(glob, cursor);
             let Some(step) = self.call("scan", step).await else {
@@ -293,7 +361,7 @@ impl Remote {
     /// owed. It retries with backoff (50 ms doubling to 5 s) until nothing is
     /// owed or the tier is dropped. Needs a tokio runtime (else the next read's
     /// replay is the only one).
-    pub(crate) fn keep_replaying(self: &Arc<Self>) {
+    pub(crate) fn keep_replaying(&self) {
         let owed = &self.owed;
         if !owed.is_owed() || owed.retrying.swap(true, Ordering::AcqRel) {
             return;
@@ -302,16 +370,26 @@ impl Remote {
             owed.retrying.store(false, Ordering::Release);
             return;
         };
-        let remote = Arc::downgrade(self);
+        let remote = self.this.clone();
         runtime.spawn(async move {
             let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP, 0.0);
+            let mut replayed = Replayed::Failed;
             loop {
-                backoff.wait().await;
+                match replayed {
+                    // Work is being done: go on at once (a long walk is not
+                    // slowed to one slice per backoff).
+                    Replayed::Progress => {
+                        backoff.reset();
+                        tokio::task::yield_now().await;
+                    }
+                    Replayed::Failed | Replayed::Done => backoff.wait().await,
+                }
                 let Some(remote) = remote.upgrade() else {
                     return;
                 };
                 let owed = &remote.owed;
-                if owed.flush(&remote.gate, &remote.namespace).await {
+                replayed = remote.replay().await;
+                if replayed == Replayed::Done {
                     owed.retrying.store(false, Ordering::Release);
                     // Owed again meanwhile, with nobody to see to it: go on.
                     if !owed.is_owed() || owed.retrying.swap(true, Ordering::AcqRel) {
@@ -321,5 +399,84 @@ impl Remote {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(position: u64) -> ScanCursor {
+        ScanCursor { node: 0, position }
+    }
+
+    fn owed() -> Owed {
+        Owed::new(Duration::from_millis(100))
+    }
+
+    #[test]
+    fn a_clear_cut_short_keeps_what_else_is_owed() {
+        let owed = owed();
+        owed.defer(Work::Key("k".into()));
+        owed.defer(Work::Pattern("p*".into(), at(0)));
+        owed.defer(Work::Clear(at(7)));
+        owed.defer(Work::Key("later".into()));
+        owed.defer(Work::Pattern("q*".into(), at(0)));
+        let pending = owed.lock();
+        assert_eq!(pending.clear.map(|w| w.cursor), Some(at(7)));
+        assert!(pending.keys.contains_key("k") && pending.keys.contains_key("later"));
+        let globs: Vec<&str> = pending.patterns.iter().map(|(g, _)| g.as_str()).collect();
+        assert_eq!(
+            globs,
+            ["p*", "q*"],
+            "the walk from 7 does not revisit their keys"
+        );
+    }
+
+    #[test]
+    fn a_clear_from_the_start_covers_what_is_owed() {
+        let owed = owed();
+        owed.defer(Work::Key("k".into()));
+        owed.defer(Work::Pattern("p*".into(), at(3)));
+        owed.defer(Work::Clear(at(0)));
+        owed.defer(Work::Pattern("q*".into(), at(0)));
+        let pending = owed.lock();
+        assert!(pending.keys.is_empty() && pending.patterns.is_empty());
+        assert_eq!(pending.clear.map(|w| w.cursor), Some(at(0)));
+    }
+
+    #[test]
+    fn a_restarted_walk_is_not_advanced_by_a_step_of_the_old_one() {
+        let owed = owed();
+        owed.defer(Work::Clear(at(0)));
+        let started = owed.lock().clear.unwrap();
+        // While a step from the start runs, the walk is owed again (restarted,
+        // at the same cursor): that step must not count for the new walk.
+        owed.defer(Work::Clear(at(5)));
+        let restarted = owed.lock().clear.unwrap();
+        assert_eq!(restarted.cursor, started.cursor);
+        assert_ne!(restarted, started);
+        let owed = self::owed();
+        owed.defer(Work::Pattern("p*".into(), at(4)));
+        owed.defer(Work::Pattern("p*".into(), at(9)));
+        let pending = owed.lock();
+        assert_eq!(pending.patterns.len(), 1);
+        assert_eq!(
+            pending.patterns[0].1.cursor,
+            at(0),
+            "the same glob again restarts it"
+        );
+    }
+
+    #[test]
+    fn too_many_owed_keys_become_a_clear_from_the_start() {
+        let owed = owed();
+        owed.defer(Work::Clear(at(42)));
+        for i in 0..=MAX_PENDING {
+            owed.defer(Work::Key(format!("k{i}")));
+        }
+        let pending = owed.lock();
+        assert!(pending.keys.is_empty());
+        assert_eq!(pending.clear.map(|w| w.cursor), Some(at(0)));
     }
 }

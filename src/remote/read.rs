@@ -32,19 +32,34 @@ enum Decoding<V> {
 }
 
 impl Remote {
-    /// Reads one entry. If `reserve` (the reader will load), nothing usable there
-    /// is a miss that leaves a fill reservation (unless another reader's is
-    /// there); a reader that cannot load writes nothing. Undecodable bytes are a
-    /// counted miss, and the key is deleted first.
+    /// Reads one entry. A reader that will load (`reserve`) reads and, if the key
+    /// is empty, leaves its fill reservation there in one round trip; a reader
+    /// that cannot load writes nothing. Nothing usable there is a miss;
+    /// undecodable bytes are a counted miss, and the key is deleted first.
     pub(crate) async fn get<V: DeserializeOwned>(&self, key: &str, reserve: bool) -> L2Read<V> {
         let report = self.report();
-        let Some(bytes) = self.call("get", self.gate.store().get(key)).await else {
-            report.tier(Tier::L2, false);
-            return L2Read::Unavailable;
+        let read = if reserve {
+            self.get_or_reserve(key).await
+        } else {
+            match self.call("get", self.gate.store().get(key)).await {
+                None => L2Read::Unavailable,
+                Some(bytes) => self.accept(key, bytes, false).await,
+            }
         };
-        let read = self.accept(key, bytes, reserve).await;
         report.tier(Tier::L2, matches!(read, L2Read::Hit(..)));
         read
+    }
+
+    /// The entry at `key`, or this reader's reservation left in its place.
+    async fn get_or_reserve<V: DeserializeOwned>(&self, key: &str) -> L2Read<V> {
+        let reservation = self.wire.reservation();
+        let store = self.gate.store();
+        let reserve = store.get_or_reserve(key, &reservation, self.reservation_ttl);
+        match self.call("reserve", reserve).await {
+            None => L2Read::Unavailable,
+            Some(None) => L2Read::Miss(Seen(reservation)),
+            Some(bytes) => self.accept(key, bytes, true).await,
+        }
     }
 
     /// Reads several entries with one call (and reserves the missing ones).

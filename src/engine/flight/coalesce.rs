@@ -21,8 +21,16 @@ use crate::key::CacheKey;
 /// Where a flight publishes its outcome (once).
 pub(crate) type Outcome<V> = watch::Receiver<Option<Arc<Flight<V>>>>;
 
-/// The flights on now, by key, each with a fence ticket taken as it began.
-type Map<K, V> = Mutex<HashMap<K, (Outcome<V>, Ticket)>>;
+/// The flights on now, by key, each with a fence ticket taken as it began and
+/// whether it can load.
+type Map<K, V> = Mutex<HashMap<K, Flying<V>>>;
+
+/// One flight in the map.
+struct Flying<V> {
+    outcome: Outcome<V>,
+    began: Ticket,
+    can_load: bool,
+}
 
 /// The flights of one cache.
 pub(crate) struct Flights<K, V> {
@@ -43,9 +51,11 @@ pub(crate) enum Joined<K: CacheKey, V> {
     Runner(Runner<K, V>),
     /// A flight is on: wait for its outcome.
     Waiter(Outcome<V>),
-    /// A flight is on that began before an invalidation of the key which this
-    /// caller saw complete: what it read may be what was invalidated. Wait for
-    /// it to end, then fly again (the next flight begins after this caller came).
+    /// A flight is on whose outcome this caller must not take: it began before
+    /// an invalidation of the key which this caller saw complete (what it read
+    /// may be what was invalidated), or it cannot load and this caller can (its
+    /// "nothing found" is no answer for a caller with a loader). Wait for it to
+    /// end, then fly again.
     Overtaken(Outcome<V>),
 }
 
@@ -78,7 +88,7 @@ impl<K: CacheKey, V> Runner<K, V> {
         let mut flights = lock(&self.map);
         if flights
             .get(&self.key)
-            .is_some_and(|(outcome, _)| outcome.same_channel(&self.outcome))
+            .is_some_and(|flying| flying.outcome.same_channel(&self.outcome))
         {
             flights.remove(&self.key);
         }
@@ -91,29 +101,35 @@ impl<K: CacheKey, V> Drop for Runner<K, V> {
     }
 }
 
-fn lock<K, V>(map: &Map<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, (Outcome<V>, Ticket)>> {
+fn lock<K, V>(map: &Map<K, V>) -> std::sync::MutexGuard<'_, HashMap<K, Flying<V>>> {
     map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<K: CacheKey, V> Flights<K, V> {
-    /// Joins `key`'s flight, or becomes its runner.
+    /// Joins `key`'s flight, or becomes its runner (of a flight that can load,
+    /// if `can_load`).
     ///
     /// Joining compares fence tickets: this caller's, taken now, and the
     /// flight's, taken as it began. A flight's outcome is only as new as the
     /// flight (it may be an L1 entry it found, or a value it committed, before an
     /// invalidation that completed since): a caller that came after such an
     /// invalidation does not take it.
-    pub(crate) fn join(&self, fence: &Fence, key: &K) -> Joined<K, V> {
+    pub(crate) fn join(&self, fence: &Fence, key: &K, can_load: bool) -> Joined<K, V> {
         let now = fence.ticket(key);
         let mut flights = lock(&self.map);
-        if let Some((outcome, began)) = flights.get(key) {
-            if fence.changed_between(key, began, &now) {
-                return Joined::Overtaken(outcome.clone());
+        if let Some(flying) = flights.get(key) {
+            if fence.changed_between(key, &flying.began, &now) || (can_load && !flying.can_load) {
+                return Joined::Overtaken(flying.outcome.clone());
             }
-            return Joined::Waiter(outcome.clone());
+            return Joined::Waiter(flying.outcome.clone());
         }
         let (sender, outcome) = watch::channel(None);
-        flights.insert(key.clone(), (outcome.clone(), now));
+        let flying = Flying {
+            outcome: outcome.clone(),
+            began: now,
+            can_load,
+        };
+        flights.insert(key.clone(), flying);
         Joined::Runner(Runner {
             map: Arc::clone(&self.map),
             key: key.clone(),
@@ -137,5 +153,106 @@ pub(crate) async fn outcome<V>(mut outcome: Outcome<V>) -> Option<Arc<Flight<V>>
         if outcome.changed().await.is_err() {
             return outcome.borrow().clone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Entry;
+    use futures_util::FutureExt;
+
+    fn settled(value: u8) -> Arc<Flight<u8>> {
+        Arc::new(Flight::Settled(Entry::uncached(Some(value))))
+    }
+
+    fn value(flight: Option<Arc<Flight<u8>>>) -> Option<u8> {
+        match flight.as_deref() {
+            Some(Flight::Settled(entry)) => entry.value,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_first_caller_runs_and_the_others_wait_for_its_outcome() {
+        let (flights, fence) = (Flights::<&str, u8>::default(), Fence::new());
+        let Joined::Runner(runner) = flights.join(&fence, &"k", true) else {
+            panic!("the first caller runs the flight");
+        };
+        let Joined::Waiter(waiting) = flights.join(&fence, &"k", true) else {
+            panic!("the second caller waits");
+        };
+        assert!(flights.flying(&"k"));
+        assert!(matches!(
+            flights.join(&fence, &"other", true),
+            Joined::Runner(_)
+        ));
+        let mut pending = Box::pin(outcome(waiting));
+        assert!((&mut pending).now_or_never().is_none(), "no outcome yet");
+        runner.finish(settled(7));
+        assert!(!flights.flying(&"k"), "the flight left the map first");
+        assert_eq!(value(pending.now_or_never().unwrap()), Some(7));
+    }
+
+    #[test]
+    fn a_runner_that_gives_up_lets_a_waiter_run_the_next_flight() {
+        let (flights, fence) = (Flights::<&str, u8>::default(), Fence::new());
+        let runner = flights.join(&fence, &"k", true);
+        let Joined::Waiter(waiting) = flights.join(&fence, &"k", true) else {
+            panic!("the second caller waits");
+        };
+        drop(runner);
+        let given_up = outcome(waiting).now_or_never().expect("the channel closed");
+        assert!(given_up.is_none(), "no outcome: the waiter may fly");
+        assert!(matches!(
+            flights.join(&fence, &"k", true),
+            Joined::Runner(_)
+        ));
+    }
+
+    #[test]
+    fn a_caller_after_an_invalidation_does_not_take_an_older_flight() {
+        let (flights, fence) = (Flights::<&str, u8>::default(), Fence::new());
+        let _runner = flights.join(&fence, &"k", true);
+        fence.supersede(&"k", async {}).now_or_never().unwrap();
+        assert!(matches!(
+            flights.join(&fence, &"k", true),
+            Joined::Overtaken(_)
+        ));
+    }
+
+    #[test]
+    fn a_caller_that_can_load_does_not_take_the_outcome_of_one_that_cannot() {
+        let (flights, fence) = (Flights::<&str, u8>::default(), Fence::new());
+        let _lookup = flights.join(&fence, &"k", false);
+        assert!(matches!(
+            flights.join(&fence, &"k", false),
+            Joined::Waiter(_)
+        ));
+        assert!(matches!(
+            flights.join(&fence, &"k", true),
+            Joined::Overtaken(_)
+        ));
+        let (other, _loading) = ("other", flights.join(&fence, &"other", true));
+        assert!(matches!(
+            flights.join(&fence, &other, false),
+            Joined::Waiter(_)
+        ));
+    }
+
+    #[test]
+    fn an_old_runner_does_not_remove_a_newer_flight() {
+        let (flights, fence) = (Flights::<&str, u8>::default(), Fence::new());
+        let Joined::Runner(old) = flights.join(&fence, &"k", true) else {
+            panic!("runs");
+        };
+        lock(&flights.map).remove(&"k");
+        let Joined::Runner(new) = flights.join(&fence, &"k", true) else {
+            panic!("runs");
+        };
+        drop(old);
+        assert!(flights.flying(&"k"), "the newer flight is still there");
+        new.finish(settled(1));
+        assert!(!flights.flying(&"k"));
     }
 }

@@ -34,6 +34,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     {
         let loader = self.loader.as_deref();
         let can_load = first.is_some() || loader.is_some();
+        // A caller's own load (`get_with`, a `#[cached_tier]` body) runs once: a
+        // retry never swaps in the configured loader, whose value or error is
+        // not this caller's.
+        let own = first.is_some() && job.own_load;
+        let loader = loader.filter(|_| !own);
         let mut fallback = job.fallback.take();
         let mut last = None;
         for _ in 0..MAX_LOAD_ATTEMPTS {

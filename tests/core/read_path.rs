@@ -319,3 +319,22 @@ async fn a_waiter_takes_over_when_the_caller_running_the_flight_gives_up() {
         "and cached its value"
     );
 }
+
+/// Any finite early-refresh beta is accepted, and a huge one never panics (it
+/// makes every hit draw a refresh).
+#[tokio::test]
+async fn a_huge_early_refresh_beta_never_panics() {
+    for beta in [1e9, 1e300, f64::MAX] {
+        let cache = TieredCache::<u32, u32>::builder("beta")
+            .early_refresh(beta)
+            .loader_fn(|k: u32| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<_, BoxError>(Some(k))
+            })
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(cache.get(&7).await.unwrap(), Some(7));
+        }
+    }
+}

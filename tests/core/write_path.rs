@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tiered::{BoxError, TieredCache};
+
+use crate::support::rewrites::reads_follow_invalidations;
 use tokio::sync::Notify;
 
 /// A "database" row whose version the test bumps, and a loader that can be held
@@ -135,4 +137,69 @@ async fn inserts_are_served_and_counted() {
         "a zero TTL removes"
     );
     assert_eq!(cache.stats().inserts, 2);
+}
+
+/// Writers invalidate the very keys a stream of reads is loading: a read after
+/// `invalidate` returns never gets a version older than the write before it. (A
+/// caller used to join a flight that began before the invalidation, and take
+/// what that flight had found in L1, or committed, before it.) L1 only: with
+/// Redis in the path an invalidation is too slow to fit in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_invalidate_never_joins_an_older_flight() {
+    let mut rng = fastrand::Rng::with_seed(9);
+    // 100 hot keys at a time, moving every 1,000 reads.
+    let trace = (0..60_000u64)
+        .map(|i| (i / 1_000) * 1_000 + rng.u64(0..100))
+        .collect();
+    let (checked, _) = reads_follow_invalidations(tiered::L1Eviction::TinyLfu, trace, 3).await;
+    assert!(checked > 500, "only {checked} invalidations were checked");
+}
+
+/// One hot key: readers hammer it while writers bump its row, invalidate it and
+/// read it back. A read after `invalidate` returns never gets an older row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_key_read_back_after_invalidate_is_never_older() {
+    let row = Arc::new(AtomicU64::new(0));
+    let db = Arc::clone(&row);
+    // An adaptive L1 empties two caches per invalidation: the widest window.
+    let cache = TieredCache::<u64, u64>::builder("hot")
+        .l1_eviction(tiered::L1Eviction::Adaptive)
+        .loader_fn(move |_key: u64| {
+            let version = db.load(Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(version)) }
+        })
+        .build()
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let (cache, stop) = (cache.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    cache.get(&1).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (cache, row) = (cache.clone(), row.clone());
+            tokio::spawn(async move {
+                for _ in 0..3_000 {
+                    let version = row.fetch_add(1, Ordering::SeqCst) + 1;
+                    cache.invalidate(&1).await;
+                    let read = cache.get(&1).await.unwrap().unwrap();
+                    assert!(read >= version, "read {read} after writing {version}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
 }

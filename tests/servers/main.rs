@@ -1,8 +1,9 @@
-//! Integration tests: one binary, so the crate links once.
+//! Integration tests against real servers (redis-server, a Redis Cluster,
+//! PostgreSQL) that the harness starts: one binary, so the crate links once.
 
 mod support;
 
-mod adaptive;
+mod conformance;
 mod fleet;
 mod freshness;
 mod harness;
@@ -18,5 +19,3 @@ mod metrics;
 mod patterns;
 mod postgres_loader;
 mod races;
-mod read_path;
-mod write_path;

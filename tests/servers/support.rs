@@ -6,7 +6,6 @@
 pub mod gated;
 mod postgres;
 pub mod redis;
-pub mod rewrites;
 pub mod slow_proxy;
 pub mod users;
 pub mod versions;
@@ -102,27 +101,9 @@ pub fn chown_to(user: &str, dir: &Path) {
     run(Command::new("chown").arg("-R").arg(user).arg(dir));
 }
 
-/// Runs `n` tasks made by `task` at once: each is spawned, and all start together
-/// behind a barrier. Their outputs, in order; a task that panicked fails the test.
-pub async fn at_once<F, Fut, T>(n: usize, task: F) -> Vec<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let (barrier, run) = (barrier.clone(), task());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                run.await
-            })
-        })
-        .collect();
-    let mut outputs = Vec::with_capacity(n);
-    for handle in handles {
-        outputs.push(handle.await.expect("a task panicked"));
-    }
-    outputs
-}
+#[path = "../common/at_once.rs"]
+mod at_once;
+pub use self::at_once::at_once;
+
+#[path = "../common/rewrites.rs"]
+pub mod rewrites;

@@ -1,0 +1,394 @@
+//! The doubles under real caches: several instances of one cache in one process,
+//! on one `MemoryStore` and one `MemoryBus`, each through handles of its own, with
+//! the faults a fleet meets (a partition, a hung call, a lost subscription,
+//! foreign bytes in the store).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tiered::{BoxError, MemoryBus, MemoryStore, StoreOp, TieredCache};
+
+const L2_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The service's database: a version per key (1 until set), and a load count.
+#[derive(Debug, Default)]
+struct Db {
+    rows: Mutex<HashMap<String, u64>>,
+    loads: AtomicU64,
+}
+
+impl Db {
+    fn set(&self, key: &str, version: u64) {
+        self.rows.lock().unwrap().insert(key.to_owned(), version);
+    }
+
+    fn loads(&self) -> u64 {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+/// An instance of cache "fleet" on its own store and bus handles; long TTLs, so
+/// that only an invalidation makes it drop a value.
+fn instance(db: &Arc<Db>, store: MemoryStore, bus: MemoryBus) -> TieredCache<String, u64> {
+    let db = db.clone();
+    TieredCache::builder("fleet")
+        .l2(store)
+        .bus(bus)
+        .l1_ttl(Duration::from_secs(3600))
+        .l2_ttl(Duration::from_secs(3600))
+        .l2_timeout(L2_TIMEOUT)
+        .loader_fn(move |key: String| {
+            db.loads.fetch_add(1, Ordering::SeqCst);
+            let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+            async move { Ok::<_, BoxError>(Some(version)) }
+        })
+        .build()
+        .expect("build")
+}
+
+/// Reads `key` until it is `want` (failing after 5 s).
+async fn until(cache: &TieredCache<String, u64>, key: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let got = cache.get(&key.to_owned()).await.unwrap();
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{key}: still {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn key(key: &str) -> String {
+    key.to_owned()
+}
+
+#[tokio::test]
+async fn one_instance_fills_the_store_and_invalidations_reach_the_others() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let a = instance(&db, store.connect(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(b.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(db.loads(), 1, "b read a's fill");
+    assert_eq!(b.stats().l2.hits, 1);
+
+    db.set("k", 2);
+    a.invalidate(&key("k")).await;
+    until(&b, "k", 2).await;
+    assert_eq!(b.stats().invalidations_received, 1);
+}
+
+#[tokio::test]
+async fn a_lost_subscription_clears_l1_when_it_comes_back() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let b_bus = bus.connect();
+    let a = instance(&db, store.connect(), bus.connect());
+    let b = instance(&db, store.connect(), b_bus.clone());
+    assert_eq!(b.get(&key("k")).await.unwrap(), Some(1));
+
+    b_bus.disconnect();
+    db.set("k", 2);
+    a.invalidate(&key("k")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        b.get(&key("k")).await.unwrap(),
+        Some(1),
+        "the message was lost: b serves its L1"
+    );
+
+    b_bus.reconnect();
+    until(&b, "k", 2).await;
+    assert_eq!(b.stats().bus_resubscribes, 1);
+    assert_eq!(b.stats().invalidations_received, 0);
+}
+
+#[tokio::test]
+async fn a_partitioned_instance_loads_for_itself() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+
+    a_store.disconnect();
+    assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
+    assert!(a.stats().l2_errors >= 1, "{:?}", a.stats());
+    assert!(store.keys().is_empty(), "a could not fill");
+    assert_eq!(b.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(db.loads(), 2, "b found nothing in the store");
+    assert_eq!(b.stats().l2_errors, 0);
+    assert_eq!(store.keys().len(), 1, "b's fill");
+}
+
+#[tokio::test]
+async fn a_hung_store_call_costs_one_timeout() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    // A read that will load reads and reserves in one call.
+    a_store.hang_next(StoreOp::Reserve, 1);
+    let start = Instant::now();
+    assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
+    assert!(start.elapsed() >= L2_TIMEOUT, "{:?}", start.elapsed());
+    assert_eq!(a.stats().l2_errors, 1);
+    assert_eq!(a_store.calls(StoreOp::Reserve), 1);
+    assert_eq!(a_store.calls(StoreOp::Get), 0);
+    assert_eq!(db.loads(), 1);
+}
+
+#[tokio::test]
+async fn foreign_bytes_in_the_store_are_deleted_and_reloaded() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let a = instance(&db, store.connect(), bus.connect());
+    assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
+    let keys = store.keys();
+    assert_eq!(keys.len(), 1);
+    store.insert_raw(&keys[0], b"not an entry", None);
+
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(b.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(b.stats().l2_corrupt, 1);
+    assert_eq!(db.loads(), 2);
+    assert_ne!(store.raw(&keys[0]).as_deref(), Some(&b"not an entry"[..]));
+}
+
+/// Waits (up to 5 s) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(5), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An invalidation whose L2 deletion cannot land at first is published once it
+/// lands, not before: the other instances would otherwise drop their copy, read
+/// the old entry again from L2 meanwhile, and keep it for their L1 TTL.
+#[tokio::test]
+async fn an_owed_deletion_is_published_when_it_lands() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let writer_store = store.connect();
+    let writer = instance(&db, writer_store.clone(), bus.connect());
+    let reader = instance(&db, store.connect(), bus.connect());
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    db.set("k", 2);
+    writer_store.fail_next(StoreOp::Delete, 3);
+    writer.invalidate(&key("k")).await;
+    // The deletion is owed: L2 still holds 1, and so may the reader.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    // The background replay lands it, then publishes it.
+    eventually("the owed deletion lands", || store.keys().is_empty()).await;
+    until(&reader, "k", 2).await;
+}
+
+/// An invalidation cancelled while its L2 deletion is in flight owes it, and a
+/// background replay lands it (and publishes it) with no further call.
+#[tokio::test]
+async fn a_cancelled_invalidation_is_replayed_in_the_background() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let writer_store = store.connect();
+    let writer = instance(&db, writer_store.clone(), bus.connect());
+    let reader = instance(&db, store.connect(), bus.connect());
+    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    db.set("k", 2);
+    writer_store.hang_next(StoreOp::Delete, 1);
+    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, writer.invalidate(&key("k"))).await;
+    assert!(
+        cancelled.is_err(),
+        "the call was given up while the delete hung"
+    );
+    eventually("the owed deletion lands", || store.keys().is_empty()).await;
+    until(&reader, "k", 2).await;
+}
+
+/// A publish that failed is sent again in the background: an instance that
+/// makes no further change still reaches the others.
+#[tokio::test]
+async fn a_failed_publish_is_sent_again_by_a_quiet_instance() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let writer_bus = bus.connect();
+    let writer = instance(&db, store.connect(), writer_bus.clone());
+    let reader = instance(&db, store.connect(), bus.connect());
+    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    db.set("k", 2);
+    writer_bus.fail_next_publishes(1);
+    writer.invalidate(&key("k")).await;
+    assert_eq!(writer.stats().bus_publish_errors, 1);
+    until(&reader, "k", 2).await;
+}
+
+/// A key type whose `from_key_str` panics on some input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Fussy(String);
+
+impl tiered::CacheKey for Fussy {
+    fn write_key(&self, out: &mut String) {
+        out.push_str(&self.0);
+    }
+
+    fn from_key_str(s: &str) -> Option<Self> {
+        assert!(!s.starts_with("bad"), "cannot parse {s}");
+        Some(Fussy(s.to_owned()))
+    }
+}
+
+/// A panic while applying another instance's message (here in a user's
+/// `from_key_str`) clears L1 and is counted; the listener goes on applying the
+/// next messages.
+#[tokio::test]
+async fn a_panic_applying_a_message_clears_l1_and_the_listener_goes_on() {
+    let rows: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let instance = |store: MemoryStore, bus: MemoryBus| {
+        let rows = Arc::clone(&rows);
+        TieredCache::<Fussy, u64>::builder("fussy")
+            .l2(store)
+            .bus(bus)
+            .l1_ttl(Duration::from_secs(3600))
+            .loader_fn(move |key: Fussy| {
+                let row = *rows.lock().unwrap().get(&key.0).unwrap_or(&1);
+                async move { Ok::<_, BoxError>(Some(row)) }
+            })
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (
+        instance(store.connect(), bus.connect()),
+        instance(store.connect(), bus.connect()),
+    );
+    let (bad, good) = (Fussy("bad".into()), Fussy("good".into()));
+    assert_eq!(a.get(&bad).await.unwrap(), Some(1));
+    assert_eq!(a.get(&good).await.unwrap(), Some(1));
+    rows.lock().unwrap().insert("bad".into(), 2);
+    b.invalidate(&bad).await;
+    eventually("a's listener fails on the message", || {
+        a.stats().bus_apply_failures == 1
+    })
+    .await;
+    assert_eq!(a.get(&bad).await.unwrap(), Some(2), "L1 was cleared");
+    rows.lock().unwrap().insert("good".into(), 3);
+    b.invalidate(&good).await;
+    eventually("a's listener still applies messages", || {
+        a.stats().invalidations_received == 2
+    })
+    .await;
+    assert_eq!(a.get(&good).await.unwrap(), Some(3));
+}
+
+/// A fresh instance's first burst: 100 callers of a cold key whose load fails
+/// after 20 ms run it once (they waited for the bus's first subscription, whose
+/// L1 clear would otherwise overtake the flight and make them load again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_burst_after_start_up_loads_once() {
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let cache = TieredCache::<String, u64>::builder("burst")
+        .l2(store)
+        .bus(bus)
+        .l2_timeout(L2_TIMEOUT)
+        .build()
+        .unwrap();
+    let loads = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move {
+                let load = async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err::<Option<u64>, _>("down")
+                };
+                cache.get_with(&key("cold"), load).await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap().is_err());
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+/// A `get_with` whose flight an invalidation supersedes is not reloaded with
+/// the cache's configured loader: the caller gets its own load's value.
+#[tokio::test]
+async fn get_with_is_never_answered_by_the_configured_loader() {
+    let cache = TieredCache::<String, u64>::builder("own")
+        .loader_fn(|_key: String| async { Ok::<_, BoxError>(Some(100)) })
+        .build()
+        .unwrap();
+    let own = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, BoxError>(Some(1))
+    };
+    let k = key("k");
+    let invalidate = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cache.invalidate(&k).await;
+    };
+    let (got, ()) = tokio::join!(cache.get_with(&k, own), invalidate);
+    assert_eq!(got.unwrap(), Some(1));
+    assert_eq!(cache.stats().superseded, 1);
+}
+
+/// A read that cannot load (a `get` with no loader) and one that can
+/// (`get_with`) of the same cold key: the second runs its load, rather than
+/// taking the first one's "nothing found".
+#[tokio::test]
+async fn a_caller_with_a_load_never_takes_the_answer_of_one_without() {
+    let store = MemoryStore::new();
+    let cache = TieredCache::<String, u64>::builder("mixed")
+        .l2(store.clone())
+        .l2_timeout(L2_TIMEOUT)
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        // The plain read's L2 call is still out when the second caller comes.
+        store.hang_next(StoreOp::Get, 1);
+        let k = key(&format!("cold-{round}"));
+        let (plain, with) = tokio::join!(
+            cache.get(&k),
+            cache.get_with(&k, async { Ok::<_, BoxError>(Some(5)) })
+        );
+        assert_eq!(with.unwrap(), Some(5), "round {round}");
+        assert!(matches!(plain.unwrap(), None | Some(5)));
+    }
+}
