@@ -2,8 +2,10 @@
 //! bincode decode on the same connection type (`ConnectionManager`), same run.
 //!
 //! Sequential reads of 10k keys holding a ~100-byte struct, in alternating blocks
-//! of 1,000 (bare, tiered, bare, ...) so that drift on a shared machine hits both
-//! alike. Prints p50 and p99 of each and their ratios.
+//! of 1,000 (bare, tiered, tiered with a loader, bare, ...) so that drift on a
+//! shared machine hits all alike. A cache without a loader reads with `GET`; one
+//! with a loader reads and reserves in one `EVALSHA` (a miss then needs no second
+//! round trip). Prints p50 and p99 of each and their ratios to bare.
 //! Run: `cargo bench --bench l2_hit` (starts its own redis-server).
 
 #[path = "support/redis_server.rs"]
@@ -38,6 +40,15 @@ async fn main() -> Result<(), BoxError> {
         .l2_redis(&server.url)
         .l2_timeout(Duration::from_secs(1))
         .build()?;
+    // The same entries (same name and prefix), read by a cache that can load.
+    let loading = TieredCache::<u64, Arc<User>>::builder("bench")
+        .l1_max_entries(0)
+        .l2_redis(&server.url)
+        .l2_timeout(Duration::from_secs(1))
+        .loader_fn(|id: u64| async move {
+            Err::<Option<Arc<User>>, BoxError>(format!("{id} must be an L2 hit").into())
+        })
+        .build()?;
     for id in 0..KEYS {
         let user = User {
             id,
@@ -48,7 +59,7 @@ async fn main() -> Result<(), BoxError> {
         cache.insert(id, Arc::new(user)).await;
     }
     let mut bare = ConnectionManager::new(redis::Client::open(server.url.as_str())?).await?;
-    let (mut bare_lat, mut tiered_lat) = (Vec::new(), Vec::new());
+    let (mut bare_lat, mut tiered_lat, mut loading_lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut id = 0;
     for _ in 0..ROUNDS {
         for _ in 0..BLOCK {
@@ -71,6 +82,13 @@ async fn main() -> Result<(), BoxError> {
             tiered_lat.push(start.elapsed());
             assert_eq!(user.id, id);
         }
+        for _ in 0..BLOCK {
+            id = (id + 7919) % KEYS;
+            let start = Instant::now();
+            let user = loading.get(&id).await?.expect("present in L2");
+            loading_lat.push(start.elapsed());
+            assert_eq!(user.id, id);
+        }
     }
     let stats = cache.stats();
     assert_eq!(
@@ -80,6 +98,8 @@ async fn main() -> Result<(), BoxError> {
     );
     let (b50, b99) = support::percentiles(&mut bare_lat);
     let (t50, t99) = support::percentiles(&mut tiered_lat);
+    let (l50, l99) = support::percentiles(&mut loading_lat);
+    assert_eq!(loading.stats().l2.hits, ROUNDS * BLOCK);
     println!("l2_hit: {} sequential reads each", ROUNDS * BLOCK);
     println!(
         "bare GET+decode   p50 {:>8.1} µs   p99 {:>8.1} µs",
@@ -95,6 +115,16 @@ async fn main() -> Result<(), BoxError> {
         "ratio             p50 {:>8.3}×     p99 {:>8.3}×",
         t50.as_secs_f64() / b50.as_secs_f64(),
         t99.as_secs_f64() / b99.as_secs_f64()
+    );
+    println!(
+        "tiered + loader   p50 {:>8.1} µs   p99 {:>8.1} µs",
+        support::micros(l50),
+        support::micros(l99)
+    );
+    println!(
+        "ratio             p50 {:>8.3}×     p99 {:>8.3}×",
+        l50.as_secs_f64() / b50.as_secs_f64(),
+        l99.as_secs_f64() / b99.as_secs_f64()
     );
     Ok(())
 }

@@ -184,7 +184,8 @@ impl Breaker {
     fn open(&self, state: &mut State) -> Transition {
         let probing = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(probe(self.this.clone(), self.settings));
+                let lost = LostProbe(self.this.clone());
+                runtime.spawn(probe(self.this.clone(), self.settings, lost));
                 true
             }
             Err(_) => false,
@@ -223,7 +224,10 @@ impl Breaker {
 /// Probes `breaker`'s store until a `PING` succeeds (then closes the breaker) or
 /// the breaker is gone or no longer waiting for this probe. Delays: the probe
 /// delay, doubling up to the cool-down, each plus up to 25% jitter.
-async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings) {
+/// `lost` (dropped with this future, polled or not: its runtime shut down)
+/// hands the decision back to the read path (half-open after the cool-down).
+async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, lost: LostProbe) {
+    let _lost = lost;
     let mut backoff = Backoff::new(settings.probe_delay, settings.cooldown, 0.25);
     loop {
         backoff.wait().await;
@@ -256,6 +260,32 @@ async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings) {
             return;
         }
         tracing::debug!("L2 probe failed");
+    }
+}
+
+/// Hands an open breaker's decision back to the read path when its background
+/// probe ends without closing it (its task dropped).
+struct LostProbe(Weak<Breaker>);
+
+impl Drop for LostProbe {
+    fn drop(&mut self) {
+        // `try_lock`: a task dropped at once by a runtime shutting down is
+        // dropped while `open` holds the lock (it then stays open, probing).
+        let Some(breaker) = self.0.upgrade() else {
+            return;
+        };
+        if let Ok(mut state) = breaker.state.try_lock() {
+            if let State::Open {
+                until,
+                probing: true,
+            } = *state
+            {
+                *state = State::Open {
+                    until,
+                    probing: false,
+                };
+            }
+        };
     }
 }
 
@@ -455,6 +485,26 @@ mod tests {
         assert_eq!(probe.success(), Some(BreakerState::Closed));
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.permit().0.is_some());
+    }
+
+    #[test]
+    fn a_probe_whose_runtime_shut_down_hands_the_decision_to_reads() {
+        let (b, clock) = breaker();
+        {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    fail(&b);
+                }
+            });
+            assert!(b.is_probing(), "a background probe was started");
+        } // the runtime, and its probe task, are gone
+        assert!(!b.is_probing());
+        clock.advance(Duration::from_secs(30));
+        assert!(b.permit().0.is_some(), "a read probes after the cool-down");
     }
 
     #[test]

@@ -54,9 +54,9 @@ pub(crate) struct Bus {
     send_lock: futures_util::lock::Mutex<()>,
     /// Whether the background sender runs.
     sending: AtomicBool,
-    /// The listener task, started on first use (`None` outside a tokio runtime);
-    /// aborted with the cache.
-    listener: OnceLock<Option<AbortOnDrop>>,
+    /// The listener task, started on first use in a tokio runtime; aborted with
+    /// the cache.
+    listener: OnceLock<AbortOnDrop>,
     /// When the listener was started.
     started_at: OnceLock<std::time::Instant>,
     /// Whether the first subscription is up.
@@ -109,12 +109,11 @@ impl Bus {
         }
     }
 
-    /// Starts the listener once (`start` spawns it and returns its task, or
-    /// `None` outside a runtime).
-    pub(crate) fn start_listener(&self, start: impl FnOnce() -> Option<tokio::task::AbortHandle>) {
+    /// Starts the listener once (`start` spawns it and returns its task).
+    pub(crate) fn start_listener(&self, start: impl FnOnce() -> tokio::task::AbortHandle) {
         self.listener.get_or_init(|| {
             let _ = self.started_at.set(std::time::Instant::now());
-            start().map(AbortOnDrop)
+            AbortOnDrop(start())
         });
     }
 
@@ -122,9 +121,6 @@ impl Bus {
     /// timeout of the listener's start, while it is not up. (Past that, nobody
     /// waits: a Redis that is down at start-up costs each read nothing.)
     pub(crate) fn startup_left(&self) -> Option<Duration> {
-        if self.listener.get().is_some_and(Option::is_none) {
-            return None; // no runtime, no listener
-        }
         let started = self.started_at.get()?;
         self.timeout.checked_sub(started.elapsed())
     }
@@ -148,25 +144,14 @@ impl Bus {
         self.ready_notify.notify_waiters();
     }
 
-    /// Sends `message` (after any that could not be sent before). Returns whether
-    /// everything was sent; what was not is kept and sent again by a background
-    /// task (with backoff) until it is. Within [`RETRY_AFTER`] of a failed send,
-    /// nothing is tried here (an unreachable Redis costs a change no timeout).
-    pub(crate) async fn publish(self: &Arc<Self>, message: Message) -> bool {
+    /// Keeps `message` to be sent (after any that could not be sent before),
+    /// at once: once a change has landed, its message must go out even if the
+    /// caller is cancelled from here on. The returned [`Announcement`] sends it;
+    /// dropped unsent (a cancelled caller, a failed send), it leaves it to the
+    /// background sender.
+    pub(crate) fn announce(self: &Arc<Self>, message: Message) -> Announcement<'_> {
         self.keep(message);
-        let failed_at = *self
-            .failed_at
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
-            self.keep_sending();
-            return false;
-        }
-        let sent = self.send_unsent().await;
-        if !sent {
-            self.keep_sending();
-        }
-        sent
+        Announcement { bus: self }
     }
 
     /// Keeps `message` and has it sent in the background (for callers that
@@ -180,7 +165,7 @@ impl Bus {
     /// at once, then backs off (50 ms doubling to 5 s) until nothing is kept or
     /// the cache is dropped. Needs a tokio runtime (else the next publish or
     /// resubscription sends what is kept).
-    fn keep_sending(self: &Arc<Self>) {
+    pub(crate) fn keep_sending(self: &Arc<Self>) {
         if self.sending.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -189,6 +174,9 @@ impl Bus {
             return;
         };
         let bus = Arc::downgrade(self);
+        // Dropped with the task (polled or not: its runtime shut down) rather
+        // than done, it lets the next change start another.
+        let mut running = ClearOnDrop(Some(bus.clone()));
         runtime.spawn(async move {
             let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP, 0.25);
             loop {
@@ -196,6 +184,7 @@ impl Bus {
                     return;
                 };
                 if bus.send_unsent().await {
+                    running.disarm();
                     bus.sending.store(false, Ordering::Release);
                     // Kept again meanwhile, with nobody to send it: go on.
                     if !bus.has_unsent.load(Ordering::Acquire)
@@ -203,6 +192,7 @@ impl Bus {
                     {
                         return;
                     }
+                    running.arm(&bus);
                     backoff.reset();
                     continue;
                 }
@@ -277,5 +267,62 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A kept message being sent by the caller whose change it announces.
+pub(crate) struct Announcement<'a> {
+    bus: &'a Arc<Bus>,
+}
+
+impl Announcement<'_> {
+    /// Sends what is kept, this message included. Returns whether everything
+    /// was sent; what was not is sent by the background sender (with backoff).
+    /// Within [`RETRY_AFTER`] of a failed send, nothing is tried here (an
+    /// unreachable Redis costs a change no timeout).
+    pub(crate) async fn send(self) -> bool {
+        let failed_at = *self
+            .bus
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return false; // the drop hands it to the background sender
+        }
+        let sent = self.bus.send_unsent().await;
+        if sent {
+            std::mem::forget(self);
+        }
+        sent
+    }
+}
+
+impl Drop for Announcement<'_> {
+    fn drop(&mut self) {
+        self.bus.keep_sending();
+    }
+}
+
+/// Marks the background sender stopped if its task is dropped while it holds
+/// the flag (its runtime shut down).
+struct ClearOnDrop(Option<std::sync::Weak<Bus>>);
+
+impl ClearOnDrop {
+    /// The task gave the flag up.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    /// The task holds the flag again.
+    fn arm(&mut self, bus: &Arc<Bus>) {
+        self.0 = Some(Arc::downgrade(bus));
+    }
+}
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if let Some(bus) = self.0.take().and_then(|bus| bus.upgrade()) {
+            bus.sending.store(false, Ordering::Release);
+        }
     }
 }

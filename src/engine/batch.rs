@@ -50,16 +50,23 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let from_l2: Vec<Option<L2Read<V>>> = match &self.remote {
             Some(remote) => {
                 let l2_keys: Vec<String> = missing.iter().map(|k| remote.key(k)).collect();
-                let reads = remote.get_many(&l2_keys).await;
+                let reads = remote.get_many(&l2_keys, self.loader.is_some()).await;
                 reads.into_iter().map(Some).collect()
             }
             None => missing.iter().map(|_| None).collect(),
         };
         let loader = self.loader.as_deref();
+        // Keys L2 answered are not in the batch: if their flight must load after
+        // all (a stale entry, a refused commit), it asks the loader itself —
+        // the batch's "not found" for them would be cached as an absence.
+        let in_batch: Vec<bool> = from_l2
+            .iter()
+            .map(|read| !matches!(read, Some(L2Read::Hit(..))))
+            .collect();
         let to_load: Vec<K> = missing
             .iter()
-            .zip(&from_l2)
-            .filter(|(_, read)| !matches!(read, Some(L2Read::Hit(..))))
+            .zip(&in_batch)
+            .filter(|(_, loads)| **loads)
             .map(|(k, _)| k.clone())
             .collect();
         // Polled only if some key still needs loading after L2, by the first such flight.
@@ -71,23 +78,27 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Ok::<_, Failure>(Arc::new(self.timed(to_load.len(), load).await?))
         }
         .shared();
-        let flights = missing.iter().zip(tickets).zip(from_l2).zip(fallbacks).map(
-            |(((key, ticket), read), fallback)| {
+        let flights = missing
+            .iter()
+            .zip(tickets)
+            .zip(from_l2)
+            .zip(fallbacks)
+            .zip(in_batch)
+            .map(|((((key, ticket), read), fallback), in_batch)| {
                 let batch = batch.clone();
-                let first = loader.map(|_| {
+                let first = loader.filter(|_| in_batch).map(|_| {
                     batch.map(move |values| {
                         values.map(|values| Fetched::cached(values.get(key).cloned()))
                     })
                 });
                 let job = Job {
                     prepared: read.map(|read| (ticket, read)),
-                    own_load: false,
+                    own_load: !in_batch,
                     fallback,
                     ..Job::default()
                 };
                 self.fly(key, first, job)
-            },
-        );
+            });
         for (key, result) in missing.iter().zip(join_all(flights).await) {
             if let Some(value) = result? {
                 found.insert(key.clone(), value);

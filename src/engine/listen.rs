@@ -18,7 +18,7 @@ use crate::key::{CacheKey, CacheValue};
 /// What the listener needs of a cache.
 pub(crate) trait Subscriber: Send + Sync + 'static {
     /// The cache's end of the bus.
-    fn bus(&self) -> &Bus;
+    fn bus(&self) -> &Arc<Bus>;
     /// Applies an invalidation another instance sent.
     fn apply(&self, message: Message) -> BoxFuture<'_, ()>;
     /// The subscription is up; `again`: it was up before, and messages may have
@@ -29,7 +29,7 @@ pub(crate) trait Subscriber: Send + Sync + 'static {
 }
 
 impl<K: CacheKey, V: CacheValue> Subscriber for Core<K, V> {
-    fn bus(&self) -> &Bus {
+    fn bus(&self) -> &Arc<Bus> {
         self.bus
             .as_ref()
             .expect("a cache with a listener has a bus")
@@ -57,15 +57,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let Some(bus) = self.bus.as_ref().filter(|bus| !bus.is_subscribed()) else {
             return;
         };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // no listener outside a runtime (the next call in one starts it)
+        };
         let subscribed = bus.subscribed();
         if bus.is_subscribed() {
             return;
         }
         let weak: Weak<dyn Subscriber> = Arc::downgrade(self) as Weak<dyn Subscriber>;
         bus.start_listener(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
             let stream = bus.subscribe();
-            Some(runtime.spawn(listen(weak, stream)).abort_handle())
+            runtime.spawn(listen(weak, stream)).abort_handle()
         });
         if let Some(left) = bus.startup_left() {
             let _ = tokio::time::timeout(left, subscribed).await;
@@ -86,7 +88,9 @@ async fn listen(
             Delivery::Subscribed => {
                 cache.subscribed(bus.is_subscribed()).await;
                 bus.mark_subscribed();
-                bus.send_unsent().await;
+                // What was kept goes out now, in the background: the listener
+                // goes on applying what arrives.
+                bus.keep_sending();
             }
             Delivery::Message(bytes) => {
                 let Some(message) = bus.receive(&bytes) else {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::Message;
+use crate::bus::{Announcement, Message};
 use crate::engine::Core;
 use crate::entry::Entry;
 use crate::key::{CacheKey, CacheValue};
@@ -38,14 +38,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             None => true,
         };
+        let announcement = self.announce(landed, Message::Key(key.to_key_string()));
         let l1_write = async {
             if self.l1.enabled() {
                 self.l1.insert(key.clone(), entry).await;
             }
         };
         self.fence.supersede(&key, l1_write).await;
-        self.publish(landed, Message::Key(key.to_key_string()))
-            .await;
+        self.publish(announcement).await;
     }
 
     /// Removes `key` from every tier, and from every other instance's L1.
@@ -55,9 +55,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete(remote.key(key)).await,
             None => true,
         };
+        let announcement = self.announce(landed, Message::Key(key.to_key_string()));
         self.fence.supersede(key, self.l1.invalidate(key)).await;
-        self.publish(landed, Message::Key(key.to_key_string()))
-            .await;
+        self.publish(announcement).await;
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern`.
@@ -67,9 +67,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete_pattern(pattern).await,
             None => true,
         };
+        let announcement = self.announce(landed, Message::Pattern(pattern.to_owned()));
         self.remove_matching(Pattern::new(pattern)).await;
-        self.publish(landed, Message::Pattern(pattern.to_owned()))
-            .await;
+        self.publish(announcement).await;
     }
 
     /// Removes every entry of this cache from every tier and instance.
@@ -79,8 +79,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.clear().await,
             None => true,
         };
+        let announcement = self.announce(landed, Message::All);
         self.clear_l1().await;
-        self.publish(landed, Message::All).await;
+        self.publish(announcement).await;
     }
 
     /// Applies another instance's invalidation to this one's L1, through the fence.
@@ -134,15 +135,22 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .await;
     }
 
-    /// Publishes `message` if its L2 change `landed`. A change that did not land
-    /// is owed: the replay publishes it once it lands (published now, it would
-    /// make the other instances re-read the old value from L2 and keep it).
-    async fn publish(&self, landed: bool, message: Message) {
-        let Some(bus) = self.bus.as_ref().filter(|_| landed) else {
-            return;
-        };
-        if !bus.publish(message).await {
-            self.report.event(Counter::BusPublishErrors);
+    /// Keeps `message` for the bus if its L2 change `landed` (at once, before
+    /// any further await: from here on, a cancelled caller's message is still
+    /// sent, in the background). A change that did not land is owed: the replay
+    /// publishes it once it lands (published now, it would make the other
+    /// instances re-read the old value from L2 and keep it).
+    fn announce(&self, landed: bool, message: Message) -> Option<Announcement<'_>> {
+        let bus = self.bus.as_ref().filter(|_| landed)?;
+        Some(bus.announce(message))
+    }
+
+    /// Sends an announcement (counted if it must wait for the background sender).
+    async fn publish(&self, announcement: Option<Announcement<'_>>) {
+        if let Some(announcement) = announcement {
+            if !announcement.send().await {
+                self.report.event(Counter::BusPublishErrors);
+            }
         }
     }
 }

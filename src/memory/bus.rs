@@ -92,6 +92,7 @@ struct Sub {
 struct Conn {
     down: bool,
     fail_publishes: u32,
+    hang_publishes: u32,
     lose_received: u32,
     holding: bool,
     /// Messages held for this handle's subscriptions: (channel, subscription, bytes).
@@ -253,6 +254,12 @@ impl MemoryBus {
         self.with_conn(|conn| conn.fail_publishes = conn.fail_publishes.saturating_add(n));
     }
 
+    /// Makes the next `n` publishes through this handle hang: their futures never
+    /// complete (the cache's own timeout gives up on them), and nothing is sent.
+    pub fn hang_next_publishes(&self, n: u32) {
+        self.with_conn(|conn| conn.hang_publishes = conn.hang_publishes.saturating_add(n));
+    }
+
     /// Makes the next `n` messages published on this bus, through any handle, reach
     /// no subscriber, though their publishes succeed (as messages lost in transit).
     pub fn lose_next_published(&self, n: u32) {
@@ -309,6 +316,7 @@ impl MemoryBus {
         state.lose_published = 0;
         let conn = state.conn(self.conn.id);
         conn.fail_publishes = 0;
+        conn.hang_publishes = 0;
         conn.lose_received = 0;
     }
 
@@ -335,7 +343,17 @@ impl Backplane for MemoryBus {
         message: &'a [u8],
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         // As a request, it is sent when polled.
-        Box::pin(async move { self.hub.lock().publish(self.conn.id, channel, message) })
+        Box::pin(async move {
+            let hang = self.with_conn(|conn| {
+                let hang = conn.hang_publishes > 0;
+                conn.hang_publishes = conn.hang_publishes.saturating_sub(1);
+                hang
+            });
+            if hang {
+                return std::future::pending().await;
+            }
+            self.hub.lock().publish(self.conn.id, channel, message)
+        })
     }
 
     fn subscribe(&self, channel: &str) -> BoxStream<'static, Delivery> {

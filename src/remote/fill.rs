@@ -61,7 +61,9 @@ impl Remote {
         let mut owed = self.until_done(Work::Key(key.to_owned()));
         match self.wire.encode(value, lifetime, key) {
             Ok(bytes) => {
+                // Not behind owed work (see `delete`).
                 let landed = self
+                    .gate
                     .call("set", self.gate.store().set(key, &bytes, ttl))
                     .await
                     .is_some();

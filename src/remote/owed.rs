@@ -161,12 +161,17 @@ impl Owed {
                     pending.clear_from_start();
                 }
             }
-            // Kept even while a clear is owed, unless that clear has not begun:
-            // one that resumes past the start never revisits the keys before.
+            // A clear that has not got past the start covers a pattern, if it
+            // is restarted (a step from the start may be out already, and may
+            // have passed the pattern's keys): a clear past the start does not
+            // cover it (it never revisits the keys before its cursor).
             Work::Pattern(_, _)
                 if pending
                     .clear
-                    .is_some_and(|walk| walk.cursor == ScanCursor::default()) => {}
+                    .is_some_and(|walk| walk.cursor == ScanCursor::default()) =>
+            {
+                pending.clear_from_start();
+            }
             Work::Pattern(glob, cursor) => {
                 let number = pending.number();
                 match pending.patterns.iter_mut().find(|(g, _)| *g == glob) {
@@ -310,7 +315,10 @@ impl Remote {
     pub(crate) async fn delete(&self, key: String) -> bool {
         let keys = [key];
         let mut owed = self.until_done(Work::Key(keys[0].clone()));
+        // Writes need not wait for owed work (reads do): an owed deletion that
+        // lands after them only errs towards a miss.
         let landed = self
+            .gate
             .call("delete", self.gate.store().delete(&keys))
             .await
             .is_some();
@@ -341,7 +349,7 @@ impl Remote {
         let mut until_done = self.until_done(owed(cursor));
         loop {
             let step = self.gate.store().delete_matching(glob, cursor);
-            let Some(step) = self.call("scan", step).await else {
+            let Some(step) = self.gate.call("scan", step).await else {
                 return false; // the guard owes the rest
             };
             match step.next {
@@ -371,6 +379,9 @@ impl Remote {
             return;
         };
         let remote = self.this.clone();
+        // Dropped with the task (polled or not: its runtime shut down) rather
+        // than done, it lets the next deferral start another.
+        let mut running = StopOnDrop(Some(remote.clone()));
         runtime.spawn(async move {
             let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP, 0.0);
             let mut replayed = Replayed::Failed;
@@ -393,12 +404,32 @@ impl Remote {
                     owed.retrying.store(false, Ordering::Release);
                     // Owed again meanwhile, with nobody to see to it: go on.
                     if !owed.is_owed() || owed.retrying.swap(true, Ordering::AcqRel) {
+                        running.disarm();
                         return;
                     }
                     backoff.reset();
                 }
             }
         });
+    }
+}
+
+/// Marks the background replay stopped if its task is dropped while it holds
+/// the flag (its runtime shut down).
+struct StopOnDrop(Option<std::sync::Weak<Remote>>);
+
+impl StopOnDrop {
+    /// The task gave the flag up.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(remote) = self.0.take().and_then(|remote| remote.upgrade()) {
+            remote.owed.retrying.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -466,6 +497,22 @@ mod tests {
             at(0),
             "the same glob again restarts it"
         );
+    }
+
+    #[test]
+    fn a_pattern_owed_behind_a_clear_at_its_start_restarts_it() {
+        let owed = owed();
+        owed.defer(Work::Clear(at(0)));
+        // A replay step from the start may be out, and may already have passed
+        // the keys the pattern matches (SCAN does not promise to return keys
+        // written during a walk): it must not count for the walk that covers it.
+        let out = owed.lock().clear.unwrap();
+        owed.defer(Work::Pattern("p*".into(), at(0)));
+        let pending = owed.lock();
+        let now = pending.clear.unwrap();
+        assert_eq!(now.cursor, at(0));
+        assert_ne!(now, out, "the clear was restarted");
+        assert!(pending.patterns.is_empty(), "and it covers the pattern");
     }
 
     #[test]

@@ -62,8 +62,13 @@ impl Remote {
         }
     }
 
-    /// Reads several entries with one call (and reserves the missing ones).
-    pub(crate) async fn get_many<V: DeserializeOwned>(&self, keys: &[String]) -> Vec<L2Read<V>> {
+    /// Reads several entries with one call (and, if `reserve`, reserves the
+    /// missing ones).
+    pub(crate) async fn get_many<V: DeserializeOwned>(
+        &self,
+        keys: &[String],
+        reserve: bool,
+    ) -> Vec<L2Read<V>> {
         let report = self.report();
         let found = self
             .call("get_many", self.gate.store().get_many(keys))
@@ -78,7 +83,7 @@ impl Remote {
         let reads = join_all(
             keys.iter()
                 .zip(values)
-                .map(|(key, bytes)| self.accept(key, bytes, true)),
+                .map(|(key, bytes)| self.accept(key, bytes, reserve)),
         )
         .await;
         for read in &reads {

@@ -392,3 +392,48 @@ async fn a_caller_with_a_load_never_takes_the_answer_of_one_without() {
         assert!(matches!(plain.unwrap(), None | Some(5)));
     }
 }
+
+/// A write cancelled after its L2 change landed (here while its publish hangs)
+/// still reaches the other instances: its message was kept as the change
+/// landed, and the background sender sends it.
+#[tokio::test]
+async fn a_write_cancelled_after_it_landed_is_still_published() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let writer_bus = bus.connect();
+    let writer = instance(&db, store.connect(), writer_bus.clone());
+    let reader = instance(&db, store.connect(), bus.connect());
+    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    db.set("k", 2);
+    writer_bus.hang_next_publishes(1);
+    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, writer.invalidate(&key("k"))).await;
+    assert!(
+        cancelled.is_err(),
+        "the call was given up while its publish hung"
+    );
+    assert!(store.keys().is_empty(), "the deletion had landed");
+    until(&reader, "k", 2).await;
+}
+
+/// A pattern invalidated while a namespace clear is owed: once the replay is
+/// done, the store holds nothing either removed.
+#[tokio::test]
+async fn a_pattern_owed_behind_a_clear_is_not_lost() {
+    let (db, store, bus) = (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    );
+    let writer_store = store.connect();
+    let writer = instance(&db, writer_store.clone(), bus.connect());
+    assert_eq!(writer.get(&key("user:1")).await.unwrap(), Some(1));
+    writer_store.fail_next(StoreOp::Scan, 2);
+    writer.invalidate_all().await; // owed: a clear from the start
+    assert_eq!(writer.get(&key("user:2")).await.unwrap(), Some(1)); // L2 skipped
+    writer.invalidate_pattern("user:*").await; // owed too
+    eventually("the owed walks land", || store.keys().is_empty()).await;
+}

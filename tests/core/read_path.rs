@@ -338,3 +338,31 @@ async fn a_huge_early_refresh_beta_never_panics() {
         }
     }
 }
+
+/// `get_many` of a key whose L2 entry is stale (kept for fail-safe) loads it
+/// with the loader: the batch did not ask for it (L2 answered), and its "not
+/// found" must not be cached as an absence.
+#[tokio::test]
+async fn get_many_loads_a_key_that_l2_answered_stale_instead_of_caching_an_absence() {
+    let row = Arc::new(AtomicUsize::new(1));
+    let db = Arc::clone(&row);
+    // L2 times are wall-clock times (they are shared by instances): real TTLs.
+    let cache = TieredCache::<u32, usize>::builder("stale-batch")
+        .l2(tiered::MemoryStore::new())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_millis(200))
+        .l2_ttl(Duration::from_millis(200))
+        .fail_safe(Duration::from_secs(3600))
+        .loader_fn(move |_k: u32| {
+            let value = db.load(Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(value)) }
+        })
+        .build()
+        .unwrap();
+    cache.insert(7, 1).await;
+    row.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await; // stale in L1 and L2, still kept
+    let found = cache.get_many(&[7]).await.unwrap();
+    assert_eq!(found.get(&7), Some(&2));
+    assert_eq!(cache.get(&7).await.unwrap(), Some(2));
+}
