@@ -166,7 +166,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern` (`*`,
-    /// `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes; see [`Pattern`]) from every
+    /// `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes; see [`Pattern`](crate::Pattern)) from every
     /// tier and every instance, with the guarantees of
     /// [`invalidate`](Self::invalidate). In L2 this walks the cache's namespace
     /// with `SCAN MATCH` + `UNLINK`, one batch per call (every master of a
