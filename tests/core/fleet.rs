@@ -437,3 +437,44 @@ async fn a_pattern_owed_behind_a_clear_is_not_lost() {
     writer.invalidate_pattern("user:*").await; // owed too
     eventually("the owed walks land", || store.keys().is_empty()).await;
 }
+
+/// Fleet single flight: a waiter that takes the lease after the holder filled
+/// and let go (between the waiter's last look and its next ask) takes the
+/// holder's value instead of loading again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_waiter_that_takes_the_lease_late_does_not_load_again() {
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let loads = Arc::new(AtomicU64::new(0));
+    let instance = |store: MemoryStore| {
+        let loads = Arc::clone(&loads);
+        TieredCache::<String, u64>::builder("leased")
+            .l2(store)
+            .bus(bus.connect())
+            .l2_timeout(L2_TIMEOUT)
+            .fleet_single_flight(Duration::from_secs(5))
+            .loader_fn(move |_key: String| {
+                let loads = Arc::clone(&loads);
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok::<_, BoxError>(Some(7))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let (a_store, b_store) = (store.connect(), store.connect());
+    let (a, b) = (instance(a_store), instance(b_store.clone()));
+    let holder = tokio::spawn({
+        let a = a.clone();
+        async move { a.get(&key("k")).await }
+    });
+    eventually("a holds the lease", || a.stats().loads == 1).await;
+    // b's first look at L2 while it waits hangs past the holder's fill and
+    // release: its next ask for the lease succeeds.
+    b_store.hang_next(StoreOp::Get, 1);
+    assert_eq!(b.get(&key("k")).await.unwrap(), Some(7));
+    assert_eq!(holder.await.unwrap().unwrap(), Some(7));
+    assert_eq!(b.stats().lease_waits, 1);
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "the query ran once");
+}

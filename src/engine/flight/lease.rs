@@ -57,6 +57,20 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         loop {
             match remote.lease(key, token, ttl).await {
                 None => return Leased::Free,
+                // A waiter that takes the lease looks once more: the holder it
+                // waited for may have filled and let go since its last look.
+                Some(Ok(lease)) if waited => {
+                    return match self
+                        .filled(key, remote, &l2_key, ticket, refresh_after)
+                        .await
+                    {
+                        Some(leased) => {
+                            remote.release(lease).await;
+                            leased
+                        }
+                        None => Leased::Held(lease),
+                    };
+                }
                 Some(Ok(lease)) => return Leased::Held(lease),
                 Some(Err(())) => {}
             }
@@ -70,19 +84,36 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 return Leased::Free;
             }
             polls.wait().await;
-            let Some(hit) = remote.peek::<V>(&l2_key).await else {
-                continue;
-            };
-            let entry = self.entry_from_l2(hit, self.clock.now());
-            if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
-                continue;
+            if let Some(leased) = self
+                .filled(key, remote, &l2_key, ticket, refresh_after)
+                .await
+            {
+                return leased;
             }
-            return if self.commit(key, ticket, &entry).await {
-                Leased::Filled(entry)
-            } else {
-                Leased::Superseded(entry)
-            };
         }
+    }
+
+    /// The holder's value, if it is in L2 (and, for a refresh, newer than
+    /// `refresh_after`), committed to L1 unless the key was invalidated since
+    /// `ticket`.
+    async fn filled(
+        &self,
+        key: &K,
+        remote: &Remote,
+        l2_key: &str,
+        ticket: Ticket,
+        refresh_after: Option<u64>,
+    ) -> Option<Leased<V>> {
+        let hit = remote.peek::<V>(l2_key).await?;
+        let entry = self.entry_from_l2(hit, self.clock.now());
+        if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
+            return None;
+        }
+        Some(if self.commit(key, ticket, &entry).await {
+            Leased::Filled(entry)
+        } else {
+            Leased::Superseded(entry)
+        })
     }
 
     /// Gives a held lease back.
