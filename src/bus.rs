@@ -57,8 +57,8 @@ pub(crate) struct Bus {
     /// The listener task, started on first use in a tokio runtime; aborted with
     /// the cache.
     listener: OnceLock<AbortOnDrop>,
-    /// When the listener was started.
-    started_at: OnceLock<std::time::Instant>,
+    /// When the listener was started (tokio's clock, as the waits it bounds).
+    started_at: OnceLock<tokio::time::Instant>,
     /// Whether the first subscription is up.
     ready: AtomicBool,
     ready_notify: tokio::sync::Notify,
@@ -112,7 +112,7 @@ impl Bus {
     /// Starts the listener once (`start` spawns it and returns its task).
     pub(crate) fn start_listener(&self, start: impl FnOnce() -> tokio::task::AbortHandle) {
         self.listener.get_or_init(|| {
-            let _ = self.started_at.set(std::time::Instant::now());
+            let _ = self.started_at.set(tokio::time::Instant::now());
             AbortOnDrop(start())
         });
     }

@@ -60,10 +60,8 @@ impl<K: CacheKey, V: CacheValue> fmt::Debug for TieredCache<K, V> {
 }
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
-    pub(crate) fn from_core(core: Core<K, V>) -> Self {
-        TieredCache {
-            core: Arc::new(core),
-        }
+    pub(crate) fn from_core(core: Arc<Core<K, V>>) -> Self {
+        TieredCache { core }
     }
 
     /// The engine, for the macro runtime.

@@ -14,6 +14,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+
 use crate::bus::{Backplane, Bus, Message};
 use crate::clock::Clock;
 use crate::fence::Fence;
@@ -71,22 +73,30 @@ pub(crate) struct Core<K, V> {
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Makes each part from its settings.
-    pub(crate) fn new(settings: Settings<K, V>) -> Self {
+    pub(crate) fn new(settings: Settings<K, V>) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self::with(settings, this.clone()))
+    }
+
+    fn with(settings: Settings<K, V>, this: Weak<Self>) -> Self {
         let report = Arc::new(Report::new(settings.observer));
         let fence = Arc::new(Fence::new());
         let bus = settings
             .bus
             .map(|(backplane, channel, timeout)| Arc::new(Bus::new(backplane, channel, timeout)));
         // Owed work that lands later is published then (the other instances
-        // must drop what they re-read from L2 meanwhile).
+        // must drop what they re-read from L2 meanwhile), and dropped from this
+        // instance's L1 too (a cancelled write never reached it).
         let announce_on = bus.as_ref().map(Arc::downgrade);
         let announce: Announce = Box::new(move |landed| {
             if let Some(bus) = announce_on.as_ref().and_then(Weak::upgrade) {
-                bus.enqueue(match landed {
-                    Landed::Key(key) => Message::Key(key),
-                    Landed::Pattern(glob) => Message::Pattern(glob),
+                bus.enqueue(match &landed {
+                    Landed::Key(key) => Message::Key(key.clone()),
+                    Landed::Pattern(glob) => Message::Pattern(glob.clone()),
                     Landed::All => Message::All,
                 });
+            }
+            if let (Some(core), Ok(runtime)) = (this.upgrade(), Handle::try_current()) {
+                runtime.spawn(async move { core.drop_landed(landed).await });
             }
         });
         Core {

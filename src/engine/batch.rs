@@ -45,7 +45,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         if missing.is_empty() {
             return Ok(found);
         }
-        self.start_bus().await;
+        self.start_bus(true).await;
         let tickets: Vec<_> = missing.iter().map(|k| self.fence.ticket(k)).collect();
         let from_l2: Vec<Option<L2Read<V>>> = match &self.remote {
             Some(remote) => {

@@ -75,7 +75,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        self.start_bus().await;
+        self.start_bus(true).await;
         let can_load = first.is_some() || self.loader.is_some();
         let detach = first.is_none() && self.can_refresh();
         // A stale copy this caller takes at the soft timeout (detached loads only).

@@ -50,10 +50,12 @@ impl<K: CacheKey, V: CacheValue> Subscriber for Core<K, V> {
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Starts the bus listener on first use. Until its first subscription is up
-    /// (and for at most one L2 timeout after it started), callers wait for it:
-    /// a flight that began before would be overtaken by the L1 clear that the
-    /// subscription brings, and its callers would load again.
-    pub(crate) async fn start_bus(self: &Arc<Self>) {
+    /// (and for at most one L2 timeout after it started), readers wait for it: a
+    /// flight that began before would be overtaken by the L1 clear that the
+    /// subscription brings, and its callers would load again. Writers
+    /// (`wait` false) do not: they read nothing, and a write cancelled while it
+    /// waited would not have begun its L2 change.
+    pub(crate) async fn start_bus(self: &Arc<Self>, wait: bool) {
         let Some(bus) = self.bus.as_ref().filter(|bus| !bus.is_subscribed()) else {
             return;
         };
@@ -69,7 +71,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             let stream = bus.subscribe();
             runtime.spawn(listen(weak, stream)).abort_handle()
         });
-        if let Some(left) = bus.startup_left() {
+        if let Some(left) = bus.startup_left().filter(|_| wait) {
             let _ = tokio::time::timeout(left, subscribed).await;
         }
     }

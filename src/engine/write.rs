@@ -15,6 +15,7 @@ use crate::entry::Entry;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
+use crate::remote::Landed;
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Writes `value` for `key` in every tier, fresh for `l1_ttl` in L1 and
@@ -26,7 +27,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         l1_ttl: Duration,
         l2_ttl: Duration,
     ) {
-        self.start_bus().await;
+        self.start_bus(false).await;
         self.report.event(Counter::Inserts);
         let now = self.clock.now();
         let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
@@ -88,12 +89,27 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     pub(crate) async fn apply_remote(&self, message: Message) {
         self.report.event(Counter::InvalidationsReceived);
         match message {
-            Message::Key(text) => match K::from_key_str(&text) {
-                Some(key) => self.fence.supersede(&key, self.l1.invalidate(&key)).await,
-                None => self.remove_matching(Pattern::new(escape_glob(&text))).await,
-            },
+            Message::Key(text) => self.drop_key_text(&text).await,
             Message::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Message::All => self.clear_l1().await,
+        }
+    }
+
+    /// Drops from L1 what owed work that has now landed removed from L2 (the
+    /// write that owed it may have been cancelled before it changed L1).
+    pub(crate) async fn drop_landed(&self, landed: Landed) {
+        match landed {
+            Landed::Key(text) => self.drop_key_text(&text).await,
+            Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
+            Landed::All => self.clear_l1().await,
+        }
+    }
+
+    /// Drops a key, given in its string form, from L1.
+    async fn drop_key_text(&self, text: &str) {
+        match K::from_key_str(text) {
+            Some(key) => self.fence.supersede(&key, self.l1.invalidate(&key)).await,
+            None => self.remove_matching(Pattern::new(escape_glob(text))).await,
         }
     }
 
@@ -118,7 +134,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     /// Starts the bus if needed, and counts and reports an invalidation.
     async fn begin_invalidation(self: &Arc<Self>, all: bool) {
-        self.start_bus().await;
+        self.start_bus(false).await;
         self.report.count(Counter::Invalidations);
         self.report.with_observer(|o| o.invalidated(all));
     }
