@@ -186,75 +186,78 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
     }
 }
 
-/// An invalidation whose L2 deletion cannot land at first is published once it
-/// lands, not before: the other instances would otherwise drop their copy, read
-/// the old entry again from L2 meanwhile, and keep it for their L1 TTL.
-#[tokio::test]
-async fn an_owed_deletion_is_published_when_it_lands() {
+/// A writer and a reader instance that both hold "k" at version 1 (in L1, and
+/// in L2), each on store and bus handles of its own; the database then moves
+/// "k" to 2. The writer's handles are returned for faults.
+struct Pair {
+    store: MemoryStore,
+    writer_store: MemoryStore,
+    writer_bus: MemoryBus,
+    writer: TieredCache<String, u64>,
+    reader: TieredCache<String, u64>,
+}
+
+async fn pair() -> Pair {
     let (db, store, bus) = (
         Arc::new(Db::default()),
         MemoryStore::new(),
         MemoryBus::new(),
     );
-    let writer_store = store.connect();
-    let writer = instance(&db, writer_store.clone(), bus.connect());
+    let (writer_store, writer_bus) = (store.connect(), bus.connect());
+    let writer = instance(&db, writer_store.clone(), writer_bus.clone());
     let reader = instance(&db, store.connect(), bus.connect());
+    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
     assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
     db.set("k", 2);
-    writer_store.fail_next(StoreOp::Delete, 3);
-    writer.invalidate(&key("k")).await;
+    Pair {
+        store,
+        writer_store,
+        writer_bus,
+        writer,
+        reader,
+    }
+}
+
+/// An invalidation whose L2 deletion cannot land at first is published once it
+/// lands, not before: the other instances would otherwise drop their copy, read
+/// the old entry again from L2 meanwhile, and keep it for their L1 TTL.
+#[tokio::test]
+async fn an_owed_deletion_is_published_when_it_lands() {
+    let p = pair().await;
+    p.writer_store.fail_next(StoreOp::Delete, 3);
+    p.writer.invalidate(&key("k")).await;
     // The deletion is owed: L2 still holds 1, and so may the reader.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
+    assert_eq!(p.reader.get(&key("k")).await.unwrap(), Some(1));
     // The background replay lands it, then publishes it.
-    eventually("the owed deletion lands", || store.keys().is_empty()).await;
-    until(&reader, "k", 2).await;
+    eventually("the owed deletion lands", || p.store.keys().is_empty()).await;
+    until(&p.reader, "k", 2).await;
 }
 
 /// An invalidation cancelled while its L2 deletion is in flight owes it, and a
 /// background replay lands it (and publishes it) with no further call.
 #[tokio::test]
 async fn a_cancelled_invalidation_is_replayed_in_the_background() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
-    let writer_store = store.connect();
-    let writer = instance(&db, writer_store.clone(), bus.connect());
-    let reader = instance(&db, store.connect(), bus.connect());
-    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
-    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
-    db.set("k", 2);
-    writer_store.hang_next(StoreOp::Delete, 1);
-    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, writer.invalidate(&key("k"))).await;
+    let p = pair().await;
+    p.writer_store.hang_next(StoreOp::Delete, 1);
+    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, p.writer.invalidate(&key("k"))).await;
     assert!(
         cancelled.is_err(),
         "the call was given up while the delete hung"
     );
-    eventually("the owed deletion lands", || store.keys().is_empty()).await;
-    until(&reader, "k", 2).await;
+    eventually("the owed deletion lands", || p.store.keys().is_empty()).await;
+    until(&p.reader, "k", 2).await;
 }
 
 /// A publish that failed is sent again in the background: an instance that
 /// makes no further change still reaches the others.
 #[tokio::test]
 async fn a_failed_publish_is_sent_again_by_a_quiet_instance() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
-    let writer_bus = bus.connect();
-    let writer = instance(&db, store.connect(), writer_bus.clone());
-    let reader = instance(&db, store.connect(), bus.connect());
-    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
-    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
-    db.set("k", 2);
-    writer_bus.fail_next_publishes(1);
-    writer.invalidate(&key("k")).await;
-    assert_eq!(writer.stats().bus_publish_errors, 1);
-    until(&reader, "k", 2).await;
+    let p = pair().await;
+    p.writer_bus.fail_next_publishes(1);
+    p.writer.invalidate(&key("k")).await;
+    assert_eq!(p.writer.stats().bus_publish_errors, 1);
+    until(&p.reader, "k", 2).await;
 }
 
 /// A key type whose `from_key_str` panics on some input.
@@ -398,25 +401,15 @@ async fn a_caller_with_a_load_never_takes_the_answer_of_one_without() {
 /// landed, and the background sender sends it.
 #[tokio::test]
 async fn a_write_cancelled_after_it_landed_is_still_published() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
-    let writer_bus = bus.connect();
-    let writer = instance(&db, store.connect(), writer_bus.clone());
-    let reader = instance(&db, store.connect(), bus.connect());
-    assert_eq!(writer.get(&key("k")).await.unwrap(), Some(1));
-    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(1));
-    db.set("k", 2);
-    writer_bus.hang_next_publishes(1);
-    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, writer.invalidate(&key("k"))).await;
+    let p = pair().await;
+    p.writer_bus.hang_next_publishes(1);
+    let cancelled = tokio::time::timeout(L2_TIMEOUT / 4, p.writer.invalidate(&key("k"))).await;
     assert!(
         cancelled.is_err(),
         "the call was given up while its publish hung"
     );
-    assert!(store.keys().is_empty(), "the deletion had landed");
-    until(&reader, "k", 2).await;
+    assert!(p.store.keys().is_empty(), "the deletion had landed");
+    until(&p.reader, "k", 2).await;
 }
 
 /// A pattern invalidated while a namespace clear is owed: once the replay is
