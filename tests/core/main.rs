@@ -11,6 +11,7 @@ mod support;
 mod conformance;
 
 mod adaptive;
+mod breaker;
 mod fleet;
 mod read_path;
 mod write_path;

@@ -1,0 +1,70 @@
+//! The circuit breaker as caches see it: shared by the caches on one store
+//! (and its clones), not by another client of the same data, gone with its
+//! caches; a hung or failing call is a counted miss, and the breaker opens, then
+//! closes on the background probe.
+
+use std::time::Duration;
+
+use tiered::{BoxError, BreakerState, MemoryStore, StoreOp, TieredCache};
+
+fn cache(store: &MemoryStore) -> TieredCache<u64, u64> {
+    TieredCache::builder("breaker")
+        .l2(store.clone())
+        .l1_max_entries(0)
+        .l2_timeout(Duration::from_millis(100))
+        .l2_breaker(2, Duration::from_secs(5))
+        .l2_probe_delay(Duration::from_millis(500))
+        .loader_fn(|k: u64| async move { Ok::<_, BoxError>(Some(k)) })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn caches_on_one_store_share_a_breaker_that_dies_with_them() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store.clone()));
+    let other = cache(&store.connect());
+    store.fail_next(StoreOp::Reserve, 2);
+    a.get(&1).await.unwrap();
+    a.get(&2).await.unwrap();
+    assert_eq!(a.stats().breaker, BreakerState::Open);
+    assert_eq!(b.stats().breaker, BreakerState::Open, "clones share one");
+    assert_eq!(b.stats().breaker_opened, 1);
+    assert_eq!(
+        other.stats().breaker,
+        BreakerState::Closed,
+        "another client"
+    );
+    drop((a, b));
+    let again = cache(&store);
+    assert_eq!(again.stats().breaker, BreakerState::Closed);
+    assert_eq!(
+        again.stats().breaker_opened,
+        0,
+        "a new breaker for the next cache"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_or_failing_call_is_a_counted_miss_and_the_probe_closes_the_breaker() {
+    let store = MemoryStore::new();
+    let cache = cache(&store);
+    store.hang_next(StoreOp::Reserve, 1);
+    assert_eq!(cache.get(&1).await.unwrap(), Some(1), "timed out: loaded");
+    store.fail_next(StoreOp::Reserve, 1);
+    assert_eq!(cache.get(&2).await.unwrap(), Some(2), "failed: loaded");
+    let stats = cache.stats();
+    assert_eq!((stats.l2_errors, stats.breaker), (2, BreakerState::Open));
+    let calls = store.calls(StoreOp::Reserve);
+    assert_eq!(cache.get(&3).await.unwrap(), Some(3));
+    assert_eq!(
+        store.calls(StoreOp::Reserve),
+        calls,
+        "open: no call is made"
+    );
+    // The background probe (a PING) closes it once the store answers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cache.stats().breaker, BreakerState::Closed);
+    cache.get(&4).await.unwrap();
+    assert_eq!(store.calls(StoreOp::Reserve), calls + 1);
+}
