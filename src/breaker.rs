@@ -181,15 +181,10 @@ impl Breaker {
 
     /// Opens the breaker and starts the background probe (when a tokio runtime
     /// can run it).
+    /// (The caller starts the probe once it released the state's lock:
+    /// [`start_probe`](Self::start_probe).)
     fn open(&self, state: &mut State) -> Transition {
-        let probing = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let lost = LostProbe(self.this.clone());
-                runtime.spawn(probe(self.this.clone(), self.settings, lost));
-                true
-            }
-            Err(_) => false,
-        };
+        let probing = tokio::runtime::Handle::try_current().is_ok();
         *state = State::Open {
             until: self
                 .clock
@@ -199,6 +194,19 @@ impl Breaker {
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
         Some(BreakerState::Open)
+    }
+
+    /// Starts the background probe of a breaker that just opened, if it waits
+    /// for one (its state's lock must not be held: a task dropped at once by a
+    /// runtime shutting down hands the decision back under that lock).
+    fn start_probe(&self) {
+        if !self.is_probing() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lost = LostProbe(Some(self.this.clone()));
+            runtime.spawn(probe(self.this.clone(), self.settings, lost));
+        }
     }
 
     /// A background probe succeeded: close (unless something else decided first).
@@ -226,8 +234,7 @@ impl Breaker {
 /// delay, doubling up to the cool-down, each plus up to 25% jitter.
 /// `lost` (dropped with this future, polled or not: its runtime shut down)
 /// hands the decision back to the read path (half-open after the cool-down).
-async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, lost: LostProbe) {
-    let _lost = lost;
+async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, mut lost: LostProbe) {
     let mut backoff = Backoff::new(settings.probe_delay, settings.cooldown, 0.25);
     loop {
         backoff.wait().await;
@@ -235,6 +242,7 @@ async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, lost: LostProb
             return;
         };
         if !b.is_probing() {
+            lost.disarm(); // decided otherwise: not this probe's to hand back
             return;
         }
         let probe = Arc::clone(&b.probe);
@@ -256,6 +264,7 @@ async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, lost: LostProb
         };
         if ok {
             tracing::info!("L2 probe succeeded: closing the circuit breaker");
+            lost.disarm();
             b.probed();
             return;
         }
@@ -265,16 +274,21 @@ async fn probe(breaker: Weak<Breaker>, settings: BreakerSettings, lost: LostProb
 
 /// Hands an open breaker's decision back to the read path when its background
 /// probe ends without closing it (its task dropped).
-struct LostProbe(Weak<Breaker>);
+struct LostProbe(Option<Weak<Breaker>>);
+
+impl LostProbe {
+    /// The probe ended as it should: nothing to hand back.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for LostProbe {
     fn drop(&mut self) {
-        // `try_lock`: a task dropped at once by a runtime shutting down is
-        // dropped while `open` holds the lock (it then stays open, probing).
-        let Some(breaker) = self.0.upgrade() else {
+        let Some(breaker) = self.0.take().and_then(|b| b.upgrade()) else {
             return;
         };
-        if let Ok(mut state) = breaker.state.try_lock() {
+        if let Ok(mut state) = breaker.state.lock() {
             if let State::Open {
                 until,
                 probing: true,
@@ -316,6 +330,9 @@ impl Permit<'_> {
     pub(crate) fn failure(mut self) -> Transition {
         self.decided = true;
         let transition = self.decide_failure();
+        if transition == Some(BreakerState::Open) {
+            self.breaker.start_probe();
+        }
         self.breaker.notify(transition)
     }
 

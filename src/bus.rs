@@ -45,11 +45,11 @@ pub(crate) struct Bus {
     /// This instance's id, in every message it sends.
     origin: u128,
     timeout: Duration,
-    /// Messages whose publish failed, sent again before the next one.
-    unsent: Mutex<Vec<Message>>,
+    /// Messages kept to be sent (in order, numbered).
+    unsent: Mutex<Unsent>,
     has_unsent: AtomicBool,
     /// When a send last failed (then sends wait [`RETRY_AFTER`]).
-    failed_at: Mutex<Option<std::time::Instant>>,
+    failed_at: Mutex<Option<tokio::time::Instant>>,
     /// Held by the one caller sending kept messages.
     send_lock: futures_util::lock::Mutex<()>,
     /// Whether the background sender runs.
@@ -79,7 +79,7 @@ impl Bus {
             channel,
             origin: (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
             timeout,
-            unsent: Mutex::new(Vec::new()),
+            unsent: Mutex::new(Unsent::default()),
             has_unsent: AtomicBool::new(false),
             failed_at: Mutex::new(None),
             send_lock: futures_util::lock::Mutex::new(()),
@@ -166,11 +166,11 @@ impl Bus {
     /// the cache is dropped. Needs a tokio runtime (else the next publish or
     /// resubscription sends what is kept).
     pub(crate) fn keep_sending(self: &Arc<Self>) {
-        if self.sending.swap(true, Ordering::AcqRel) {
+        if self.sending.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.sending.store(false, Ordering::Release);
+            self.sending.store(false, Ordering::SeqCst);
             return;
         };
         let bus = Arc::downgrade(self);
@@ -184,16 +184,17 @@ impl Bus {
                     return;
                 };
                 if bus.send_unsent().await {
+                    backoff.reset();
+                    if bus.has_unsent() {
+                        continue; // kept meanwhile: send it too
+                    }
                     running.disarm();
-                    bus.sending.store(false, Ordering::Release);
+                    bus.sending.store(false, Ordering::SeqCst);
                     // Kept again meanwhile, with nobody to send it: go on.
-                    if !bus.has_unsent.load(Ordering::Acquire)
-                        || bus.sending.swap(true, Ordering::AcqRel)
-                    {
+                    if !bus.has_unsent() || bus.sending.swap(true, Ordering::SeqCst) {
                         return;
                     }
                     running.arm(&bus);
-                    backoff.reset();
                     continue;
                 }
                 drop(bus);
@@ -202,60 +203,72 @@ impl Bus {
         });
     }
 
-    /// Sends what is kept. Returns whether nothing is left.
+    /// Sends what is kept. Returns whether every publish it tried went
+    /// through (messages kept meanwhile may be left: see `has_unsent`).
     pub(crate) async fn send_unsent(&self) -> bool {
-        if !self.has_unsent.load(Ordering::Acquire) {
+        if !self.has_unsent.load(Ordering::SeqCst) {
             return true;
         }
         // One sender at a time, so that a message is not sent twice by two.
         let _sending = self.send_lock.lock().await;
-        if !self.has_unsent.load(Ordering::Acquire) {
+        if !self.has_unsent.load(Ordering::SeqCst) {
             return true;
         }
-        let batch: Vec<Message> = self.lock_unsent().clone();
+        let batch: Vec<(u64, Message)> = self.lock_unsent().kept.clone();
         let mut sent = 0;
-        for message in &batch {
+        let mut failed = false;
+        for (_, message) in &batch {
             let bytes = message.encode(self.origin);
             let publish = self.backplane.publish(&self.channel, &bytes);
             match tokio::time::timeout(self.timeout, publish).await {
                 Ok(Ok(())) => sent += 1,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, channel = %self.channel, "bus publish failed");
+                    failed = true;
                     break;
                 }
                 Err(_) => {
                     tracing::debug!(channel = %self.channel, "bus publish timed out");
+                    failed = true;
                     break;
                 }
             }
         }
         let mut unsent = self.lock_unsent();
-        // Only what was sent leaves (others may have been added meanwhile).
-        if unsent.len() >= sent && unsent[..sent] == batch[..sent] {
-            unsent.drain(..sent);
-        }
-        let done = unsent.is_empty();
-        self.has_unsent.store(!done, Ordering::Release);
+        // Only what was sent leaves: by number, so that a message kept (or
+        // folded into "everything") meanwhile stays.
+        let sent: Vec<u64> = batch[..sent].iter().map(|(number, _)| *number).collect();
+        unsent.kept.retain(|(number, _)| !sent.contains(number));
+        self.has_unsent
+            .store(!unsent.kept.is_empty(), Ordering::SeqCst);
         drop(unsent);
         *self
             .failed_at
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (!done).then(std::time::Instant::now);
-        done
+            .unwrap_or_else(PoisonError::into_inner) = failed.then(tokio::time::Instant::now);
+        !failed
+    }
+
+    /// Whether messages are kept, unsent.
+    fn has_unsent(&self) -> bool {
+        self.has_unsent.load(Ordering::SeqCst)
     }
 
     fn keep(&self, message: Message) {
         let mut unsent = self.lock_unsent();
-        if unsent.len() >= MAX_UNSENT || unsent.first() == Some(&Message::All) {
-            unsent.clear();
-            unsent.push(Message::All);
+        unsent.next += 1;
+        let number = unsent.next;
+        if unsent.kept.len() >= MAX_UNSENT || unsent.kept.iter().any(|(_, m)| *m == Message::All) {
+            // Everything, under a new number: one being sent now does not count.
+            unsent.kept.clear();
+            unsent.kept.push((number, Message::All));
         } else {
-            unsent.push(message);
+            unsent.kept.push((number, message));
         }
-        self.has_unsent.store(true, Ordering::Release);
+        self.has_unsent.store(true, Ordering::SeqCst);
     }
 
-    fn lock_unsent(&self) -> std::sync::MutexGuard<'_, Vec<Message>> {
+    fn lock_unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
         self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -268,6 +281,13 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Messages kept to be sent, each with a number.
+#[derive(Default)]
+struct Unsent {
+    kept: Vec<(u64, Message)>,
+    next: u64,
 }
 
 /// A kept message being sent by the caller whose change it announces.
@@ -290,8 +310,8 @@ impl Announcement<'_> {
             return false; // the drop hands it to the background sender
         }
         let sent = self.bus.send_unsent().await;
-        if sent {
-            std::mem::forget(self);
+        if sent && !self.bus.has_unsent() {
+            std::mem::forget(self); // nothing left for the background sender
         }
         sent
     }
@@ -322,7 +342,78 @@ impl ClearOnDrop {
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         if let Some(bus) = self.0.take().and_then(|bus| bus.upgrade()) {
-            bus.sending.store(false, Ordering::Release);
+            bus.sending.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt;
+    use tokio::sync::Semaphore;
+
+    /// A backplane whose publishes wait for a permit each, and are recorded.
+    #[derive(Debug)]
+    struct Gated {
+        permits: Arc<Semaphore>,
+        sent: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl Backplane for Gated {
+        fn publish<'a>(
+            &'a self,
+            _: &'a str,
+            message: &'a [u8],
+        ) -> BoxFuture<'a, Result<(), crate::error::BoxError>> {
+            Box::pin(async move {
+                self.permits.acquire().await.expect("open").forget();
+                self.sent.lock().unwrap().push(message.to_vec());
+                Ok(())
+            })
+        }
+
+        fn subscribe(&self, _: &str) -> BoxStream<'static, Delivery> {
+            Box::pin(futures_util::stream::pending())
+        }
+    }
+
+    fn bus() -> (Arc<Bus>, Arc<Gated>) {
+        let backplane = Arc::new(Gated {
+            permits: Arc::new(Semaphore::new(0)),
+            sent: Mutex::default(),
+        });
+        let bus = Bus::new(backplane.clone(), "c".into(), Duration::from_secs(60));
+        (Arc::new(bus), backplane)
+    }
+
+    #[tokio::test]
+    async fn a_message_folded_into_everything_while_it_is_sent_is_sent_again() {
+        let (bus, gated) = bus();
+        bus.keep(Message::All);
+        let mut sending = Box::pin(bus.send_unsent());
+        assert!((&mut sending).now_or_never().is_none(), "the publish waits");
+        bus.keep(Message::Key("k".into())); // folded into a new "everything"
+        gated.permits.add_permits(1);
+        assert!(sending.await, "the publish went through");
+        assert!(bus.has_unsent(), "the new 'everything' is still to be sent");
+        gated.permits.add_permits(1);
+        assert!(bus.send_unsent().await);
+        assert!(!bus.has_unsent());
+        assert_eq!(gated.sent.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn messages_kept_while_a_batch_is_sent_are_not_a_failure() {
+        let (bus, gated) = bus();
+        bus.keep(Message::Key("a".into()));
+        let mut sending = Box::pin(bus.send_unsent());
+        assert!((&mut sending).now_or_never().is_none());
+        bus.keep(Message::Key("b".into()));
+        gated.permits.add_permits(1);
+        assert!(sending.await, "every publish tried went through");
+        assert!(bus.failed_at.lock().unwrap().is_none(), "nothing failed");
+        assert!(bus.has_unsent(), "b is left for the next send");
     }
 }

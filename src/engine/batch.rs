@@ -1,4 +1,5 @@
-//! `get_many`: L1 answers what it has, L2 the rest in one round trip, and what
+//! `get_many`: L1 answers what it has, L2 the rest with one `MGET` (then a
+//! reservation for each key it does not have, when there is a loader), and what
 //! is still missing is loaded in one batch, while each key still shares the
 //! flight of any concurrent `get` of it.
 

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
+
 use crate::bus::{Announcement, Message};
 use crate::engine::Core;
 use crate::entry::Entry;
@@ -40,12 +42,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             None => true,
         };
         let announcement = self.announce(landed, Message::Key(key.to_key_string()));
+        let l1_change = self.l1_change_owed(Landed::Key(key.to_key_string()));
         let l1_write = async {
             if self.l1.enabled() {
                 self.l1.insert(key.clone(), entry).await;
             }
         };
         self.fence.supersede(&key, l1_write).await;
+        l1_change.done();
         self.publish(announcement).await;
     }
 
@@ -57,7 +61,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             None => true,
         };
         let announcement = self.announce(landed, Message::Key(key.to_key_string()));
+        let l1_change = self.l1_change_owed(Landed::Key(key.to_key_string()));
         self.fence.supersede(key, self.l1.invalidate(key)).await;
+        l1_change.done();
         self.publish(announcement).await;
     }
 
@@ -69,7 +75,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             None => true,
         };
         let announcement = self.announce(landed, Message::Pattern(pattern.to_owned()));
+        let l1_change = self.l1_change_owed(Landed::Pattern(pattern.to_owned()));
         self.remove_matching(Pattern::new(pattern)).await;
+        l1_change.done();
         self.publish(announcement).await;
     }
 
@@ -81,7 +89,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             None => true,
         };
         let announcement = self.announce(landed, Message::All);
+        let l1_change = self.l1_change_owed(Landed::All);
         self.clear_l1().await;
+        l1_change.done();
         self.publish(announcement).await;
     }
 
@@ -93,6 +103,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Message::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Message::All => self.clear_l1().await,
         }
+    }
+
+    /// A guard for a write's L1 change, from the moment its L2 change was made
+    /// (or owed): dropped before [`done`](L1ChangeOwed::done) (the caller was
+    /// cancelled while it waited for the fence), it drops the key from L1 in a
+    /// task of its own, so that this instance does not keep what the others drop.
+    fn l1_change_owed(self: &Arc<Self>, change: Landed) -> L1ChangeOwed<K, V> {
+        L1ChangeOwed(Some((Arc::clone(self), change)))
     }
 
     /// Drops from L1 what owed work that has now landed removed from L2 (the
@@ -167,6 +185,24 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             if !announcement.send().await {
                 self.report.event(Counter::BusPublishErrors);
             }
+        }
+    }
+}
+
+/// See [`Core::l1_change_owed`].
+pub(crate) struct L1ChangeOwed<K: CacheKey, V: CacheValue>(Option<(Arc<Core<K, V>>, Landed)>);
+
+impl<K: CacheKey, V: CacheValue> L1ChangeOwed<K, V> {
+    /// The L1 change was made.
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<K: CacheKey, V: CacheValue> Drop for L1ChangeOwed<K, V> {
+    fn drop(&mut self) {
+        if let (Some((core, change)), Ok(runtime)) = (self.0.take(), Handle::try_current()) {
+            runtime.spawn(async move { core.drop_landed(change).await });
         }
     }
 }

@@ -69,6 +69,7 @@ impl Remote {
                     .is_some();
                 if landed {
                     owed.done();
+                    self.owed.landed(key);
                 }
                 landed
             }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::observe::Counter;
@@ -144,7 +144,16 @@ impl Owed {
 
     /// Whether anything is owed.
     pub(super) fn is_owed(&self) -> bool {
-        self.has_pending.load(Ordering::Acquire)
+        self.has_pending.load(Ordering::SeqCst)
+    }
+
+    /// A write of `key` landed: an older deletion of it owed is moot (what it
+    /// would delete is gone, or newer and to be kept).
+    pub(super) fn landed(&self, key: &str) {
+        let mut pending = self.lock();
+        if pending.keys.remove(key).is_some() && pending.is_empty() {
+            self.has_pending.store(false, Ordering::SeqCst);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -195,7 +204,7 @@ impl Owed {
                 pending.clear = Some(Walk { cursor, number });
             }
         }
-        self.has_pending.store(true, Ordering::Release);
+        self.has_pending.store(true, Ordering::SeqCst);
     }
 }
 
@@ -221,13 +230,13 @@ impl Remote {
         let Some(_replaying) = owed.flushing.try_lock() else {
             return Replayed::Failed; // another caller is replaying: not done yet
         };
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let mut progress = false;
         loop {
             let (clear, pattern, keys) = {
                 let pending = owed.lock();
                 if pending.is_empty() {
-                    owed.has_pending.store(false, Ordering::Release);
+                    owed.has_pending.store(false, Ordering::SeqCst);
                     return Replayed::Done;
                 }
                 let keys: Vec<(String, u64)> = pending
@@ -324,6 +333,7 @@ impl Remote {
             .is_some();
         if landed {
             owed.done();
+            self.owed.landed(&keys[0]);
         }
         landed
     }
@@ -371,11 +381,11 @@ impl Remote {
     /// replay is the only one).
     pub(crate) fn keep_replaying(&self) {
         let owed = &self.owed;
-        if !owed.is_owed() || owed.retrying.swap(true, Ordering::AcqRel) {
+        if !owed.is_owed() || owed.retrying.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            owed.retrying.store(false, Ordering::Release);
+            owed.retrying.store(false, Ordering::SeqCst);
             return;
         };
         let remote = self.this.clone();
@@ -401,9 +411,9 @@ impl Remote {
                 let owed = &remote.owed;
                 replayed = remote.replay().await;
                 if replayed == Replayed::Done {
-                    owed.retrying.store(false, Ordering::Release);
+                    owed.retrying.store(false, Ordering::SeqCst);
                     // Owed again meanwhile, with nobody to see to it: go on.
-                    if !owed.is_owed() || owed.retrying.swap(true, Ordering::AcqRel) {
+                    if !owed.is_owed() || owed.retrying.swap(true, Ordering::SeqCst) {
                         running.disarm();
                         return;
                     }
@@ -428,7 +438,7 @@ impl StopOnDrop {
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if let Some(remote) = self.0.take().and_then(|remote| remote.upgrade()) {
-            remote.owed.retrying.store(false, Ordering::Release);
+            remote.owed.retrying.store(false, Ordering::SeqCst);
         }
     }
 }

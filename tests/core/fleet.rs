@@ -471,3 +471,27 @@ async fn a_lease_waiter_that_takes_the_lease_late_does_not_load_again() {
     assert_eq!(b.stats().lease_waits, 1);
     assert_eq!(loads.load(Ordering::SeqCst), 1, "the query ran once");
 }
+
+/// An insert whose write to L2 failed owes the deletion of the old entry; a
+/// later insert of the same key that lands makes that deletion moot: the
+/// replay does not delete the newer value (for values only `insert` knows, that
+/// would lose them).
+#[tokio::test]
+async fn an_owed_deletion_never_removes_a_newer_insert() {
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let instance = |store: MemoryStore| {
+        TieredCache::<String, u64>::builder("inserts")
+            .l2(store)
+            .bus(bus.connect())
+            .l2_timeout(L2_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    let writer_store = store.connect();
+    let (writer, reader) = (instance(writer_store.clone()), instance(store.connect()));
+    writer_store.fail_next(StoreOp::Set, 1);
+    writer.insert(key("k"), 1).await; // L2 failed: deleting k is owed
+    writer.insert(key("k"), 2).await; // lands
+    tokio::time::sleep(Duration::from_millis(500)).await; // the replay's time
+    assert_eq!(reader.get(&key("k")).await.unwrap(), Some(2));
+}
