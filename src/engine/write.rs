@@ -41,8 +41,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             None => true,
         };
-        let announcement = self.announce(landed, Message::Key(key.to_key_string()));
-        let l1_change = self.l1_change_owed(Landed::Key(key.to_key_string()));
+        let announcement = self.announce(landed, || Message::Key(key.to_key_string()));
+        let l1_change = self.l1_change_owed(|| Landed::Key(key.to_key_string()));
         let l1_write = async {
             if self.l1.enabled() {
                 self.l1.insert(key.clone(), entry).await;
@@ -60,8 +60,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete(remote.key(key)).await,
             None => true,
         };
-        let announcement = self.announce(landed, Message::Key(key.to_key_string()));
-        let l1_change = self.l1_change_owed(Landed::Key(key.to_key_string()));
+        let announcement = self.announce(landed, || Message::Key(key.to_key_string()));
+        let l1_change = self.l1_change_owed(|| Landed::Key(key.to_key_string()));
         self.fence.supersede(key, self.l1.invalidate(key)).await;
         l1_change.done();
         self.publish(announcement).await;
@@ -74,8 +74,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete_pattern(pattern).await,
             None => true,
         };
-        let announcement = self.announce(landed, Message::Pattern(pattern.to_owned()));
-        let l1_change = self.l1_change_owed(Landed::Pattern(pattern.to_owned()));
+        let announcement = self.announce(landed, || Message::Pattern(pattern.to_owned()));
+        let l1_change = self.l1_change_owed(|| Landed::Pattern(pattern.to_owned()));
         self.remove_matching(Pattern::new(pattern)).await;
         l1_change.done();
         self.publish(announcement).await;
@@ -88,8 +88,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.clear().await,
             None => true,
         };
-        let announcement = self.announce(landed, Message::All);
-        let l1_change = self.l1_change_owed(Landed::All);
+        let announcement = self.announce(landed, || Message::All);
+        let l1_change = self.l1_change_owed(|| Landed::All);
         self.clear_l1().await;
         l1_change.done();
         self.publish(announcement).await;
@@ -109,8 +109,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// (or owed): dropped before [`done`](L1ChangeOwed::done) (the caller was
     /// cancelled while it waited for the fence), it drops the key from L1 in a
     /// task of its own, so that this instance does not keep what the others drop.
-    fn l1_change_owed(self: &Arc<Self>, change: Landed) -> L1ChangeOwed<K, V> {
-        L1ChangeOwed(Some((Arc::clone(self), change)))
+    /// (Only with an L2: without one, a write cancelled before its L1 change
+    /// has changed nothing.)
+    fn l1_change_owed(self: &Arc<Self>, change: impl FnOnce() -> Landed) -> L1ChangeOwed<K, V> {
+        L1ChangeOwed(self.remote.as_ref().map(|_| (Arc::clone(self), change())))
     }
 
     /// Drops from L1 what owed work that has now landed removed from L2 (the
@@ -174,9 +176,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// sent, in the background). A change that did not land is owed: the replay
     /// publishes it once it lands (published now, it would make the other
     /// instances re-read the old value from L2 and keep it).
-    fn announce(&self, landed: bool, message: Message) -> Option<Announcement<'_>> {
+    fn announce(
+        &self,
+        landed: bool,
+        message: impl FnOnce() -> Message,
+    ) -> Option<Announcement<'_>> {
         let bus = self.bus.as_ref().filter(|_| landed)?;
-        Some(bus.announce(message))
+        Some(bus.announce(message()))
     }
 
     /// Sends an announcement (counted if it must wait for the background sender).
