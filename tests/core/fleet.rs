@@ -64,17 +64,23 @@ async fn until(cache: &TieredCache<String, u64>, key: &str, want: u64) {
     }
 }
 
+/// A database, a store and a bus for a fleet (each instance connects its own
+/// handles to them).
+fn fleet() -> (Arc<Db>, MemoryStore, MemoryBus) {
+    (
+        Arc::new(Db::default()),
+        MemoryStore::new(),
+        MemoryBus::new(),
+    )
+}
+
 fn key(key: &str) -> String {
     key.to_owned()
 }
 
 #[tokio::test]
 async fn one_instance_fills_the_store_and_invalidations_reach_the_others() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let a = instance(&db, store.connect(), bus.connect());
     let b = instance(&db, store.connect(), bus.connect());
     assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
@@ -90,11 +96,7 @@ async fn one_instance_fills_the_store_and_invalidations_reach_the_others() {
 
 #[tokio::test]
 async fn a_lost_subscription_clears_l1_when_it_comes_back() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let b_bus = bus.connect();
     let a = instance(&db, store.connect(), bus.connect());
     let b = instance(&db, store.connect(), b_bus.clone());
@@ -118,11 +120,7 @@ async fn a_lost_subscription_clears_l1_when_it_comes_back() {
 
 #[tokio::test]
 async fn a_partitioned_instance_loads_for_itself() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let a_store = store.connect();
     let a = instance(&db, a_store.clone(), bus.connect());
     let b = instance(&db, store.connect(), bus.connect());
@@ -139,11 +137,7 @@ async fn a_partitioned_instance_loads_for_itself() {
 
 #[tokio::test]
 async fn a_hung_store_call_costs_one_timeout() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let a_store = store.connect();
     let a = instance(&db, a_store.clone(), bus.connect());
     // A read that will load reads and reserves in one call.
@@ -159,11 +153,7 @@ async fn a_hung_store_call_costs_one_timeout() {
 
 #[tokio::test]
 async fn foreign_bytes_in_the_store_are_deleted_and_reloaded() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let a = instance(&db, store.connect(), bus.connect());
     assert_eq!(a.get(&key("k")).await.unwrap(), Some(1));
     let keys = store.keys();
@@ -198,11 +188,7 @@ struct Pair {
 }
 
 async fn pair() -> Pair {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let (writer_store, writer_bus) = (store.connect(), bus.connect());
     let writer = instance(&db, writer_store.clone(), writer_bus.clone());
     let reader = instance(&db, store.connect(), bus.connect());
@@ -416,11 +402,7 @@ async fn a_write_cancelled_after_it_landed_is_still_published() {
 /// done, the store holds nothing either removed.
 #[tokio::test]
 async fn a_pattern_owed_behind_a_clear_is_not_lost() {
-    let (db, store, bus) = (
-        Arc::new(Db::default()),
-        MemoryStore::new(),
-        MemoryBus::new(),
-    );
+    let (db, store, bus) = fleet();
     let writer_store = store.connect();
     let writer = instance(&db, writer_store.clone(), bus.connect());
     assert_eq!(writer.get(&key("user:1")).await.unwrap(), Some(1));
