@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::bus::{Backplane, Bus, Message};
+use crate::bus::{Backplane, Bus};
 use crate::clock::Clock;
 use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
 use crate::observe::{Observer, Report, Stats};
 use crate::policy::{Freshness, L1Eviction, TtlPolicy};
-use crate::remote::{Announce, Landed, Remote, RemoteParts};
+use crate::remote::{Announce, Remote, RemoteParts};
 use crate::source::DynLoader;
 
 mod batch;
@@ -89,11 +89,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let announce_on = bus.as_ref().map(Arc::downgrade);
         let announce: Announce = Box::new(move |landed| {
             if let Some(bus) = announce_on.as_ref().and_then(Weak::upgrade) {
-                bus.enqueue(match &landed {
-                    Landed::Key(key) => Message::Key(key.clone()),
-                    Landed::Pattern(glob) => Message::Pattern(glob.clone()),
-                    Landed::All => Message::All,
-                });
+                bus.enqueue(write::message(&landed));
             }
             if let (Some(core), Ok(runtime)) = (this.upgrade(), Handle::try_current()) {
                 runtime.spawn(async move { core.drop_landed(landed).await });

@@ -6,12 +6,13 @@
 //! bus. A change that cannot reach L2 is owed: replayed before this instance reads
 //! L2 again, and in the background.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::bus::{Announcement, Message};
+use crate::bus::Message;
 use crate::engine::Core;
 use crate::entry::Entry;
 use crate::key::{CacheKey, CacheValue};
@@ -41,16 +42,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             None => true,
         };
-        let announcement = self.announce(landed, || Message::Key(key.to_key_string()));
-        let l1_change = self.l1_change_owed(|| Landed::Key(key.to_key_string()));
         let l1_write = async {
             if self.l1.enabled() {
                 self.l1.insert(key.clone(), entry).await;
             }
         };
-        self.fence.supersede(&key, l1_write).await;
-        l1_change.done();
-        self.publish(announcement).await;
+        let change = || Landed::Key(key.to_key_string());
+        self.finish(landed, change, self.fence.supersede(&key, l1_write))
+            .await;
     }
 
     /// Removes `key` from every tier, and from every other instance's L1.
@@ -60,11 +59,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete(remote.key(key)).await,
             None => true,
         };
-        let announcement = self.announce(landed, || Message::Key(key.to_key_string()));
-        let l1_change = self.l1_change_owed(|| Landed::Key(key.to_key_string()));
-        self.fence.supersede(key, self.l1.invalidate(key)).await;
-        l1_change.done();
-        self.publish(announcement).await;
+        let change = || Landed::Key(key.to_key_string());
+        self.finish(
+            landed,
+            change,
+            self.fence.supersede(key, self.l1.invalidate(key)),
+        )
+        .await;
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern`.
@@ -74,11 +75,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.delete_pattern(pattern).await,
             None => true,
         };
-        let announcement = self.announce(landed, || Message::Pattern(pattern.to_owned()));
-        let l1_change = self.l1_change_owed(|| Landed::Pattern(pattern.to_owned()));
-        self.remove_matching(Pattern::new(pattern)).await;
-        l1_change.done();
-        self.publish(announcement).await;
+        let change = || Landed::Pattern(pattern.to_owned());
+        self.finish(landed, change, self.remove_matching(Pattern::new(pattern)))
+            .await;
     }
 
     /// Removes every entry of this cache from every tier and instance.
@@ -88,35 +87,55 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Some(remote) => remote.clear().await,
             None => true,
         };
-        let announcement = self.announce(landed, || Message::All);
-        let l1_change = self.l1_change_owed(|| Landed::All);
-        self.clear_l1().await;
+        self.finish(landed, || Landed::All, self.clear_l1()).await;
+    }
+
+    /// What every write does once its L2 change was made (or owed): keeps the
+    /// bus message of a change that `landed` (at once, before any further await:
+    /// from here on, a cancelled caller's message is still sent), makes the L1
+    /// change `l1` through the fence (guarded: a caller cancelled while it waits
+    /// for the fence has the change made in a task of its own, so that this
+    /// instance does not keep what the others drop — only with an L2: without
+    /// one, such a write has changed nothing), then sends the message.
+    async fn finish(
+        self: &Arc<Self>,
+        landed: bool,
+        change: impl FnOnce() -> Landed,
+        l1: impl Future<Output = ()>,
+    ) {
+        let bus = self.bus.as_ref().filter(|_| landed);
+        let change = (bus.is_some() || self.remote.is_some()).then(change);
+        let announcement = bus
+            .zip(change.as_ref())
+            .map(|(bus, c)| bus.announce(message(c)));
+        let l1_change = L1ChangeOwed(
+            change
+                .filter(|_| self.remote.is_some())
+                .map(|c| (Arc::clone(self), c)),
+        );
+        l1.await;
         l1_change.done();
-        self.publish(announcement).await;
+        if let Some(announcement) = announcement {
+            if !announcement.send().await {
+                self.report.event(Counter::BusPublishErrors);
+            }
+        }
     }
 
     /// Applies another instance's invalidation to this one's L1, through the fence.
     pub(crate) async fn apply_remote(&self, message: Message) {
         self.report.event(Counter::InvalidationsReceived);
-        match message {
-            Message::Key(text) => self.drop_key_text(&text).await,
-            Message::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
-            Message::All => self.clear_l1().await,
-        }
+        self.drop_landed(match message {
+            Message::Key(text) => Landed::Key(text),
+            Message::Pattern(glob) => Landed::Pattern(glob),
+            Message::All => Landed::All,
+        })
+        .await;
     }
 
-    /// A guard for a write's L1 change, from the moment its L2 change was made
-    /// (or owed): dropped before [`done`](L1ChangeOwed::done) (the caller was
-    /// cancelled while it waited for the fence), it drops the key from L1 in a
-    /// task of its own, so that this instance does not keep what the others drop.
-    /// (Only with an L2: without one, a write cancelled before its L1 change
-    /// has changed nothing.)
-    fn l1_change_owed(self: &Arc<Self>, change: impl FnOnce() -> Landed) -> L1ChangeOwed<K, V> {
-        L1ChangeOwed(self.remote.as_ref().map(|_| (Arc::clone(self), change())))
-    }
-
-    /// Drops from L1 what owed work that has now landed removed from L2 (the
-    /// write that owed it may have been cancelled before it changed L1).
+    /// Drops from L1 what a change removed (owed work that has now landed, whose
+    /// write may have been cancelled before it changed L1; another instance's
+    /// change).
     pub(crate) async fn drop_landed(&self, landed: Landed) {
         match landed {
             Landed::Key(text) => self.drop_key_text(&text).await,
@@ -170,32 +189,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .supersede_pattern(Arc::clone(&pattern), || self.l1.remove_matching(&pattern))
             .await;
     }
-
-    /// Keeps `message` for the bus if its L2 change `landed` (at once, before
-    /// any further await: from here on, a cancelled caller's message is still
-    /// sent, in the background). A change that did not land is owed: the replay
-    /// publishes it once it lands (published now, it would make the other
-    /// instances re-read the old value from L2 and keep it).
-    fn announce(
-        &self,
-        landed: bool,
-        message: impl FnOnce() -> Message,
-    ) -> Option<Announcement<'_>> {
-        let bus = self.bus.as_ref().filter(|_| landed)?;
-        Some(bus.announce(message()))
-    }
-
-    /// Sends an announcement (counted if it must wait for the background sender).
-    async fn publish(&self, announcement: Option<Announcement<'_>>) {
-        if let Some(announcement) = announcement {
-            if !announcement.send().await {
-                self.report.event(Counter::BusPublishErrors);
-            }
-        }
-    }
 }
 
-/// See [`Core::l1_change_owed`].
+/// The L1 change of a write, made in a task if the write is cancelled first
+/// (see [`Core::finish`]).
 pub(crate) struct L1ChangeOwed<K: CacheKey, V: CacheValue>(Option<(Arc<Core<K, V>>, Landed)>);
 
 impl<K: CacheKey, V: CacheValue> L1ChangeOwed<K, V> {
@@ -210,5 +207,14 @@ impl<K: CacheKey, V: CacheValue> Drop for L1ChangeOwed<K, V> {
         if let (Some((core, change)), Ok(runtime)) = (self.0.take(), Handle::try_current()) {
             runtime.spawn(async move { core.drop_landed(change).await });
         }
+    }
+}
+
+/// The bus message of a change.
+pub(crate) fn message(change: &Landed) -> Message {
+    match change {
+        Landed::Key(key) => Message::Key(key.clone()),
+        Landed::Pattern(glob) => Message::Pattern(glob.clone()),
+        Landed::All => Message::All,
     }
 }
