@@ -10,7 +10,6 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -18,9 +17,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use crate::error::{BoxError, Error};
 use crate::remote::store::{new_identity, RemoteStore, ScanCursor, ScanStep};
 
+mod node;
 mod pubsub;
 mod scripts;
+mod topology;
 
+use self::node::Nodes;
 use self::pubsub::RedisHub;
 use self::scripts::{GET_OR_RESERVE, RELEASE, REPLACE};
 
@@ -55,6 +57,8 @@ struct Shared {
     /// (a cluster forwards every `PUBLISH` to all its nodes).
     pubsub: Vec<Client>,
     hub: RedisHub,
+    /// A cluster's nodes one by one, for walks.
+    nodes: Option<Nodes>,
     /// This store's identity: the caches on it (and its clones) share one
     /// circuit breaker.
     identity: u64,
@@ -118,6 +122,10 @@ impl fmt::Debug for RedisStore {
 
 impl RedisStore {
     fn new(target: Target, pubsub: Vec<Client>) -> Self {
+        let nodes = match (&target, pubsub.first()) {
+            (Target::Cluster(_), Some(any)) => Some(Nodes::new(any.get_connection_info().clone())),
+            _ => None,
+        };
         RedisStore {
             shared: Arc::new(Shared {
                 target,
@@ -125,6 +133,7 @@ impl RedisStore {
                 connecting: Mutex::new(None),
                 pubsub,
                 hub: RedisHub::default(),
+                nodes,
                 identity: new_identity(),
             }),
         }
@@ -251,27 +260,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One `SCAN` step + `UNLINK` of what it found, on one node.
-    async fn scan_step<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        pattern: &str,
-        position: u64,
-    ) -> Result<(u64, u64), BoxError> {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(position)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_BATCH)
-            .query_async(conn)
-            .await?;
-        if !keys.is_empty() {
-            self.unlink(&keys).await?;
-        }
-        Ok((next, keys.len() as u64))
-    }
-
     async fn delete_matching_step(
         &self,
         pattern: &str,
@@ -279,45 +267,43 @@ impl RedisStore {
     ) -> Result<ScanStep, BoxError> {
         match self.connection().await? {
             Conn::Standalone(mut c) => {
-                let (next, deleted) = self.scan_step(&mut c, pattern, cursor.position).await?;
+                let (next, keys) = scan(&mut c, pattern, cursor.position).await?;
+                self.unlink(&keys).await?;
                 Ok(ScanStep {
-                    deleted,
-                    next: (next != 0).then_some(ScanCursor {
-                        node: 0,
-                        position: next,
-                    }),
+                    deleted: keys.len() as u64,
+                    next: (next != 0).then_some(ScanCursor::at(next)),
                 })
             }
-            Conn::Cluster(c) => {
-                let masters = masters(&mut c.clone()).await?;
-                let Some((host, port)) = masters.get(cursor.node).cloned() else {
-                    return Ok(ScanStep {
-                        deleted: 0,
-                        next: None,
-                    });
-                };
-                let mut node = NodeConn {
-                    conn: c,
-                    route: RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
-                };
-                let (next, deleted) = self.scan_step(&mut node, pattern, cursor.position).await?;
-                let next = if next != 0 {
-                    Some(ScanCursor {
-                        node: cursor.node,
-                        position: next,
-                    })
-                } else if cursor.node + 1 < masters.len() {
-                    Some(ScanCursor {
-                        node: cursor.node + 1,
-                        position: 0,
-                    })
-                } else {
-                    None
-                };
-                Ok(ScanStep { deleted, next })
+            Conn::Cluster(mut c) => {
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?;
+                let walker = self
+                    .shared
+                    .nodes
+                    .as_ref()
+                    .ok_or("a cluster store without its nodes")?;
+                walker.step(&nodes, pattern, cursor).await
             }
         }
     }
+}
+
+/// One `SCAN MATCH` step on one server: the next position and the keys found.
+async fn scan<C: ConnectionLike>(
+    conn: &mut C,
+    pattern: &str,
+    position: u64,
+) -> Result<(u64, Vec<String>), BoxError> {
+    Ok(redis::cmd("SCAN")
+        .arg(position)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH)
+        .query_async(conn)
+        .await?)
 }
 
 /// rustls needs a process-wide crypto provider; install ring's unless the
@@ -333,57 +319,6 @@ fn install_tls_provider() {
 enum Conn {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
-}
-
-/// The masters of a cluster, from `CLUSTER NODES`.
-async fn masters(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, BoxError> {
-    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-    let mut out = Vec::new();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
-            continue;
-        };
-        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-            continue;
-        }
-        let address = address.split(['@', ',']).next().unwrap_or_default();
-        if let Some((host, port)) = address.rsplit_once(':') {
-            out.push((host.to_owned(), port.parse()?));
-        }
-    }
-    if out.is_empty() {
-        return Err("CLUSTER NODES listed no reachable master".into());
-    }
-    // A stable order, so that a walk's cursor names the same node across steps.
-    out.sort();
-    Ok(out)
-}
-
-/// A cluster connection whose commands all go to one node (for `SCAN`).
-struct NodeConn {
-    conn: ClusterConnection,
-    route: RoutingInfo,
-}
-
-impl ConnectionLike for NodeConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, redis::Value> {
-        let route = self.route.clone();
-        Box::pin(async move { self.conn.route_command(cmd.clone(), route).await })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.conn.req_packed_commands(cmd, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
 }
 
 impl RemoteStore for RedisStore {

@@ -317,7 +317,7 @@ impl RemoteStore for MemoryStore {
     }
 
     /// One step: up to 1000 keys, in the order they were created, from
-    /// `cursor.position` (`node` is always 0, as for a standalone Redis).
+    /// `cursor.position` (as for a standalone Redis).
     fn delete_matching<'a>(
         &'a self,
         pattern: &'a str,
@@ -327,7 +327,7 @@ impl RemoteStore for MemoryStore {
             let step = keys.scan_step(&Pattern::new(pattern), cursor.position, now);
             ScanStep {
                 deleted: step.deleted,
-                next: step.next.map(|position| ScanCursor { node: 0, position }),
+                next: step.next.map(|position| ScanCursor::at(position)),
             }
         })
     }

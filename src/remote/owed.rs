@@ -448,7 +448,7 @@ mod tests {
     use super::*;
 
     fn at(position: u64) -> ScanCursor {
-        ScanCursor { node: 0, position }
+        ScanCursor::at(position)
     }
 
     fn owed() -> Owed {

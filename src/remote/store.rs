@@ -111,13 +111,31 @@ pub(crate) fn new_identity() -> u64 {
 }
 
 /// Where a [`RemoteStore::delete_matching`] walk is.
+///
+/// A store on one server needs only `position` ([`ScanCursor::at`]); a cluster
+/// also records the first hash slot not yet covered and which node is scanning
+/// from there, so that a failover or a resharding between two steps restarts that
+/// node's scan instead of applying its `SCAN` cursor to another node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanCursor {
-    /// The node being scanned (0 for a single server; the index of a cluster master
-    /// in address order).
-    pub node: usize,
+    /// The first hash slot the walk has not covered yet (0 for a single server).
+    pub slot: u16,
+    /// The node being scanned, in the store's own terms (0 for a single server;
+    /// for a cluster, a fingerprint of the node's id and the slots it covers).
+    pub node: u64,
     /// The `SCAN` cursor on that node.
     pub position: u64,
+}
+
+impl ScanCursor {
+    /// The cursor of a store on one server, at `SCAN` position `position`.
+    pub const fn at(position: u64) -> Self {
+        ScanCursor {
+            slot: 0,
+            node: 0,
+            position,
+        }
+    }
 }
 
 /// What one [`RemoteStore::delete_matching`] step did.

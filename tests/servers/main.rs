@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cluster_walk;
 mod conformance;
 mod fleet;
 mod freshness;

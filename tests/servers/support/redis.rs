@@ -224,15 +224,21 @@ impl Drop for Redis {
     }
 }
 
-/// Three masters on loopback, no replicas.
+/// Three masters on loopback, with or without a replica each.
 pub struct RedisCluster {
     nodes: Vec<Redis>,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(0)
+    }
+
+    /// Three masters with `replicas` replicas each, every replica in sync.
+    pub fn start_with(replicas: usize) -> RedisCluster {
         // Cluster bus ports are port + 10000: keep ports at or below 55535.
-        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| cluster_port()).collect();
         let nodes: Vec<Redis> = ports
             .iter()
             .map(|&port| {
@@ -253,16 +259,19 @@ impl RedisCluster {
         args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         args.extend([
             "--cluster-replicas".into(),
-            "0".into(),
+            replicas.to_string(),
             "--cluster-yes".into(),
         ]);
         let cli = find_binary("redis-cli", &[], "redis-tools");
         run(Command::new(cli).args(&args));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-        {
+        while !nodes.iter().all(|n| {
+            n.cli(&["cluster", "info"]).contains("cluster_state:ok")
+                && !n
+                    .cli(&["info", "replication"])
+                    .contains("master_link_status:down")
+                && n.cli(&["cluster", "nodes"]).lines().count() == 3 * (1 + replicas)
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "the cluster did not reach cluster_state:ok"
@@ -274,6 +283,11 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.url().to_owned()).collect()
+    }
+
+    /// The nodes, masters and replicas, in start order.
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
     }
 
     /// How many keys each master holds.
