@@ -14,9 +14,12 @@
 //! across Redis I/O), record the pattern (or bump the epoch) and change L1 under it.
 //! A commit is refused if a pattern recorded after its ticket matches its key.
 //!
-//! Generations are per shard, not per key: an invalidation of another key of the
-//! same shard during a load makes that load retry (a false positive costs one extra
-//! load, never a stale value). With 256 shards this is rare.
+//! Generations are per shard, and each shard remembers which key (by a 64-bit
+//! hash) each of its last [`RECENT_KEYS`] bumps was for: a commit is refused only
+//! when its own key was changed since its ticket, or when its shard moved too far
+//! to tell (more than [`RECENT_KEYS`] changes during one load). Invalidations of
+//! other keys, however many arrive from the fleet, do not refuse it. (A hash
+//! collision refuses a clean commit: one extra load, never a stale value.)
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -31,6 +34,9 @@ use crate::key::CacheKey;
 use crate::pattern::Pattern;
 
 const SHARDS: usize = 256;
+
+/// How many of its latest changes a shard remembers the keys of.
+const RECENT_KEYS: usize = 16;
 
 /// How many recent patterns a commit is checked against; a ticket older than all
 /// of them is refused.
@@ -50,13 +56,44 @@ pub(crate) struct Fence {
 
 #[derive(Default)]
 struct Shard {
+    /// Moved only while `recent` is held (so the two agree for a reader of both).
     generation: AtomicU64,
+    /// The key hash of the change that made generation `g`, at `g % RECENT_KEYS`.
+    recent: Mutex<[u64; RECENT_KEYS]>,
     lock: AsyncMutex<()>,
+}
+
+impl Shard {
+    /// Whether the key hashed `hash` may have changed since `generation`.
+    fn changed_since(&self, hash: u64, generation: u64) -> bool {
+        self.changed_between(hash, generation, u64::MAX)
+    }
+
+    /// Whether the key hashed `hash` may have changed after `from`, up to `to`
+    /// (generations of this shard).
+    fn changed_between(&self, hash: u64, from: u64, to: u64) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.generation.load(Ordering::Acquire);
+        if from >= now.min(to) {
+            return false;
+        }
+        // The ring no longer holds generation `from + 1`: cannot tell.
+        now - from > RECENT_KEYS as u64
+            || (from + 1..=now.min(to)).any(|g| recent[g as usize % RECENT_KEYS] == hash)
+    }
+
+    fn bump(&self, hash: u64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = self.generation.load(Ordering::Acquire) + 1;
+        recent[next as usize % RECENT_KEYS] = hash;
+        self.generation.store(next, Ordering::Release);
+    }
 }
 
 /// What a load saw before it started.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
+    hash: u64,
     shard: usize,
     generation: u64,
     epoch: u64,
@@ -81,8 +118,10 @@ impl Fence {
 
     /// Taken before a load reads L2.
     pub(crate) fn ticket<K: CacheKey>(&self, key: &K) -> Ticket {
-        let shard = self.shard_of(key);
+        let hash = self.hasher.hash_one(key);
+        let shard = hash as usize % SHARDS;
         Ticket {
+            hash,
             shard,
             generation: self.shards[shard].generation.load(Ordering::Acquire),
             epoch: self.epoch.load(Ordering::Acquire),
@@ -119,7 +158,7 @@ impl Fence {
         let _global = self.global.read().await;
         let shard = &self.shards[ticket.shard];
         let _guard = shard.lock.lock().await;
-        let clean = shard.generation.load(Ordering::Acquire) == ticket.generation
+        let clean = !shard.changed_since(ticket.hash, ticket.generation)
             && self.epoch.load(Ordering::Acquire) == ticket.epoch
             && !self.pattern_since(ticket.pattern_seq, key);
         if clean {
@@ -136,8 +175,11 @@ impl Fence {
         earlier: &Ticket,
         later: &Ticket,
     ) -> bool {
-        earlier.generation < later.generation
-            || earlier.epoch < later.epoch
+        self.shards[earlier.shard].changed_between(
+            earlier.hash,
+            earlier.generation,
+            later.generation,
+        ) || earlier.epoch < later.epoch
             || (earlier.pattern_seq < later.pattern_seq
                 && self.pattern_in(earlier.pattern_seq, later.pattern_seq, key))
     }
@@ -170,9 +212,10 @@ impl Fence {
         key: &K,
         change: F,
     ) -> T {
-        let shard = &self.shards[self.shard_of(key)];
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[hash as usize % SHARDS];
         let _guard = shard.lock.lock().await;
-        shard.generation.fetch_add(1, Ordering::AcqRel);
+        shard.bump(hash);
         change.await
     }
 
@@ -271,6 +314,56 @@ mod tests {
         run(invalidation);
         run(reader);
         assert_eq!(read(), None, "the invalidated value came back");
+    }
+
+    /// A key in the same shard as `key`, other than it.
+    fn neighbour(fence: &Fence, key: u64) -> u64 {
+        (key + 1..)
+            .find(|other| fence.shard_of(other) == fence.shard_of(&key))
+            .unwrap()
+    }
+
+    #[test]
+    fn invalidations_of_other_keys_of_the_shard_do_not_refuse_a_commit() {
+        let fence = Fence::new();
+        let key = 7u64;
+        let ticket = fence.ticket(&key);
+        let other = neighbour(&fence, key);
+        for _ in 0..RECENT_KEYS {
+            run(fence.supersede(&other, async {}));
+        }
+        assert!(!fence.changed_between(&key, &ticket, &fence.ticket(&key)));
+        assert!(run(fence.commit(&key, ticket, async {})));
+        // The key's own invalidation among them still refuses it.
+        let ticket = fence.ticket(&key);
+        run(fence.supersede(&other, async {}));
+        run(fence.supersede(&key, async {}));
+        run(fence.supersede(&other, async {}));
+        assert!(fence.changed_between(&key, &ticket, &fence.ticket(&key)));
+        assert!(!run(fence.commit(&key, ticket, async {})));
+    }
+
+    #[test]
+    fn a_shard_that_moved_too_far_to_tell_refuses() {
+        let fence = Fence::new();
+        let key = 7u64;
+        let ticket = fence.ticket(&key);
+        let other = neighbour(&fence, key);
+        for _ in 0..=RECENT_KEYS {
+            run(fence.supersede(&other, async {}));
+        }
+        assert!(!run(fence.commit(&key, ticket, async {})));
+    }
+
+    #[test]
+    fn changed_between_looks_only_between_its_two_tickets() {
+        let fence = Fence::new();
+        let key = 7u64;
+        let earlier = fence.ticket(&key);
+        let later = fence.ticket(&key);
+        run(fence.supersede(&key, async {}));
+        assert!(!fence.changed_between(&key, &earlier, &later));
+        assert!(fence.changed_between(&key, &earlier, &fence.ticket(&key)));
     }
 
     #[test]

@@ -477,3 +477,68 @@ async fn an_owed_deletion_never_removes_a_newer_insert() {
     tokio::time::sleep(Duration::from_millis(500)).await; // the replay's time
     assert_eq!(reader.get(&key("k")).await.unwrap(), Some(2));
 }
+
+/// An L1-only fleet under a stream of invalidations of other keys: loads that
+/// were in flight while thousands of them arrived still commit (the fence tells
+/// keys apart within a shard), so no load is retried or left uncached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_of_other_keys_do_not_refuse_loads() {
+    let bus = MemoryBus::new();
+    let loads = Arc::new(AtomicU64::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let a = {
+        let loads = loads.clone();
+        TieredCache::<String, u64>::builder("l1-fleet")
+            .bus(bus.connect())
+            .l1_ttl(Duration::from_secs(3600))
+            .loader_fn(move |key: String| {
+                let (loads, mut gate) = (loads.clone(), gate.clone());
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    if key.starts_with("load:") {
+                        let _ = gate.wait_for(|open| *open).await;
+                    }
+                    Ok::<_, BoxError>(Some(1))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let b = TieredCache::<String, u64>::builder("l1-fleet")
+        .bus(bus.connect())
+        .build()
+        .unwrap();
+    a.get(&key("sentinel")).await.unwrap();
+    let readers: Vec<_> = (0..100)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.get(&format!("load:{i}")).await })
+        })
+        .collect();
+    eventually("every load has started", || {
+        loads.load(Ordering::SeqCst) == 101
+    })
+    .await;
+    for i in 0..2000 {
+        b.invalidate(&format!("other:{i}")).await;
+    }
+    b.invalidate(&key("sentinel")).await;
+    eventually("a applied all of b's invalidations", || {
+        a.stats().invalidations_received == 2001
+    })
+    .await;
+    open.send(true).unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), Some(1));
+    }
+    assert_eq!(
+        a.stats().superseded,
+        0,
+        "loads refused by other keys' changes"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 101, "loads retried");
+    for i in 0..100 {
+        a.get(&format!("load:{i}")).await.unwrap();
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 101, "loads left uncached");
+}
