@@ -52,6 +52,9 @@
 pub mod __private;
 mod builder;
 mod cache;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 // engine
 mod engine;
 // tiers

@@ -3,7 +3,6 @@
 //! (`memory/`) and users' own stores.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -105,7 +104,9 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
 }
 
 /// A fresh process-unique store identity, for [`RemoteStore::identity`].
+#[cfg(any(feature = "redis", feature = "testing"))]
 pub(crate) fn new_identity() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
