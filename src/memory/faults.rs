@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::error::BoxError;
 
@@ -79,8 +80,8 @@ const OPS: usize = StoreOp::ALL.len();
 
 /// What becomes of one call.
 pub(crate) enum Admit {
-    /// It runs.
-    Run,
+    /// It runs, after this long on the way (the handle's latency).
+    Run(Duration),
     /// It fails with this error, having done nothing.
     Fail(BoxError),
     /// It never completes, having done nothing (as a request lost on the way to a
@@ -100,6 +101,7 @@ struct State {
     fail: [u32; OPS],
     hang: [u32; OPS],
     calls: [u64; OPS],
+    latency: Duration,
 }
 
 impl Faults {
@@ -125,7 +127,11 @@ impl Faults {
             state.fail[i] -= 1;
             return Admit::Fail(format!("MemoryStore: {op}: injected failure").into());
         }
-        Admit::Run
+        Admit::Run(state.latency)
+    }
+
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
     }
 
     pub(crate) fn fail_next(&self, op: StoreOp, n: u32) {
@@ -152,11 +158,12 @@ impl Faults {
         self.lock().calls[op.index()]
     }
 
-    /// Forgets the failures and hangs still to come and brings the handle up;
-    /// call counts are kept.
+    /// Forgets the failures, hangs and latency still to come and brings the
+    /// handle up; call counts are kept.
     pub(crate) fn clear(&self) {
         let mut state = self.lock();
         state.down = false;
+        state.latency = Duration::ZERO;
         state.fail = [0; OPS];
         state.hang = [0; OPS];
     }
@@ -168,7 +175,7 @@ mod tests {
 
     fn fate(faults: &Faults, op: StoreOp) -> &'static str {
         match faults.admit(op) {
-            Admit::Run => "run",
+            Admit::Run(_) => "run",
             Admit::Fail(_) => "fail",
             Admit::Hang => "hang",
         }

@@ -122,6 +122,13 @@ impl MemoryStore {
         self.faults.hang_next(op, n);
     }
 
+    /// Makes every later call through this handle take `latency` on its way to
+    /// the data before it takes effect (as a slow network or a busy server). A
+    /// call given up on before then (the cache's L2 timeout) never takes effect.
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults.set_latency(latency);
+    }
+
     /// Takes this handle down: every call through it fails at once, until
     /// [`reconnect`](MemoryStore::reconnect). Failures and hangs set for later are
     /// kept for then.
@@ -139,8 +146,8 @@ impl MemoryStore {
         !self.faults.is_down()
     }
 
-    /// Brings this handle up and forgets the failures and hangs still to come
-    /// (call counts are kept).
+    /// Brings this handle up and forgets the failures, hangs and latency still
+    /// to come (call counts are kept).
     pub fn clear_faults(&self) {
         self.faults.clear();
     }
@@ -206,7 +213,11 @@ impl MemoryStore {
     ) -> BoxFuture<'a, Result<T, BoxError>> {
         Box::pin(async move {
             match self.faults.admit(op) {
-                Admit::Run => {}
+                Admit::Run(latency) => {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                }
                 Admit::Fail(error) => return Err(error),
                 Admit::Hang => {
                     let never: Infallible = std::future::pending().await;
@@ -327,7 +338,7 @@ impl RemoteStore for MemoryStore {
             let step = keys.scan_step(&Pattern::new(pattern), cursor.position, now);
             ScanStep {
                 deleted: step.deleted,
-                next: step.next.map(|position| ScanCursor::at(position)),
+                next: step.next.map(ScanCursor::at),
             }
         })
     }

@@ -1,11 +1,12 @@
 //! A seeded simulation of a fleet: 2 to 4 instances of one cache over one
 //! `MemoryStore` and one `MemoryBus`, each through handles of its own, driven by a
-//! seeded schedule of reads (in tasks of their own, so that loads are in flight
-//! across the writes: the loader reads the database, then takes up to 5 ms),
-//! writes, cancelled writes and faults (store calls failing or hanging, an
-//! instance cut off from the store or the bus, publishes failing, hanging or lost,
-//! deliveries held), on a single-threaded runtime with paused time. The oracle
-//! checks the fleet rules of docs/GUIDE.md:
+//! seeded schedule of reads (`get` and `get_many`, in tasks of their own, so
+//! that loads are in flight across the writes: the loader reads the database,
+//! then takes up to 5 ms), writes, cancelled writes (invalidations, inserts and
+//! patterns whose callers give up) and faults (store calls failing, hanging or
+//! slowed past the L2 timeout, an instance cut off from the store or the bus,
+//! publishes failing, hanging or lost, deliveries held), on a single-threaded
+//! runtime with paused time. The oracle checks the fleet rules of docs/GUIDE.md:
 //!
 //! 1. An instance reads its own writes: once its `invalidate`, pattern,
 //!    `invalidate_all` or `insert` returned, its reads that begin after return
@@ -24,6 +25,7 @@
 //! testing --test simulation`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +35,11 @@ const KEYS: [&str; 6] = ["a:0", "a:1", "a:2", "b:0", "b:1", "b:2"];
 const STEPS: usize = 80;
 const L1_TTL: Duration = Duration::from_secs(60);
 const L2_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Over all seeds of a run: loads, and loads the fence refused (a change of
+/// their key, or of too many keys of their shard, during the load).
+static LOADS: AtomicU64 = AtomicU64::new(0);
+static SUPERSEDED: AtomicU64 = AtomicU64::new(0);
 
 type Db = Arc<Mutex<HashMap<String, u64>>>;
 
@@ -120,7 +127,7 @@ impl Fleet {
         let i = rng.usize(..self.instances.len());
         let key = KEYS[rng.usize(..KEYS.len())];
         match rng.u32(..100) {
-            0..=39 => {
+            0..=29 => {
                 let (cache, floors, log) = (
                     self.instances[i].cache.clone(),
                     Arc::clone(&self.floors),
@@ -137,6 +144,33 @@ impl Fleet {
                         got >= floor,
                         "instance {i} read {got} of {key} after writing {floor}"
                     );
+                }));
+            }
+            30..=39 => {
+                let (cache, floors, log) = (
+                    self.instances[i].cache.clone(),
+                    Arc::clone(&self.floors),
+                    Arc::clone(&self.log),
+                );
+                let keys: Vec<String> = (0..rng.usize(2..=4))
+                    .map(|_| KEYS[rng.usize(..KEYS.len())].to_owned())
+                    .collect();
+                let after = Duration::from_micros(rng.u64(0..3_000));
+                self.reads.push(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
+                    let got = cache.get_many(&keys).await.expect("the loader never fails");
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{i}: get_many {keys:?} -> {got:?}"));
+                    for key in &keys {
+                        let got = *got.get(key).expect("every row exists");
+                        let floor = floor.get(key).copied().unwrap_or(0);
+                        assert!(
+                            got >= floor,
+                            "instance {i} read {got} of {key} (get_many) after writing {floor}"
+                        );
+                    }
                 }));
             }
             40..=54 => {
@@ -178,11 +212,38 @@ impl Fleet {
             }
             71..=76 => {
                 // A caller that gives up: no promise to it, but nothing is lost.
-                self.bump(&[key]);
                 let after = Duration::from_millis(rng.u64(0..3));
-                self.note(format!("{i}: invalidate {key}, cancelled after {after:?}"));
                 let cache = &self.instances[i].cache;
-                let _ = tokio::time::timeout(after, cache.invalidate(&key.to_owned())).await;
+                match rng.u32(..3) {
+                    0 => {
+                        self.bump(&[key]);
+                        self.note(format!("{i}: invalidate {key}, cancelled after {after:?}"));
+                        let _ =
+                            tokio::time::timeout(after, cache.invalidate(&key.to_owned())).await;
+                    }
+                    1 => {
+                        let version = self.bump(&[key])[0].1;
+                        self.note(format!(
+                            "{i}: insert {key} = {version}, cancelled after {after:?}"
+                        ));
+                        let _ = tokio::time::timeout(after, cache.insert(key.to_owned(), version))
+                            .await;
+                    }
+                    _ => {
+                        let prefix = &key[..2];
+                        let matching: Vec<&str> = KEYS
+                            .iter()
+                            .copied()
+                            .filter(|k| k.starts_with(prefix))
+                            .collect();
+                        self.bump(&matching);
+                        self.note(format!(
+                            "{i}: invalidate_pattern {prefix}*, cancelled after {after:?}"
+                        ));
+                        let glob = format!("{prefix}*");
+                        let _ = tokio::time::timeout(after, cache.invalidate_pattern(&glob)).await;
+                    }
+                }
             }
             77..=99 => self.fault(i, rng),
             _ => unreachable!(),
@@ -225,7 +286,7 @@ impl Fleet {
         let instance = &self.instances[i];
         let op = OPS[rng.usize(..OPS.len())];
         let n = rng.u32(1..4);
-        let fault = match rng.u32(..10) {
+        let fault = match rng.u32(..11) {
             0 | 1 => {
                 instance.store.fail_next(op, n);
                 format!("store fails next {n} {op}")
@@ -263,6 +324,12 @@ impl Fleet {
                     instance.bus.hold_deliveries();
                     "deliveries held".to_owned()
                 }
+            }
+            9 => {
+                // Up to twice the L2 timeout: some calls are given up on.
+                let latency = Duration::from_millis(rng.u64(0..100));
+                instance.store.set_latency(latency);
+                format!("store latency {latency:?}")
             }
             _ => {
                 instance.bus.lose_next_published(1);
@@ -322,6 +389,11 @@ async fn run(seed: u64) {
             }
             fleet.clock.advance(L1_TTL + Duration::from_secs(1));
             fleet.check_all("past the L1 TTL").await;
+            for instance in &fleet.instances {
+                let stats = instance.cache.stats();
+                LOADS.fetch_add(stats.loads, Ordering::Relaxed);
+                SUPERSEDED.fetch_add(stats.superseded, Ordering::Relaxed);
+            }
         }
     };
     let watched = tokio::time::timeout(Duration::from_secs(600), schedule);
@@ -370,9 +442,11 @@ fn the_fleet_rules_hold_over_seeded_schedules() {
         runtime.block_on(run(seed));
     }
     println!(
-        "{} seeds in {:?} ({:?} per seed)",
+        "{} seeds in {:?} ({:?} per seed); {} loads, {} refused by the fence",
         seeds.len(),
         started.elapsed(),
-        started.elapsed() / seeds.len().max(1) as u32
+        started.elapsed() / seeds.len().max(1) as u32,
+        LOADS.load(Ordering::Relaxed),
+        SUPERSEDED.load(Ordering::Relaxed),
     );
 }
