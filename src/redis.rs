@@ -253,11 +253,13 @@ impl RedisStore {
         })
     }
 
-    async fn unlink(&self, keys: &[String]) -> Result<(), BoxError> {
+    /// `UNLINK`s `keys` (any bytes); returns how many existed.
+    async fn unlink<K: redis::ToRedisArgs>(&self, keys: &[K]) -> Result<u64, BoxError> {
+        let mut removed = 0;
         for batch in keys.chunks(SCAN_BATCH) {
-            self.query::<()>(redis::cmd("UNLINK").arg(batch)).await?;
+            removed += self.query::<u64>(redis::cmd("UNLINK").arg(batch)).await?;
         }
-        Ok(())
+        Ok(removed)
     }
 
     async fn delete_matching_step(
@@ -268,9 +270,8 @@ impl RedisStore {
         match self.connection().await? {
             Conn::Standalone(mut c) => {
                 let (next, keys) = scan(&mut c, pattern, cursor.position).await?;
-                self.unlink(&keys).await?;
                 Ok(ScanStep {
-                    deleted: keys.len() as u64,
+                    deleted: self.unlink(&keys).await?,
                     next: (next != 0).then_some(ScanCursor::at(next)),
                 })
             }
@@ -290,12 +291,13 @@ impl RedisStore {
     }
 }
 
-/// One `SCAN MATCH` step on one server: the next position and the keys found.
+/// One `SCAN MATCH` step on one server: the next position and the keys found,
+/// as bytes (another client may have written a key that is not UTF-8).
 async fn scan<C: ConnectionLike>(
     conn: &mut C,
     pattern: &str,
     position: u64,
-) -> Result<(u64, Vec<String>), BoxError> {
+) -> Result<(u64, Vec<Vec<u8>>), BoxError> {
     Ok(redis::cmd("SCAN")
         .arg(position)
         .arg("MATCH")
@@ -418,7 +420,7 @@ impl RemoteStore for RedisStore {
     }
 
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>> {
-        self.unlink(keys).boxed()
+        async move { self.unlink(keys).await.map(drop) }.boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {

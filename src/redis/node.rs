@@ -53,14 +53,16 @@ impl Nodes {
         let mut conn = self.connect(&owner.host, owner.port).await?;
         let scanned = async {
             let (next, keys) = super::scan(&mut conn, pattern, position).await?;
+            let mut removed = 0;
             if !keys.is_empty() {
                 let mut unlink = redis::pipe();
                 for key in &keys {
-                    unlink.cmd("UNLINK").arg(key).ignore();
+                    unlink.cmd("UNLINK").arg(key);
                 }
-                unlink.query_async::<()>(&mut conn).await?;
+                let each: Vec<u64> = unlink.query_async(&mut conn).await?;
+                removed = each.iter().sum();
             }
-            Ok::<_, BoxError>((next, keys.len() as u64))
+            Ok::<_, BoxError>((next, removed))
         };
         let (next, deleted) = scanned.await.inspect_err(|_| self.forget())?;
         let next = if next != 0 {

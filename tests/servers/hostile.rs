@@ -324,3 +324,53 @@ mod encrypted {
         assert_eq!(again.stats().l2.hits, 1, "repaired");
     }
 }
+
+/// A key in the cache's namespace that is not UTF-8 (written by another client)
+/// is removed by a pattern and by `invalidate_all` like any other; before, every
+/// walk failed on it (SCAN's reply was read as strings) and stayed owed forever.
+#[tokio::test]
+async fn keys_that_are_not_utf8_do_not_stop_a_walk() {
+    let redis = Redis::start_own(&[]);
+    let cache = instance(redis.url());
+    let prefix = cache.l2_key(&"x".to_owned()).unwrap();
+    let prefix = prefix.strip_suffix('x').unwrap().as_bytes().to_vec();
+    let mut conn = raw(redis.url()).await;
+    let foreign = |tail: &[u8]| [prefix.as_slice(), tail].concat();
+    for tail in [&b"p\xff\xfe"[..], b"q\xc3"] {
+        redis::cmd("SET")
+            .arg(foreign(tail))
+            .arg("junk")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let exists = |key: Vec<u8>| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+
+    cache.invalidate_pattern("p*").await;
+    assert_eq!(
+        exists(foreign(b"p\xff\xfe")).await,
+        0,
+        "the pattern removed it"
+    );
+    assert_eq!(
+        exists(foreign(b"q\xc3")).await,
+        1,
+        "and only what it matches"
+    );
+    cache.invalidate_all().await;
+    assert_eq!(
+        exists(foreign(b"q\xc3")).await,
+        0,
+        "invalidate_all removed it"
+    );
+    assert_eq!(cache.stats().l2_errors, 0);
+}
