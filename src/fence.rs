@@ -17,9 +17,10 @@
 //! Generations are per shard, and each shard remembers which key (by a 64-bit
 //! hash) each of its last [`RECENT_KEYS`] bumps was for: a commit is refused only
 //! when its own key was changed since its ticket, or when its shard moved too far
-//! to tell (more than [`RECENT_KEYS`] changes during one load). Invalidations of
-//! other keys, however many arrive from the fleet, do not refuse it. (A hash
-//! collision refuses a clean commit: one extra load, never a stale value.)
+//! to tell (more than [`RECENT_KEYS`] changes in its shard during one load).
+//! Invalidations of other keys refuse nothing below that, where before any
+//! change in the same of 256 shards did. (A hash collision refuses a clean
+//! commit: one extra load, never a stale value.)
 
 use std::collections::VecDeque;
 use std::future::Future;

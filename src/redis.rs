@@ -123,7 +123,19 @@ impl fmt::Debug for RedisStore {
 impl RedisStore {
     fn new(target: Target, pubsub: Vec<Client>) -> Self {
         let nodes = match (&target, pubsub.first()) {
-            (Target::Cluster(_), Some(any)) => Some(Nodes::new(any.get_connection_info().clone())),
+            (Target::Cluster(_), Some(any)) => {
+                let seeds = pubsub
+                    .iter()
+                    .filter_map(|client| match client.get_connection_info().addr() {
+                        redis::ConnectionAddr::Tcp(host, port)
+                        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                            Some((host.clone(), *port))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                Some(Nodes::new(any.get_connection_info().clone(), seeds))
+            }
             _ => None,
         };
         RedisStore {
@@ -267,27 +279,17 @@ impl RedisStore {
         pattern: &str,
         cursor: ScanCursor,
     ) -> Result<ScanStep, BoxError> {
-        match self.connection().await? {
-            Conn::Standalone(mut c) => {
-                let (next, keys) = scan(&mut c, pattern, cursor.position).await?;
-                Ok(ScanStep {
-                    deleted: self.unlink(&keys).await?,
-                    next: (next != 0).then_some(ScanCursor::at(next)),
-                })
-            }
-            Conn::Cluster(mut c) => {
-                let nodes: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(&mut c)
-                    .await?;
-                let walker = self
-                    .shared
-                    .nodes
-                    .as_ref()
-                    .ok_or("a cluster store without its nodes")?;
-                walker.step(&nodes, pattern, cursor).await
-            }
+        if let Some(walker) = &self.shared.nodes {
+            return walker.step(pattern, cursor).await;
         }
+        let (next, keys) = match self.connection().await? {
+            Conn::Standalone(mut c) => scan(&mut c, pattern, cursor.position).await?,
+            Conn::Cluster(_) => return Err("a cluster store without its nodes".into()),
+        };
+        Ok(ScanStep {
+            deleted: self.unlink(&keys).await?,
+            next: (next != 0).then_some(ScanCursor::at(next)),
+        })
     }
 }
 

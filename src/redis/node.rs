@@ -1,12 +1,17 @@
-//! A cluster walk's steps, each on the one node that `CLUSTER NODES` names
-//! (see `topology`), through a plain connection to that node: the cluster client
-//! only routes by address to nodes it already knows as masters, which after a
-//! failover it learns late. The keys a step finds are removed on the node that
-//! holds them, one `UNLINK` each in one pipeline (they lie in many slots); a node
-//! that is no longer their master answers `MOVED`, and the step fails and is
-//! retried against the new topology.
+//! A cluster walk's steps, each on the one master that `topology` names, through
+//! plain connections of the walk's own: the cluster client routes by address only
+//! to nodes it already knows as masters, which after a failover it learns late.
+//!
+//! A step reads the cluster's view from a seed node (the configured nodes, the
+//! last one that answered first), then the chosen master's own view, and scans
+//! only if that master still serves the slot. The keys it finds are removed on
+//! that master, one `UNLINK` each in one pipeline (they lie in many slots); a node
+//! that is no longer their master answers `MOVED`, the step fails, and it is
+//! retried against the new topology. When the master's scan is complete, its own
+//! view is read again: the run counts as covered only if it is unchanged.
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -15,113 +20,175 @@ use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo};
 use crate::error::BoxError;
 use crate::remote::store::{ScanCursor, ScanStep};
 
-use super::topology::{self, SLOTS};
+use super::topology::{self, Owner, SLOTS};
 
 /// How long connecting to a node, or one command on it, may take.
 const NODE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connections to single nodes with the cluster's credentials and TLS, the last
-/// one kept (a walk scans one node for many steps, then the next).
+type Address = (String, u16);
+
+/// Connections to single nodes with the cluster's credentials and TLS.
 pub(super) struct Nodes {
     base: ConnectionInfo,
-    last: Mutex<Option<((String, u16), MultiplexedConnection)>>,
+    /// The configured nodes, where the cluster's view is read.
+    seeds: Vec<Address>,
+    /// The seed that answered last.
+    seed: Mutex<usize>,
+    conns: Arc<Mutex<HashMap<Address, MultiplexedConnection>>>,
 }
 
 impl Nodes {
-    pub(super) fn new(base: ConnectionInfo) -> Self {
+    /// Nodes reached like `base`, with the cluster's view read from `seeds`.
+    pub(super) fn new(base: ConnectionInfo, seeds: Vec<Address>) -> Self {
         Nodes {
             base,
-            last: Mutex::new(None),
+            seeds,
+            seed: Mutex::new(0),
+            conns: Arc::default(),
         }
     }
 
-    /// One step of removing the keys that match `pattern`, from `cursor`, given
-    /// the text of `CLUSTER NODES`.
+    /// One step of removing the keys that match `pattern`, from `cursor`.
     pub(super) async fn step(
         &self,
-        nodes: &str,
         pattern: &str,
         cursor: ScanCursor,
     ) -> Result<ScanStep, BoxError> {
-        let owner = topology::owner(nodes, cursor.slot)?;
-        // Another node, or the same node with other slots: its scan starts over.
-        let position = if owner.fingerprint == cursor.node {
-            cursor.position
-        } else {
-            0
-        };
-        let mut conn = self.connect(&owner.host, owner.port).await?;
-        let scanned = async {
+        let (view, seed_host) = self.view().await?;
+        let candidate = topology::owner(&view, cursor.slot)?;
+        let address = (candidate.host.unwrap_or(seed_host), candidate.port);
+        let mut conn = self.connect(&address).await?;
+        let result = async {
+            let owner = own_run(&mut conn, cursor.slot).await?;
+            // Another node, or the same node with another run: its scan starts over.
+            let position = if owner.fingerprint == cursor.node {
+                cursor.position
+            } else {
+                0
+            };
             let (next, keys) = super::scan(&mut conn, pattern, position).await?;
-            let mut removed = 0;
+            let mut deleted = 0;
             if !keys.is_empty() {
                 let mut unlink = redis::pipe();
                 for key in &keys {
                     unlink.cmd("UNLINK").arg(key);
                 }
                 let each: Vec<u64> = unlink.query_async(&mut conn).await?;
-                removed = each.iter().sum();
+                deleted = each.iter().sum();
             }
-            Ok::<_, BoxError>((next, removed))
+            let next = if next != 0 {
+                Some(ScanCursor {
+                    slot: cursor.slot,
+                    node: owner.fingerprint,
+                    position: next,
+                })
+            } else if own_run(&mut conn, cursor.slot).await?.fingerprint != owner.fingerprint {
+                // The run changed during the scan: scan whoever serves it now.
+                Some(ScanCursor {
+                    slot: cursor.slot,
+                    node: 0,
+                    position: 0,
+                })
+            } else if u32::from(owner.last) + 1 < SLOTS {
+                Some(ScanCursor {
+                    slot: owner.last + 1,
+                    node: 0,
+                    position: 0,
+                })
+            } else {
+                None
+            };
+            Ok::<_, BoxError>(ScanStep { deleted, next })
         };
-        let (next, deleted) = scanned.await.inspect_err(|_| self.forget())?;
-        let next = if next != 0 {
-            Some(ScanCursor {
-                slot: cursor.slot,
-                node: owner.fingerprint,
-                position: next,
-            })
-        } else if u32::from(owner.last) + 1 < SLOTS {
-            Some(ScanCursor {
-                slot: owner.last + 1,
-                node: 0,
-                position: 0,
-            })
-        } else {
-            None
-        };
-        Ok(ScanStep { deleted, next })
+        result.await.inspect_err(|_| self.forget(&address))
     }
 
-    /// A connection to `host:port`.
-    async fn connect(&self, host: &str, port: u16) -> Result<MultiplexedConnection, BoxError> {
-        let address = (host.to_owned(), port);
-        if let Some((at, conn)) = &*self.lock() {
-            if *at == address {
-                return Ok(conn.clone());
+    /// `CLUSTER NODES` from the first seed that answers, and that seed's host.
+    async fn view(&self) -> Result<(String, String), BoxError> {
+        let first = *self.seed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last_error: BoxError = "a cluster store without nodes".into();
+        for i in (0..self.seeds.len()).map(|i| (first + i) % self.seeds.len()) {
+            let seed = &self.seeds[i];
+            let answer = async {
+                let mut conn = self.connect(seed).await?;
+                Ok::<String, BoxError>(
+                    redis::cmd("CLUSTER")
+                        .arg("NODES")
+                        .query_async(&mut conn)
+                        .await?,
+                )
+            };
+            match answer.await {
+                Ok(view) => {
+                    *self.seed.lock().unwrap_or_else(PoisonError::into_inner) = i;
+                    return Ok((view, seed.0.clone()));
+                }
+                Err(error) => {
+                    self.forget(seed);
+                    last_error = error;
+                }
             }
         }
+        Err(last_error)
+    }
+
+    /// A connection to `address`, made in a task of its own: a step that gives
+    /// up (its call timed out) leaves the attempt running, and the next step
+    /// finds the connection made.
+    async fn connect(&self, address: &Address) -> Result<MultiplexedConnection, BoxError> {
+        if let Some(conn) = self.lock().get(address) {
+            return Ok(conn.clone());
+        }
+        let (host, port) = address.clone();
         let addr = match self.base.addr() {
             ConnectionAddr::TcpTls {
                 insecure,
                 tls_params,
                 ..
             } => ConnectionAddr::TcpTls {
-                host: host.to_owned(),
+                host,
                 port,
                 insecure: *insecure,
                 tls_params: tls_params.clone(),
             },
-            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+            _ => ConnectionAddr::Tcp(host, port),
         };
         let client = Client::open(self.base.clone().set_addr(addr))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(NODE_TIMEOUT))
-            .set_response_timeout(Some(NODE_TIMEOUT));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        *self.lock() = Some((address, conn.clone()));
-        Ok(conn)
+        let (conns, address) = (Arc::clone(&self.conns), address.clone());
+        let made = tokio::spawn(async move {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(NODE_TIMEOUT))
+                .set_response_timeout(Some(NODE_TIMEOUT));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(address, conn.clone());
+            Ok::<_, redis::RedisError>(conn)
+        });
+        Ok(made.await??)
     }
 
-    /// Drops the kept connection (after it failed: a multiplexed connection does
-    /// not reconnect by itself).
-    fn forget(&self) {
-        *self.lock() = None;
+    /// Drops the connection to `address` (after it failed: a multiplexed
+    /// connection does not reconnect by itself).
+    fn forget(&self, address: &Address) {
+        self.lock().remove(address);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<((String, u16), MultiplexedConnection)>> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Address, MultiplexedConnection>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The run from `slot` that the node on `conn` serves, by its own view: an error
+/// if it does not serve `slot` (it was demoted, or the slot moved).
+async fn own_run(conn: &mut MultiplexedConnection, slot: u16) -> Result<Owner, BoxError> {
+    let view: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    let owner = topology::owner(&view, slot)?;
+    if !owner.myself {
+        return Err(format!("the node scanned no longer serves slot {slot}").into());
+    }
+    Ok(owner)
 }

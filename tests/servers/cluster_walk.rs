@@ -106,3 +106,104 @@ async fn a_walk_interrupted_by_a_failover_still_removes_every_key() {
     }
     assert_eq!(keys_left(&cluster), 0, "keys the walk skipped");
 }
+
+/// The id of the node on `port`.
+fn id_of(node: &Redis) -> String {
+    node.cli(&["cluster", "myid"]).trim().to_owned()
+}
+
+/// Moves every key of `slot` from `from` to `to` (the slot marked migrating and
+/// importing meanwhile), without handing the slot over yet.
+fn move_keys(from: &Redis, to: &Redis, slot: u16) {
+    let slot = slot.to_string();
+    to.cli(&["cluster", "setslot", &slot, "importing", &id_of(from)]);
+    from.cli(&["cluster", "setslot", &slot, "migrating", &id_of(to)]);
+    loop {
+        let keys = from.cli(&["cluster", "getkeysinslot", &slot, "100"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.port().to_string();
+        let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+        args.extend(keys);
+        assert!(from.cli(&args).contains("OK"));
+    }
+}
+
+/// Hands `slot` over to `to` on every node.
+fn hand_over(cluster: &RedisCluster, to: &Redis, slot: u16) {
+    let (slot, id) = (slot.to_string(), id_of(to));
+    for node in cluster.nodes() {
+        node.cli(&["cluster", "setslot", &slot, "node", &id]);
+    }
+}
+
+/// A slot migrates, from the last master in slot order to the first, while the
+/// walk is on the last one: the keys that moved to a master the walk had already
+/// covered are still found, and the walk does not end while the slot is moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_across_a_slot_migration_still_removes_every_key() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let client = ClusterClient::new(urls.clone()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    for i in 0..KEYS {
+        redis::cmd("SET")
+            .arg(format!("walk:{i}"))
+            .arg(i)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let serves = |node: &Redis, slot: u16| {
+        node.cli(&["cluster", "nodes"]).lines().any(|line| {
+            line.contains("myself")
+                && line.split_whitespace().skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                })
+        })
+    };
+    let first = cluster.nodes().iter().find(|n| serves(n, 0)).unwrap();
+    let last = cluster.nodes().iter().find(|n| serves(n, 16383)).unwrap();
+    // A slot of the last master that holds keys.
+    let slot = (0..KEYS)
+        .map(|i| {
+            let slot = last.cli(&["cluster", "keyslot", &format!("walk:{i}")]);
+            slot.trim().parse::<u16>().unwrap()
+        })
+        .find(|&slot| serves(last, slot))
+        .unwrap();
+
+    let store = RedisStore::cluster(&urls).unwrap();
+    let mut cursor = ScanCursor::default();
+    // Walk until the last master's scan has begun.
+    while cursor.slot == 0 || !serves(last, cursor.slot) || cursor.position == 0 {
+        let step = store.delete_matching("walk:*", cursor).await.unwrap();
+        cursor = step.next.expect("the walk is not over yet");
+    }
+    move_keys(last, first, slot);
+    // While the slot is moving, the walk goes on but never ends.
+    for _ in 0..20 {
+        if let Ok(step) = store.delete_matching("walk:*", cursor).await {
+            cursor = step
+                .next
+                .expect("a walk does not end while a slot migrates");
+        }
+    }
+    hand_over(&cluster, first, slot);
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps < 300, "the walk does not end");
+        match store.delete_matching("walk:*", cursor).await {
+            Ok(step) => match step.next {
+                Some(next) => cursor = next,
+                None => break,
+            },
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(keys_left(&cluster), 0, "keys the walk skipped");
+}
