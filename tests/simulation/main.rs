@@ -5,8 +5,9 @@
 //! then takes up to 5 ms), writes, cancelled writes (invalidations, inserts and
 //! patterns whose callers give up) and faults (store calls failing, hanging or
 //! slowed past the L2 timeout, an instance cut off from the store or the bus,
-//! publishes failing, hanging or lost, deliveries held), on a single-threaded
-//! runtime with paused time. The oracle checks the fleet rules of docs/GUIDE.md:
+//! publishes failing, hanging or lost, deliveries held, loads failing or
+//! panicking), on a single-threaded runtime with paused time. A read whose load
+//! failed may answer an error; any value it answers is checked. The oracle checks the fleet rules of docs/GUIDE.md:
 //!
 //! 1. An instance reads its own writes: once its `invalidate`, pattern,
 //!    `invalidate_all` or `insert` returned, its reads that begin after return
@@ -43,6 +44,13 @@ static SUPERSEDED: AtomicU64 = AtomicU64::new(0);
 
 type Db = Arc<Mutex<HashMap<String, u64>>>;
 
+/// Load faults on one instance: how many of its next loads fail, and panic.
+#[derive(Default)]
+struct LoadFaults {
+    fail: u32,
+    panic: u32,
+}
+
 /// Per instance, key → the version it must at least read (its own writes).
 type Floors = Arc<Mutex<Vec<HashMap<String, u64>>>>;
 
@@ -50,6 +58,7 @@ struct Instance {
     cache: TieredCache<String, u64>,
     store: MemoryStore,
     bus: MemoryBus,
+    loads: Arc<Mutex<LoadFaults>>,
 }
 
 struct Fleet {
@@ -74,6 +83,8 @@ impl Fleet {
             .map(|_| {
                 let (store, bus) = (store.connect(), bus.connect());
                 let (rows, durations) = (Arc::clone(&db), Arc::clone(&durations));
+                let loads = Arc::new(Mutex::new(LoadFaults::default()));
+                let faults = Arc::clone(&loads);
                 let cache = TieredCache::<String, u64>::builder("sim")
                     .l2(store.clone())
                     .bus(bus.clone())
@@ -86,14 +97,37 @@ impl Fleet {
                         // The query reads the row, then takes a while.
                         let version = rows.lock().unwrap().get(&key).copied().unwrap_or(0);
                         let takes = Duration::from_micros(durations.lock().unwrap().u64(0..5_000));
+                        let fate = {
+                            let mut faults = faults.lock().unwrap();
+                            if faults.panic > 0 {
+                                faults.panic -= 1;
+                                Some(true)
+                            } else if faults.fail > 0 {
+                                faults.fail -= 1;
+                                Some(false)
+                            } else {
+                                None
+                            }
+                        };
                         async move {
                             tokio::time::sleep(takes).await;
-                            Ok::<_, BoxError>(Some(version))
+                            match fate {
+                                Some(true) => panic!("the simulated loader panics"),
+                                Some(false) => {
+                                    Err::<Option<u64>, BoxError>("the database is down".into())
+                                }
+                                None => Ok(Some(version)),
+                            }
                         }
                     })
                     .build()
                     .expect("build");
-                Instance { cache, store, bus }
+                Instance {
+                    cache,
+                    store,
+                    bus,
+                    loads,
+                }
             })
             .collect::<Vec<_>>();
         Fleet {
@@ -138,8 +172,12 @@ impl Fleet {
                     tokio::time::sleep(after).await;
                     let floor = floors.lock().unwrap()[i].get(key).copied().unwrap_or(0);
                     let got = cache.get(&key.to_owned()).await;
-                    let got = got.expect("the loader never fails").expect("a row");
-                    log.lock().unwrap().push(format!("{i}: get {key} -> {got}"));
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{i}: get {key} -> {got:?}"));
+                    // A failed load is an error to its readers (no fail-safe here).
+                    let Ok(got) = got else { return };
+                    let got = got.expect("a row");
                     assert!(
                         got >= floor,
                         "instance {i} read {got} of {key} after writing {floor}"
@@ -159,10 +197,11 @@ impl Fleet {
                 self.reads.push(tokio::spawn(async move {
                     tokio::time::sleep(after).await;
                     let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
-                    let got = cache.get_many(&keys).await.expect("the loader never fails");
+                    let got = cache.get_many(&keys).await;
                     log.lock()
                         .unwrap()
                         .push(format!("{i}: get_many {keys:?} -> {got:?}"));
+                    let Ok(got) = got else { return };
                     for key in &keys {
                         let got = *got.get(key).expect("every row exists");
                         let floor = floor.get(key).copied().unwrap_or(0);
@@ -286,7 +325,7 @@ impl Fleet {
         let instance = &self.instances[i];
         let op = OPS[rng.usize(..OPS.len())];
         let n = rng.u32(1..4);
-        let fault = match rng.u32(..11) {
+        let fault = match rng.u32(..13) {
             0 | 1 => {
                 instance.store.fail_next(op, n);
                 format!("store fails next {n} {op}")
@@ -325,6 +364,14 @@ impl Fleet {
                     "deliveries held".to_owned()
                 }
             }
+            10 => {
+                instance.loads.lock().unwrap().fail += n;
+                format!("the next {n} loads fail")
+            }
+            11 => {
+                instance.loads.lock().unwrap().panic += 1;
+                "the next load panics".to_owned()
+            }
             9 => {
                 // Up to twice the L2 timeout: some calls are given up on.
                 let latency = Duration::from_millis(rng.u64(0..100));
@@ -343,6 +390,7 @@ impl Fleet {
     /// Faults stop, and the fleet has time to replay and send what it owes.
     async fn heal(&mut self) {
         for instance in &self.instances {
+            *instance.loads.lock().unwrap() = LoadFaults::default();
             instance.store.clear_faults();
             instance.store.reconnect();
             instance.bus.clear_faults();
@@ -429,6 +477,13 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn the_fleet_rules_hold_over_seeded_schedules() {
     let seeds = seeds();
+    // The loaders' injected panics are expected: keep them off the output.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"the simulated loader panics") {
+            default_hook(info);
+        }
+    }));
     let started = std::time::Instant::now();
     for &seed in &seeds {
         // The crate's own draws (jitter, backoff) come from this thread's
