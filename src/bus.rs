@@ -96,14 +96,20 @@ impl Bus {
         self.backplane.subscribe(&self.channel)
     }
 
-    /// The message in `bytes`, unless it is this instance's own or unreadable
-    /// (foreign bytes, another version: ignored, logged).
+    /// The message in `bytes`, unless it is this instance's own or foreign bytes
+    /// (ignored, logged). A message of this crate that this version cannot read
+    /// (a newer version's, or damaged) is taken as "everything": it was an
+    /// invalidation of something.
     pub(crate) fn receive(&self, bytes: &[u8]) -> Option<Message> {
         match Message::decode(bytes) {
             Some((origin, _)) if origin == self.origin => None,
             Some((_, message)) => Some(message),
+            None if Message::is_ours(bytes) => {
+                tracing::debug!(channel = %self.channel, "unreadable bus message: L1 cleared");
+                Some(Message::All)
+            }
             None => {
-                tracing::debug!(channel = %self.channel, "unreadable bus message ignored");
+                tracing::debug!(channel = %self.channel, "foreign bus message ignored");
                 None
             }
         }
@@ -386,6 +392,21 @@ mod tests {
         });
         let bus = Bus::new(backplane.clone(), "c".into(), Duration::from_secs(60));
         (Arc::new(bus), backplane)
+    }
+
+    #[test]
+    fn a_message_of_a_newer_version_clears_l1_and_foreign_bytes_do_nothing() {
+        let (bus, _) = bus();
+        let mut newer = Message::Key("k".into()).encode(7);
+        newer[2] += 1;
+        assert_eq!(bus.receive(&newer), Some(Message::All));
+        let mut unknown_kind = Message::Key("k".into()).encode(7);
+        unknown_kind[3] = 200;
+        assert_eq!(bus.receive(&unknown_kind), Some(Message::All));
+        assert_eq!(bus.receive(b"hello"), None);
+        let key = Message::Key("k".into());
+        assert_eq!(bus.receive(&key.encode(7)), Some(key.clone()));
+        assert_eq!(bus.receive(&key.encode(bus.origin)), None, "its own");
     }
 
     #[tokio::test]

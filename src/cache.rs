@@ -163,6 +163,28 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.core.invalidate(key).await;
     }
 
+    /// Removes `keys` from every tier, and from every other instance's L1, as
+    /// [`invalidate`](Self::invalidate) does for one key, with the same promises:
+    /// one store call (`UNLINK` of them all; on a cluster, one per slot group)
+    /// and one bus message, whatever the number of keys. A key whose deletion
+    /// cannot reach L2 is owed and replayed like any other.
+    ///
+    /// ```
+    /// # use tiered::TieredCache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::<u64, String>::builder("orders").build().unwrap();
+    /// cache.insert(1, "one".into()).await;
+    /// cache.insert(2, "two".into()).await;
+    /// // After a bulk UPDATE of orders 1 and 2:
+    /// cache.invalidate_many(&[1, 2]).await;
+    /// assert_eq!(cache.get(&1).await.unwrap(), None);
+    /// # }
+    /// ```
+    pub async fn invalidate_many(&self, keys: &[K]) {
+        self.core.invalidate_many(keys).await;
+    }
+
     /// Removes every key whose string form matches the Redis glob `pattern` (`*`,
     /// `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes; see [`Pattern`](crate::Pattern)) from every
     /// tier and every instance, with the guarantees of

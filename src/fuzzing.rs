@@ -108,6 +108,7 @@ pub fn bus_seeds() -> Vec<Vec<u8>> {
         Message::Key("user:1".into()),
         Message::Pattern("user:*".into()),
         Message::All,
+        Message::Keys(vec!["user:1".into(), String::new(), "order:é".into()]),
     ]
     .iter()
     .map(|m| m.encode(0x0123_4567_89ab_cdef))

@@ -66,6 +66,8 @@ pub(crate) struct Remote {
 pub(crate) enum Landed {
     /// A key, in its string form.
     Key(String),
+    /// Several keys, in their string forms.
+    Keys(Vec<String>),
     /// A glob over keys' string forms.
     Pattern(String),
     /// The whole namespace.

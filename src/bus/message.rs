@@ -1,11 +1,14 @@
 //! The invalidation messages instances send each other, and their bytes:
-//! magic, version, kind, the sender's id, then the key or glob.
+//! magic, version, kind, the sender's id, then the key or glob (or, for several
+//! keys, each as a 4-byte little-endian length and its bytes).
 
 /// An invalidation, as sent between instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message {
     /// One key, in its string form (an invalidation or an overwrite).
     Key(String),
+    /// Several keys, in their string forms (one `invalidate_many`).
+    Keys(Vec<String>),
     /// A glob over keys' string forms.
     Pattern(String),
     /// Everything.
@@ -23,6 +26,7 @@ impl Message {
             Message::Key(key) => (0, key.as_str()),
             Message::Pattern(glob) => (1, glob.as_str()),
             Message::All => (2, ""),
+            Message::Keys(_) => (3, ""),
         };
         let mut out = Vec::with_capacity(HEADER_LEN + text.len());
         out.extend_from_slice(&MAGIC);
@@ -30,7 +34,21 @@ impl Message {
         out.push(kind);
         out.extend_from_slice(&origin.to_le_bytes());
         out.extend_from_slice(text.as_bytes());
+        if let Message::Keys(keys) = self {
+            for key in keys {
+                let len = u32::try_from(key.len()).expect("a key shorter than 4 GiB");
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(key.as_bytes());
+            }
+        }
         out
+    }
+
+    /// Whether `bytes` claim to be a message of this crate (its magic), whether
+    /// or not this version reads them: one it cannot read may come from a newer
+    /// version, and is taken as "everything".
+    pub(crate) fn is_ours(bytes: &[u8]) -> bool {
+        bytes.starts_with(&MAGIC)
     }
 
     /// The sender and the message, or `None` for bytes this version does not read.
@@ -39,7 +57,11 @@ impl Message {
             return None;
         }
         let origin = u128::from_le_bytes(bytes[4..HEADER_LEN].try_into().ok()?);
-        let text = std::str::from_utf8(&bytes[HEADER_LEN..]).ok()?;
+        let body = &bytes[HEADER_LEN..];
+        if bytes[3] == 3 {
+            return Some((origin, Message::Keys(keys(body)?)));
+        }
+        let text = std::str::from_utf8(body).ok()?;
         let message = match bytes[3] {
             0 => Message::Key(text.to_owned()),
             1 => Message::Pattern(text.to_owned()),
@@ -48,6 +70,21 @@ impl Message {
         };
         Some((origin, message))
     }
+}
+
+/// Length-prefixed keys, all of `body` or nothing.
+fn keys(mut body: &[u8]) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    while !body.is_empty() {
+        let (len, rest) = body.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        keys.push(std::str::from_utf8(&rest[..len]).ok()?.to_owned());
+        body = &rest[len..];
+    }
+    Some(keys)
 }
 
 #[cfg(test)]
@@ -62,6 +99,8 @@ mod tests {
             Message::Key(String::new()),
             Message::Pattern("user:[0-9]*é".into()),
             Message::All,
+            Message::Keys(vec!["a".into(), String::new(), "line\nbreak é".into()]),
+            Message::Keys(Vec::new()),
         ] {
             let bytes = message.encode(origin);
             assert_eq!(Message::decode(&bytes), Some((origin, message)));
@@ -77,5 +116,13 @@ mod tests {
         let mut bad_utf8 = Message::Key("k".into()).encode(origin);
         bad_utf8.push(0xff);
         assert_eq!(Message::decode(&bad_utf8), None);
+        let keys = Message::Keys(vec!["abc".into(), "d".into()]).encode(origin);
+        // Cut anywhere but between two keys, the body is not whole.
+        let between = HEADER_LEN + 4 + 3;
+        for cut in (HEADER_LEN + 1..keys.len()).filter(|&cut| cut != between) {
+            assert_eq!(Message::decode(&keys[..cut]), None, "cut at {cut}");
+        }
+        assert!(Message::is_ours(&future) && Message::is_ours(&kind));
+        assert!(!Message::is_ours(b"not a message"));
     }
 }

@@ -68,6 +68,30 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         .await;
     }
 
+    /// Removes `keys` from every tier, and from every other instance's L1, with
+    /// one store call and one bus message.
+    pub(crate) async fn invalidate_many(self: &Arc<Self>, keys: &[K]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.begin_invalidation(false).await;
+        let landed = match &self.remote {
+            Some(remote) => {
+                remote
+                    .delete_many(keys.iter().map(|k| remote.key(k)).collect())
+                    .await
+            }
+            None => true,
+        };
+        let change = || Landed::Keys(keys.iter().map(CacheKey::to_key_string).collect());
+        let l1 = async {
+            for key in keys {
+                self.fence.supersede(key, self.l1.invalidate(key)).await;
+            }
+        };
+        self.finish(landed, change, l1).await;
+    }
+
     /// Removes every key whose string form matches the Redis glob `pattern`.
     pub(crate) async fn invalidate_pattern(self: &Arc<Self>, pattern: &str) {
         self.begin_invalidation(false).await;
@@ -127,6 +151,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.report.event(Counter::InvalidationsReceived);
         self.drop_landed(match message {
             Message::Key(text) => Landed::Key(text),
+            Message::Keys(texts) => Landed::Keys(texts),
             Message::Pattern(glob) => Landed::Pattern(glob),
             Message::All => Landed::All,
         })
@@ -139,6 +164,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     pub(crate) async fn drop_landed(&self, landed: Landed) {
         match landed {
             Landed::Key(text) => self.drop_key_text(&text).await,
+            Landed::Keys(texts) => {
+                for text in texts {
+                    self.drop_key_text(&text).await;
+                }
+            }
             Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Landed::All => self.clear_l1().await,
         }
@@ -214,6 +244,7 @@ impl<K: CacheKey, V: CacheValue> Drop for L1ChangeOwed<K, V> {
 pub(crate) fn message(change: &Landed) -> Message {
     match change {
         Landed::Key(key) => Message::Key(key.clone()),
+        Landed::Keys(keys) => Message::Keys(keys.clone()),
         Landed::Pattern(glob) => Message::Pattern(glob.clone()),
         Landed::All => Message::All,
     }

@@ -85,6 +85,7 @@ impl Pending {
 /// Something to owe.
 pub(crate) enum Work {
     Key(String),
+    Keys(Vec<String>),
     Pattern(String, ScanCursor),
     Clear(ScanCursor),
 }
@@ -166,6 +167,15 @@ impl Owed {
             Work::Key(key) => {
                 let number = pending.number();
                 pending.keys.insert(key, number);
+                if pending.keys.len() > MAX_PENDING {
+                    pending.clear_from_start();
+                }
+            }
+            Work::Keys(keys) => {
+                for key in keys {
+                    let number = pending.number();
+                    pending.keys.insert(key, number);
+                }
                 if pending.keys.len() > MAX_PENDING {
                     pending.clear_from_start();
                 }
@@ -309,10 +319,15 @@ impl Remote {
                     }
                 }
                 drop(pending);
-                for key in landed {
-                    if let Some(key) = namespace.key_of(&key) {
-                        (self.announce)(Landed::Key(key.to_owned()));
-                    }
+                let mut landed: Vec<String> = landed
+                    .iter()
+                    .filter_map(|key| namespace.key_of(key).map(str::to_owned))
+                    .collect();
+                // One message for what one replay step landed.
+                match landed.len() {
+                    0 => {}
+                    1 => (self.announce)(Landed::Key(landed.remove(0))),
+                    _ => (self.announce)(Landed::Keys(landed)),
                 }
             }
             progress = true;
@@ -322,8 +337,12 @@ impl Remote {
     /// Deletes `key`. Returns whether it landed; if the store cannot be reached
     /// (or this call is cancelled), the deletion is owed.
     pub(crate) async fn delete(&self, key: String) -> bool {
-        let keys = [key];
-        let mut owed = self.until_done(Work::Key(keys[0].clone()));
+        self.delete_many(vec![key]).await
+    }
+
+    /// Deletes `keys` (store keys) in one call, each owed if it does not land.
+    pub(crate) async fn delete_many(&self, keys: Vec<String>) -> bool {
+        let mut owed = self.until_done(Work::Keys(keys.clone()));
         // Writes need not wait for owed work (reads do): an owed deletion that
         // lands after them only errs towards a miss.
         let landed = self
@@ -333,7 +352,9 @@ impl Remote {
             .is_some();
         if landed {
             owed.done();
-            self.owed.landed(&keys[0]);
+            for key in &keys {
+                self.owed.landed(key);
+            }
         }
         landed
     }

@@ -544,3 +544,51 @@ async fn invalidations_of_other_keys_do_not_refuse_loads() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 101, "loads left uncached");
 }
+
+/// `invalidate_many` of 1,000 keys: one store call, one bus message, and every
+/// other instance drops all of them; if the store call fails, the replay that
+/// lands them sends one message too.
+#[tokio::test]
+async fn invalidate_many_is_one_call_and_one_message_even_when_replayed() {
+    let (db, store, bus) = fleet();
+    let (a_store, a_bus) = (store.connect(), bus.connect());
+    let a = instance(&db, a_store.clone(), a_bus.clone());
+    let b = instance(&db, store.connect(), bus.connect());
+    let keys: Vec<String> = (0..1000).map(|i| format!("bulk:{i}")).collect();
+    for key in &keys {
+        assert_eq!(b.get(key).await.unwrap(), Some(1));
+        db.set(key, 2);
+    }
+    let (deletes, published) = (a_store.calls(StoreOp::Delete), a_bus.published());
+    a.invalidate_many(&keys).await;
+    assert_eq!(a_store.calls(StoreOp::Delete), deletes + 1);
+    assert_eq!(a_bus.published(), published + 1);
+    for key in &keys {
+        until(&b, key, 2).await;
+        db.set(key, 3);
+    }
+    assert!(
+        store.keys().iter().all(|k| !k.contains("bulk:")) || {
+            // b's reads refilled them, with version 2
+            keys.iter()
+                .all(|k| store.raw(&b.l2_key(k).unwrap()).is_some())
+        }
+    );
+
+    // The store call fails: the keys are owed, and land in one replay message.
+    a_store.fail_next(StoreOp::Delete, 1);
+    let published = a_bus.published();
+    a.invalidate_many(&keys).await;
+    eventually("the owed keys landed and were announced", || {
+        a_bus.published() == published + 1
+    })
+    .await;
+    for key in &keys {
+        until(&b, key, 3).await;
+    }
+    assert_eq!(
+        a_bus.published(),
+        published + 1,
+        "one message for the replay"
+    );
+}

@@ -25,6 +25,23 @@ async fn changes_reach_other_instances(tier: &Tier<'_>) {
     until_value(&b, "k1", 2).await;
     assert!(b.stats().invalidations_received >= 1);
 
+    // invalidate_many: 1,000 keys, one message
+    let bulk: Vec<String> = (0..1000).map(|i| format!("bulk:{i}")).collect();
+    for key in &bulk {
+        assert_eq!(b.get(key).await.unwrap(), Some(1));
+    }
+    for key in &bulk {
+        db.set(key, 6);
+    }
+    let received = b.stats().invalidations_received;
+    a.invalidate_many(&bulk).await;
+    for key in &bulk {
+        until_value(&b, key, 6).await;
+    }
+    assert_eq!(b.stats().invalidations_received, received + 1);
+    let fresh = instance(&db, "fleet", tier);
+    assert_eq!(fresh.get(&bulk[999]).await.unwrap(), Some(6));
+
     // insert
     assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
     db.set("k2", 5);

@@ -7,9 +7,11 @@
 //! slowed past the L2 timeout, an instance cut off from the store or the bus,
 //! publishes failing, hanging or lost, deliveries held, loads failing or
 //! panicking), on a single-threaded runtime with paused time. A read whose load
-//! failed may answer an error; any value it answers is checked. The oracle checks the fleet rules of docs/GUIDE.md:
+//! failed may answer an error; any value it answers is checked.
 //!
-//! 1. An instance reads its own writes: once its `invalidate`, pattern,
+//! The oracle checks the fleet rules of docs/GUIDE.md:
+//!
+//! 1. An instance reads its own writes: once its `invalidate`, `invalidate_many`, pattern,
 //!    `invalidate_all` or `insert` returned, its reads that begin after return
 //!    that version or a newer one (whatever faults are on, whatever loads were
 //!    in flight).
@@ -212,10 +214,23 @@ impl Fleet {
                     }
                 }));
             }
-            40..=54 => {
+            40..=49 => {
                 let written = self.bump(&[key]);
                 self.note(format!("{i}: invalidate {key} (v{})", written[0].1));
                 self.instances[i].cache.invalidate(&key.to_owned()).await;
+                self.raise(i, written);
+            }
+            50..=54 => {
+                let many: Vec<&str> = (0..rng.usize(2..=3))
+                    .map(|_| KEYS[rng.usize(..KEYS.len())])
+                    .collect();
+                let mut unique = many.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                let written = self.bump(&unique);
+                self.note(format!("{i}: invalidate_many {unique:?}"));
+                let keys: Vec<String> = many.iter().map(|k| (*k).to_owned()).collect();
+                self.instances[i].cache.invalidate_many(&keys).await;
                 self.raise(i, written);
             }
             55..=62 => {
