@@ -164,10 +164,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// Removes `keys` from every tier, and from every other instance's L1, as
-    /// [`invalidate`](Self::invalidate) does for one key, with the same promises:
-    /// one store call (`UNLINK` of them all; on a cluster, one per slot group)
-    /// and one bus message, whatever the number of keys. A key whose deletion
-    /// cannot reach L2 is owed and replayed like any other.
+    /// [`invalidate`](Self::invalidate) does for one key, with the same promises,
+    /// in batches of 1,000 keys: one store call (`UNLINK`; on a cluster the
+    /// client splits it by slot) and one bus message per batch, each call under
+    /// the L2 timeout. A key whose deletion cannot reach L2 is owed and replayed
+    /// like any other. A call cancelled part way has invalidated the batches it
+    /// got through (and the one it was in, whose deletions are owed), not the
+    /// rest.
     ///
     /// ```
     /// # use tiered::TieredCache;

@@ -161,7 +161,8 @@ pub struct Stats {
     pub superseded: u64,
     /// Explicit `insert` calls.
     pub inserts: u64,
-    /// `invalidate`, `invalidate_pattern` and `invalidate_all` calls.
+    /// `invalidate`, `invalidate_many`, `invalidate_pattern` and `invalidate_all`
+    /// calls (an `invalidate_many` counts once, whatever its number of keys).
     pub invalidations: u64,
     /// Invalidations received from other instances through the bus.
     pub invalidations_received: u64,

@@ -123,19 +123,7 @@ impl fmt::Debug for RedisStore {
 impl RedisStore {
     fn new(target: Target, pubsub: Vec<Client>) -> Self {
         let nodes = match (&target, pubsub.first()) {
-            (Target::Cluster(_), Some(any)) => {
-                let seeds = pubsub
-                    .iter()
-                    .filter_map(|client| match client.get_connection_info().addr() {
-                        redis::ConnectionAddr::Tcp(host, port)
-                        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
-                            Some((host.clone(), *port))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                Some(Nodes::new(any.get_connection_info().clone(), seeds))
-            }
+            (Target::Cluster(_), Some(any)) => Some(Nodes::new(any.get_connection_info().clone())),
             _ => None,
         };
         RedisStore {
@@ -279,12 +267,20 @@ impl RedisStore {
         pattern: &str,
         cursor: ScanCursor,
     ) -> Result<ScanStep, BoxError> {
-        if let Some(walker) = &self.shared.nodes {
-            return walker.step(pattern, cursor).await;
-        }
         let (next, keys) = match self.connection().await? {
             Conn::Standalone(mut c) => scan(&mut c, pattern, cursor.position).await?,
-            Conn::Cluster(_) => return Err("a cluster store without its nodes".into()),
+            Conn::Cluster(mut c) => {
+                let view: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?;
+                let walker = self
+                    .shared
+                    .nodes
+                    .as_ref()
+                    .ok_or("a cluster store without its nodes")?;
+                return walker.step(&view, pattern, cursor).await;
+            }
         };
         Ok(ScanStep {
             deleted: self.unlink(&keys).await?,

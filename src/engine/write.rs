@@ -20,6 +20,9 @@ use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
 use crate::remote::Landed;
 
+/// How many keys of an `invalidate_many` go in one store call and one message.
+const BATCH: usize = 1000;
+
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Writes `value` for `key` in every tier, fresh for `l1_ttl` in L1 and
     /// `l2_ttl` in L2, and tells the other instances to drop their copy.
@@ -68,28 +71,31 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         .await;
     }
 
-    /// Removes `keys` from every tier, and from every other instance's L1, with
-    /// one store call and one bus message.
+    /// Removes `keys` from every tier, and from every other instance's L1, in
+    /// batches of [`BATCH`] keys: one store call and one bus message each (a
+    /// call under one timeout, a message of bounded size).
     pub(crate) async fn invalidate_many(self: &Arc<Self>, keys: &[K]) {
         if keys.is_empty() {
             return;
         }
         self.begin_invalidation(false).await;
-        let landed = match &self.remote {
-            Some(remote) => {
-                remote
-                    .delete_many(keys.iter().map(|k| remote.key(k)).collect())
-                    .await
-            }
-            None => true,
-        };
-        let change = || Landed::Keys(keys.iter().map(CacheKey::to_key_string).collect());
-        let l1 = async {
-            for key in keys {
-                self.fence.supersede(key, self.l1.invalidate(key)).await;
-            }
-        };
-        self.finish(landed, change, l1).await;
+        for batch in keys.chunks(BATCH) {
+            let landed = match &self.remote {
+                Some(remote) => {
+                    remote
+                        .delete_many(batch.iter().map(|k| remote.key(k)).collect())
+                        .await
+                }
+                None => true,
+            };
+            let change = || Landed::Keys(batch.iter().map(CacheKey::to_key_string).collect());
+            let l1 = async {
+                for key in batch {
+                    self.fence.supersede(key, self.l1.invalidate(key)).await;
+                }
+            };
+            self.finish(landed, change, l1).await;
+        }
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern`.

@@ -2,15 +2,18 @@
 //! plain connections of the walk's own: the cluster client routes by address only
 //! to nodes it already knows as masters, which after a failover it learns late.
 //!
-//! A step reads the cluster's view from a seed node (the configured nodes, the
-//! last one that answered first), then the chosen master's own view, and scans
-//! only if that master still serves the slot. The keys it finds are removed on
-//! that master, one `UNLINK` each in one pipeline (they lie in many slots); a node
-//! that is no longer their master answers `MOVED`, the step fails, and it is
-//! retried against the new topology. When the master's scan is complete, its own
-//! view is read again: the run counts as covered only if it is unchanged.
+//! A step is given the cluster's view (`CLUSTER NODES` through the cluster
+//! client, which follows the topology), reads the chosen master's own view, and
+//! scans only if that master still serves the slot. The keys it finds are
+//! removed on that master, one `UNLINK` each in one pipeline (they lie in many
+//! slots); a node that is no longer their master answers `MOVED`, the step
+//! fails, and it is retried against the new topology. When the master's scan is
+//! complete, its own view is read again: the run counts as covered only if it is
+//! unchanged. The fingerprint of a run also covers the server's `run_id`, so a
+//! master restarted in place (a new process, a new hash seed) starts over too.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,33 +33,37 @@ type Address = (String, u16);
 /// Connections to single nodes with the cluster's credentials and TLS.
 pub(super) struct Nodes {
     base: ConnectionInfo,
-    /// The configured nodes, where the cluster's view is read.
-    seeds: Vec<Address>,
-    /// The seed that answered last.
-    seed: Mutex<usize>,
+    /// The host of a node whose view lists no IP for it (a cluster of one node
+    /// that never met another): the first configured node's.
+    fallback_host: String,
     conns: Arc<Mutex<HashMap<Address, MultiplexedConnection>>>,
 }
 
 impl Nodes {
-    /// Nodes reached like `base`, with the cluster's view read from `seeds`.
-    pub(super) fn new(base: ConnectionInfo, seeds: Vec<Address>) -> Self {
+    /// Nodes reached like `base` (the first configured node).
+    pub(super) fn new(base: ConnectionInfo) -> Self {
+        let fallback_host = match base.addr() {
+            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
+            _ => String::new(),
+        };
         Nodes {
             base,
-            seeds,
-            seed: Mutex::new(0),
+            fallback_host,
             conns: Arc::default(),
         }
     }
 
-    /// One step of removing the keys that match `pattern`, from `cursor`.
+    /// One step of removing the keys that match `pattern`, from `cursor`, given
+    /// the cluster's view (`CLUSTER NODES` from any node).
     pub(super) async fn step(
         &self,
+        view: &str,
         pattern: &str,
         cursor: ScanCursor,
     ) -> Result<ScanStep, BoxError> {
-        let (view, seed_host) = self.view().await?;
-        let candidate = topology::owner(&view, cursor.slot)?;
-        let address = (candidate.host.unwrap_or(seed_host), candidate.port);
+        let candidate = topology::owner(view, cursor.slot)?;
+        let host = candidate.host.unwrap_or_else(|| self.fallback_host.clone());
+        let address = (host, candidate.port);
         let mut conn = self.connect(&address).await?;
         let result = async {
             let owner = own_run(&mut conn, cursor.slot).await?;
@@ -101,35 +108,6 @@ impl Nodes {
             Ok::<_, BoxError>(ScanStep { deleted, next })
         };
         result.await.inspect_err(|_| self.forget(&address))
-    }
-
-    /// `CLUSTER NODES` from the first seed that answers, and that seed's host.
-    async fn view(&self) -> Result<(String, String), BoxError> {
-        let first = *self.seed.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut last_error: BoxError = "a cluster store without nodes".into();
-        for i in (0..self.seeds.len()).map(|i| (first + i) % self.seeds.len()) {
-            let seed = &self.seeds[i];
-            let answer = async {
-                let mut conn = self.connect(seed).await?;
-                Ok::<String, BoxError>(
-                    redis::cmd("CLUSTER")
-                        .arg("NODES")
-                        .query_async(&mut conn)
-                        .await?,
-                )
-            };
-            match answer.await {
-                Ok(view) => {
-                    *self.seed.lock().unwrap_or_else(PoisonError::into_inner) = i;
-                    return Ok((view, seed.0.clone()));
-                }
-                Err(error) => {
-                    self.forget(seed);
-                    last_error = error;
-                }
-            }
-        }
-        Err(last_error)
     }
 
     /// A connection to `address`, made in a task of its own: a step that gives
@@ -182,13 +160,27 @@ impl Nodes {
     }
 }
 
-/// The run from `slot` that the node on `conn` serves, by its own view: an error
-/// if it does not serve `slot` (it was demoted, or the slot moved).
+/// The run from `slot` that the node on `conn` serves, by its own view, with a
+/// fingerprint that also covers its process (`run_id`): an error if it does not
+/// serve `slot` (it was demoted, or the slot moved).
 async fn own_run(conn: &mut MultiplexedConnection, slot: u16) -> Result<Owner, BoxError> {
-    let view: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-    let owner = topology::owner(&view, slot)?;
+    let (view, server): (String, String) = redis::pipe()
+        .cmd("CLUSTER")
+        .arg("NODES")
+        .cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await?;
+    let mut owner = topology::owner(&view, slot)?;
     if !owner.myself {
         return Err(format!("the node scanned no longer serves slot {slot}").into());
     }
+    let run_id = server
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .ok_or("INFO server gave no run_id")?;
+    let mut hasher = DefaultHasher::new();
+    (owner.fingerprint, run_id.trim()).hash(&mut hasher);
+    owner.fingerprint = hasher.finish() | 1;
     Ok(owner)
 }

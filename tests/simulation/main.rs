@@ -51,6 +51,8 @@ type Db = Arc<Mutex<HashMap<String, u64>>>;
 struct LoadFaults {
     fail: u32,
     panic: u32,
+    /// How many fired: a read may answer an error only after one did.
+    fired: u32,
 }
 
 /// Per instance, key → the version it must at least read (its own writes).
@@ -103,9 +105,11 @@ impl Fleet {
                             let mut faults = faults.lock().unwrap();
                             if faults.panic > 0 {
                                 faults.panic -= 1;
+                                faults.fired += 1;
                                 Some(true)
                             } else if faults.fail > 0 {
                                 faults.fail -= 1;
+                                faults.fired += 1;
                                 Some(false)
                             } else {
                                 None
@@ -164,10 +168,11 @@ impl Fleet {
         let key = KEYS[rng.usize(..KEYS.len())];
         match rng.u32(..100) {
             0..=29 => {
-                let (cache, floors, log) = (
+                let (cache, floors, log, loads) = (
                     self.instances[i].cache.clone(),
                     Arc::clone(&self.floors),
                     Arc::clone(&self.log),
+                    Arc::clone(&self.instances[i].loads),
                 );
                 let after = Duration::from_micros(rng.u64(0..3_000));
                 self.reads.push(tokio::spawn(async move {
@@ -178,7 +183,13 @@ impl Fleet {
                         .unwrap()
                         .push(format!("{i}: get {key} -> {got:?}"));
                     // A failed load is an error to its readers (no fail-safe here).
-                    let Ok(got) = got else { return };
+                    let Ok(got) = got else {
+                        assert!(
+                            loads.lock().unwrap().fired > 0,
+                            "instance {i}: a read failed with no load fault injected"
+                        );
+                        return;
+                    };
                     let got = got.expect("a row");
                     assert!(
                         got >= floor,
@@ -187,10 +198,11 @@ impl Fleet {
                 }));
             }
             30..=39 => {
-                let (cache, floors, log) = (
+                let (cache, floors, log, loads) = (
                     self.instances[i].cache.clone(),
                     Arc::clone(&self.floors),
                     Arc::clone(&self.log),
+                    Arc::clone(&self.instances[i].loads),
                 );
                 let keys: Vec<String> = (0..rng.usize(2..=4))
                     .map(|_| KEYS[rng.usize(..KEYS.len())].to_owned())
@@ -203,7 +215,13 @@ impl Fleet {
                     log.lock()
                         .unwrap()
                         .push(format!("{i}: get_many {keys:?} -> {got:?}"));
-                    let Ok(got) = got else { return };
+                    let Ok(got) = got else {
+                        assert!(
+                            loads.lock().unwrap().fired > 0,
+                            "instance {i}: a read failed with no load fault injected"
+                        );
+                        return;
+                    };
                     for key in &keys {
                         let got = *got.get(key).expect("every row exists");
                         let floor = floor.get(key).copied().unwrap_or(0);
@@ -228,7 +246,7 @@ impl Fleet {
                 unique.sort_unstable();
                 unique.dedup();
                 let written = self.bump(&unique);
-                self.note(format!("{i}: invalidate_many {unique:?}"));
+                self.note(format!("{i}: invalidate_many {many:?}"));
                 let keys: Vec<String> = many.iter().map(|k| (*k).to_owned()).collect();
                 self.instances[i].cache.invalidate_many(&keys).await;
                 self.raise(i, written);
@@ -268,12 +286,23 @@ impl Fleet {
                 // A caller that gives up: no promise to it, but nothing is lost.
                 let after = Duration::from_millis(rng.u64(0..3));
                 let cache = &self.instances[i].cache;
-                match rng.u32(..3) {
+                match rng.u32(..4) {
                     0 => {
                         self.bump(&[key]);
                         self.note(format!("{i}: invalidate {key}, cancelled after {after:?}"));
                         let _ =
                             tokio::time::timeout(after, cache.invalidate(&key.to_owned())).await;
+                    }
+                    3 => {
+                        let other = KEYS[rng.usize(..KEYS.len())];
+                        let many = [key.to_owned(), other.to_owned()];
+                        let mut unique = vec![key, other];
+                        unique.dedup();
+                        self.bump(&unique);
+                        self.note(format!(
+                            "{i}: invalidate_many {many:?}, cancelled after {after:?}"
+                        ));
+                        let _ = tokio::time::timeout(after, cache.invalidate_many(&many)).await;
                     }
                     1 => {
                         let version = self.bump(&[key])[0].1;
