@@ -264,18 +264,34 @@ impl RedisCluster {
         ]);
         let cli = find_binary("redis-cli", &[], "redis-tools");
         run(Command::new(cli).args(&args));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes.iter().all(|n| {
+        // Replicas first sync with a full copy: under a loaded machine (the whole
+        // test suite at once) that takes a while.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let ready = |n: &Redis| {
             n.cli(&["cluster", "info"]).contains("cluster_state:ok")
                 && !n
                     .cli(&["info", "replication"])
                     .contains("master_link_status:down")
                 && n.cli(&["cluster", "nodes"]).lines().count() == 3 * (1 + replicas)
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not reach cluster_state:ok"
-            );
+        };
+        while !nodes.iter().all(ready) {
+            if Instant::now() > deadline {
+                let states: Vec<String> = nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{}: {} / {}",
+                            n.port(),
+                            n.cli(&["cluster", "info"])
+                                .lines()
+                                .next()
+                                .unwrap_or_default(),
+                            n.cli(&["info", "replication"]).replace("\r\n", " ")
+                        )
+                    })
+                    .collect();
+                panic!("the cluster did not get ready:\n{}", states.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         RedisCluster { nodes }
