@@ -33,11 +33,9 @@ fn keys_left(cluster: &RedisCluster) -> usize {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_walk_interrupted_by_a_failover_still_removes_every_key() {
-    let cluster = RedisCluster::start_with(1);
-    let urls = cluster.urls();
-    let client = ClusterClient::new(urls.clone()).unwrap();
+/// Writes `walk:0` … `walk:{KEYS - 1}` through a cluster client.
+async fn fill(urls: &[String]) {
+    let client = ClusterClient::new(urls.to_vec()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
     for i in 0..KEYS {
         redis::cmd("SET")
@@ -47,13 +45,45 @@ async fn a_walk_interrupted_by_a_failover_still_removes_every_key() {
             .await
             .unwrap();
     }
+}
+
+/// Steps the walk from `cursor` until it says it is complete. A node may answer
+/// late while the cluster settles: the engine retries a failed step, and so does
+/// this.
+async fn finish(store: &RedisStore, mut cursor: ScanCursor) {
+    let mut last_error = None;
+    for _ in 0..300 {
+        let step = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.delete_matching("walk:*", cursor),
+        )
+        .await;
+        match step.expect("a step answers") {
+            Ok(step) => match step.next {
+                Some(next) => cursor = next,
+                None => return,
+            },
+            Err(e) => {
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+        }
+    }
+    panic!("the walk does not end; last error: {last_error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_interrupted_by_a_failover_still_removes_every_key() {
+    let cluster = RedisCluster::start_with(1);
+    let urls = cluster.urls();
+    fill(&urls).await;
     let store = RedisStore::cluster(&urls).unwrap();
     let first = store
         .delete_matching("walk:*", ScanCursor::default())
         .await
         .unwrap();
     assert!(first.deleted > 0);
-    let mut cursor = first.next.expect("one step does not remove 6000 keys");
+    let cursor = first.next.expect("one step does not remove 6000 keys");
 
     // The master of slot 0 (where the walk starts) hands over to its replica.
     let (old_id, _) = master_of_slot_zero(&cluster.nodes()[0]).unwrap();
@@ -78,32 +108,7 @@ async fn a_walk_interrupted_by_a_failover_still_removes_every_key() {
     }
 
     // The walk goes on from its cursor until it says it is complete.
-    let mut steps = 0;
-    let mut last_error = None;
-    loop {
-        steps += 1;
-        assert!(
-            steps < 300,
-            "the walk does not end; last error: {last_error:?}"
-        );
-        let step = tokio::time::timeout(
-            Duration::from_secs(5),
-            store.delete_matching("walk:*", cursor),
-        )
-        .await;
-        match step.expect("a step answers") {
-            Ok(step) => match step.next {
-                Some(next) => cursor = next,
-                None => break,
-            },
-            // A node may answer late while the cluster settles: the engine
-            // retries a failed step, and so does this test.
-            Err(e) => {
-                last_error = Some(e.to_string());
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-        }
-    }
+    finish(&store, cursor).await;
     assert_eq!(keys_left(&cluster), 0, "keys the walk skipped");
 }
 
@@ -146,16 +151,7 @@ fn hand_over(cluster: &RedisCluster, to: &Redis, slot: u16) {
 async fn a_walk_across_a_slot_migration_still_removes_every_key() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
-    let client = ClusterClient::new(urls.clone()).unwrap();
-    let mut conn = client.get_async_connection().await.unwrap();
-    for i in 0..KEYS {
-        redis::cmd("SET")
-            .arg(format!("walk:{i}"))
-            .arg(i)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-    }
+    fill(&urls).await;
     let serves = |node: &Redis, slot: u16| {
         node.cli(&["cluster", "nodes"]).lines().any(|line| {
             line.contains("myself")
@@ -193,17 +189,6 @@ async fn a_walk_across_a_slot_migration_still_removes_every_key() {
         }
     }
     hand_over(&cluster, first, slot);
-    let mut steps = 0;
-    loop {
-        steps += 1;
-        assert!(steps < 300, "the walk does not end");
-        match store.delete_matching("walk:*", cursor).await {
-            Ok(step) => match step.next {
-                Some(next) => cursor = next,
-                None => break,
-            },
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    finish(&store, cursor).await;
     assert_eq!(keys_left(&cluster), 0, "keys the walk skipped");
 }

@@ -168,69 +168,15 @@ impl Fleet {
         let key = KEYS[rng.usize(..KEYS.len())];
         match rng.u32(..100) {
             0..=29 => {
-                let (cache, floors, log, loads) = (
-                    self.instances[i].cache.clone(),
-                    Arc::clone(&self.floors),
-                    Arc::clone(&self.log),
-                    Arc::clone(&self.instances[i].loads),
-                );
                 let after = Duration::from_micros(rng.u64(0..3_000));
-                self.reads.push(tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let floor = floors.lock().unwrap()[i].get(key).copied().unwrap_or(0);
-                    let got = cache.get(&key.to_owned()).await;
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{i}: get {key} -> {got:?}"));
-                    // A failed load is an error to its readers (no fail-safe here).
-                    let Ok(got) = got else {
-                        assert!(
-                            loads.lock().unwrap().fired > 0,
-                            "instance {i}: a read failed with no load fault injected"
-                        );
-                        return;
-                    };
-                    let got = got.expect("a row");
-                    assert!(
-                        got >= floor,
-                        "instance {i} read {got} of {key} after writing {floor}"
-                    );
-                }));
+                self.read(i, vec![key.to_owned()], after);
             }
             30..=39 => {
-                let (cache, floors, log, loads) = (
-                    self.instances[i].cache.clone(),
-                    Arc::clone(&self.floors),
-                    Arc::clone(&self.log),
-                    Arc::clone(&self.instances[i].loads),
-                );
                 let keys: Vec<String> = (0..rng.usize(2..=4))
                     .map(|_| KEYS[rng.usize(..KEYS.len())].to_owned())
                     .collect();
                 let after = Duration::from_micros(rng.u64(0..3_000));
-                self.reads.push(tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
-                    let got = cache.get_many(&keys).await;
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{i}: get_many {keys:?} -> {got:?}"));
-                    let Ok(got) = got else {
-                        assert!(
-                            loads.lock().unwrap().fired > 0,
-                            "instance {i}: a read failed with no load fault injected"
-                        );
-                        return;
-                    };
-                    for key in &keys {
-                        let got = *got.get(key).expect("every row exists");
-                        let floor = floor.get(key).copied().unwrap_or(0);
-                        assert!(
-                            got >= floor,
-                            "instance {i} read {got} of {key} (get_many) after writing {floor}"
-                        );
-                    }
-                }));
+                self.read(i, keys, after);
             }
             40..=49 => {
                 let written = self.bump(&[key]);
@@ -263,12 +209,7 @@ impl Fleet {
             }
             63..=67 => {
                 let prefix = &key[..2];
-                let matching: Vec<&str> = KEYS
-                    .iter()
-                    .copied()
-                    .filter(|k| k.starts_with(prefix))
-                    .collect();
-                let written = self.bump(&matching);
+                let written = self.bump(&matching(prefix));
                 self.note(format!("{i}: invalidate_pattern {prefix}*"));
                 self.instances[i]
                     .cache
@@ -314,12 +255,7 @@ impl Fleet {
                     }
                     _ => {
                         let prefix = &key[..2];
-                        let matching: Vec<&str> = KEYS
-                            .iter()
-                            .copied()
-                            .filter(|k| k.starts_with(prefix))
-                            .collect();
-                        self.bump(&matching);
+                        self.bump(&matching(prefix));
                         self.note(format!(
                             "{i}: invalidate_pattern {prefix}*, cancelled after {after:?}"
                         ));
@@ -333,6 +269,48 @@ impl Fleet {
         }
         let pause = Duration::from_millis(rng.u64(0..20));
         tokio::time::sleep(pause).await;
+    }
+
+    /// A read of `keys` on instance `i` (`get` for one key, `get_many` for
+    /// more) in a task of its own that starts `after`: every value it answers
+    /// is at least the version of the instance's own last write of its key, and
+    /// an error (a failed load: no fail-safe here) only follows a load fault.
+    fn read(&mut self, i: usize, keys: Vec<String>, after: Duration) {
+        let (cache, floors, log, loads) = (
+            self.instances[i].cache.clone(),
+            Arc::clone(&self.floors),
+            Arc::clone(&self.log),
+            Arc::clone(&self.instances[i].loads),
+        );
+        self.reads.push(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
+            let got = match &keys[..] {
+                [key] => cache
+                    .get(key)
+                    .await
+                    .map(|v| v.map(|v| (key.clone(), v)).into_iter().collect()),
+                _ => cache.get_many(&keys).await,
+            };
+            log.lock()
+                .unwrap()
+                .push(format!("{i}: get {keys:?} -> {got:?}"));
+            let Ok(got) = got else {
+                assert!(
+                    loads.lock().unwrap().fired > 0,
+                    "instance {i}: a read failed with no load fault injected"
+                );
+                return;
+            };
+            for key in &keys {
+                let got = *got.get(key).expect("every row exists");
+                let floor = floor.get(key).copied().unwrap_or(0);
+                assert!(
+                    got >= floor,
+                    "instance {i} read {got} of {key} after writing {floor}"
+                );
+            }
+        }));
     }
 
     fn raise(&mut self, i: usize, written: Vec<(String, u64)>) {
@@ -463,6 +441,14 @@ impl Fleet {
             }
         }
     }
+}
+
+/// The keys that the pattern `{prefix}*` matches.
+fn matching(prefix: &str) -> Vec<&'static str> {
+    KEYS.iter()
+        .copied()
+        .filter(|k| k.starts_with(prefix))
+        .collect()
 }
 
 async fn run(seed: u64) {
