@@ -155,6 +155,27 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.core.write(key, value, ttl, ttl).await;
     }
 
+    /// Writes every `(key, value)` as [`insert`](Self::insert) does, with the same
+    /// promises, in batches of 1,000: the store writes of a batch go out
+    /// together under one L2 timeout (pipelined on the connection), and one bus
+    /// message per batch tells the other instances to drop their copies. If a
+    /// batch's writes do not all land, or the call is cancelled during them,
+    /// that batch's old entries are deleted later instead. A call cancelled part
+    /// way has written the batches it got through, not the rest.
+    ///
+    /// ```
+    /// # use tiered::TieredCache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::<u64, String>::builder("orders").build().unwrap();
+    /// cache.insert_many([(1, "one".to_owned()), (2, "two".to_owned())]).await;
+    /// assert_eq!(cache.get(&2).await.unwrap().as_deref(), Some("two"));
+    /// # }
+    /// ```
+    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) {
+        self.core.write_many(entries.into_iter().collect()).await;
+    }
+
     /// Removes `key` from every tier, and from every other instance's L1. Once
     /// this returns, no load that was in flight (on any instance) can write back
     /// what it read before. If L2 cannot be reached (or this call is cancelled),

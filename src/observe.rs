@@ -159,7 +159,7 @@ pub struct Stats {
     pub coalesced: u64,
     /// Loaded values not cached because their key was invalidated during the load.
     pub superseded: u64,
-    /// Explicit `insert` calls.
+    /// Explicit inserts: `insert` calls, and each entry of an `insert_many`.
     pub inserts: u64,
     /// `invalidate`, `invalidate_many`, `invalidate_pattern` and `invalidate_all`
     /// calls (an `invalidate_many` counts once, whatever its number of keys).

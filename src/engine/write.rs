@@ -55,6 +55,60 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .await;
     }
 
+    /// Writes each `(key, value)` in every tier with the default TTLs (jittered
+    /// per entry), in batches of [`BATCH`]: the store writes of a batch go out
+    /// together under one timeout, and one bus message tells the other
+    /// instances to drop their copies of the batch.
+    pub(crate) async fn write_many(self: &Arc<Self>, entries: Vec<(K, V)>) {
+        if entries.is_empty() {
+            return;
+        }
+        self.start_bus(false).await;
+        let ttl = self.ttl();
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let now = self.clock.now();
+            let batch: Vec<(K, Entry<V>, Duration)> = entries
+                .by_ref()
+                .take(BATCH)
+                .map(|(key, value)| {
+                    let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
+                    let entry =
+                        Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
+                    (key, entry, l2_ttl)
+                })
+                .collect();
+            for _ in &batch {
+                self.report.event(Counter::Inserts);
+            }
+            let landed = match &self.remote {
+                Some(remote) => {
+                    let writes: Vec<_> = batch
+                        .iter()
+                        .map(|(key, entry, l2_ttl)| {
+                            let lifetime = self.freshness.lifetime(*l2_ttl, Duration::ZERO);
+                            (remote.key(key), entry.value.as_ref(), lifetime)
+                        })
+                        .collect();
+                    remote.set_many(&writes).await
+                }
+                None => true,
+            };
+            let change = || Landed::Keys(batch.iter().map(|(k, ..)| k.to_key_string()).collect());
+            let l1 = async {
+                for (key, entry, _) in &batch {
+                    let write = async {
+                        if self.l1.enabled() {
+                            self.l1.insert(key.clone(), entry.clone()).await;
+                        }
+                    };
+                    self.fence.supersede(key, write).await;
+                }
+            };
+            self.finish(landed, change, l1).await;
+        }
+    }
+
     /// Removes `key` from every tier, and from every other instance's L1.
     pub(crate) async fn invalidate(self: &Arc<Self>, key: &K) {
         self.begin_invalidation(false).await;

@@ -82,6 +82,48 @@ impl Remote {
         }
     }
 
+    /// Overwrites the entries of several keys (an explicit `insert_many`): their
+    /// writes go out together, under one timeout (a multiplexed connection
+    /// pipelines them). Returns whether all landed; if not (or if this call is
+    /// cancelled), every key's old entry is deleted later instead.
+    pub(crate) async fn set_many<V: Serialize>(
+        &self,
+        entries: &[(String, Option<&V>, Lifetime)],
+    ) -> bool {
+        let keys: Vec<String> = entries.iter().map(|(key, ..)| key.clone()).collect();
+        let mut owed = self.until_done(Work::Keys(keys.clone()));
+        let mut encoded = Vec::with_capacity(entries.len());
+        let mut unencoded = Vec::new();
+        for (key, value, lifetime) in entries {
+            match self.wire.encode(*value, *lifetime, key) {
+                Ok(bytes) => encoded.push((key.as_str(), bytes, self.store_ttl(*lifetime))),
+                Err(error) => {
+                    self.not_encoded(key, &error);
+                    unencoded.push(key.clone());
+                }
+            }
+        }
+        let store = self.gate.store();
+        let writes = futures_util::future::try_join_all(
+            encoded
+                .iter()
+                .map(|(key, bytes, ttl)| store.set(key, bytes, *ttl)),
+        );
+        let mut landed = self.gate.call("set", writes).await.is_some();
+        if landed {
+            owed.done();
+            for key in &keys {
+                self.owed.landed(key);
+            }
+            // The old entries of values that do not encode must not outlive the
+            // insert: delete them now (owed if that fails).
+            if !unencoded.is_empty() {
+                landed = self.delete_many(unencoded).await;
+            }
+        }
+        landed
+    }
+
     /// How long the store keeps an entry: past its usable time by a grace (up to
     /// the fill window), so that a fill that read the entry still finds its bytes
     /// there when it ran past their expiry (the entry reads as a miss meanwhile).

@@ -587,3 +587,43 @@ async fn invalidate_many_is_one_call_and_one_message_even_when_replayed() {
         "one message for the replay"
     );
 }
+
+/// `insert_many` of 1,000 entries: every tier, one bus message, and the other
+/// instance reads the new values; if a write fails, the batch's old entries are
+/// deleted later, with one message when that lands.
+#[tokio::test]
+async fn insert_many_writes_every_tier_with_one_message() {
+    let (db, store, bus) = fleet();
+    let (a_store, a_bus) = (store.connect(), bus.connect());
+    let a = instance(&db, a_store.clone(), a_bus.clone());
+    let b = instance(&db, store.connect(), bus.connect());
+    let keys: Vec<String> = (0..1000).map(|i| format!("bulk:{i}")).collect();
+    for key in &keys {
+        assert_eq!(b.get(key).await.unwrap(), Some(1));
+    }
+    let published = a_bus.published();
+    a.insert_many(keys.iter().map(|k| (k.clone(), 5))).await;
+    assert_eq!(a_bus.published(), published + 1);
+    let loads = db.loads();
+    for key in &keys {
+        until(&b, key, 5).await;
+        assert_eq!(a.get(key).await.unwrap(), Some(5));
+    }
+    assert_eq!(db.loads(), loads, "b read the new values from L2");
+
+    // One write fails: the batch is owed as deletions, announced once landed.
+    for key in &keys {
+        db.set(key, 9);
+    }
+    a_store.fail_next(StoreOp::Set, 1);
+    let published = a_bus.published();
+    a.insert_many(keys.iter().map(|k| (k.clone(), 7))).await;
+    eventually("the owed deletions landed and were announced", || {
+        a_bus.published() == published + 1
+    })
+    .await;
+    for key in &keys {
+        until(&b, key, 9).await;
+    }
+    assert_eq!(a_bus.published(), published + 1);
+}

@@ -42,6 +42,16 @@ async fn changes_reach_other_instances(tier: &Tier<'_>) {
     let fresh = instance(&db, "fleet", tier);
     assert_eq!(fresh.get(&bulk[999]).await.unwrap(), Some(6));
 
+    // insert_many: 1,000 entries, one message, new values in L2
+    let received = b.stats().invalidations_received;
+    a.insert_many(bulk.iter().map(|k| (k.clone(), 8))).await;
+    for key in &bulk {
+        until_value(&b, key, 8).await;
+    }
+    assert_eq!(b.stats().invalidations_received, received + 1);
+    let fresh = instance(&db, "fleet", tier);
+    assert_eq!(fresh.get(&bulk[0]).await.unwrap(), Some(8), "from L2");
+
     // insert
     assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
     db.set("k2", 5);

@@ -11,7 +11,8 @@
 //!
 //! The oracle checks the fleet rules of docs/GUIDE.md:
 //!
-//! 1. An instance reads its own writes: once its `invalidate`, `invalidate_many`, pattern,
+//! 1. An instance reads its own writes: once its `invalidate`, `invalidate_many`,
+//!    `insert_many`, pattern,
 //!    `invalidate_all` or `insert` returned, its reads that begin after return
 //!    that version or a newer one (whatever faults are on, whatever loads were
 //!    in flight).
@@ -197,7 +198,7 @@ impl Fleet {
                 self.instances[i].cache.invalidate_many(&keys).await;
                 self.raise(i, written);
             }
-            55..=62 => {
+            55..=59 => {
                 let written = self.bump(&[key]);
                 let version = written[0].1;
                 self.note(format!("{i}: insert {key} = {version}"));
@@ -205,6 +206,18 @@ impl Fleet {
                     .cache
                     .insert(key.to_owned(), version)
                     .await;
+                self.raise(i, written);
+            }
+            60..=62 => {
+                let mut keys: Vec<&str> = (0..rng.usize(2..=3))
+                    .map(|_| KEYS[rng.usize(..KEYS.len())])
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let written = self.bump(&keys);
+                self.note(format!("{i}: insert_many {written:?}"));
+                let entries = written.clone();
+                self.instances[i].cache.insert_many(entries).await;
                 self.raise(i, written);
             }
             63..=67 => {
