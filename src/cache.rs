@@ -158,10 +158,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// Writes every `(key, value)` as [`insert`](Self::insert) does, with the same
     /// promises, in batches of 1,000: the store writes of a batch go out
     /// together under one L2 timeout (pipelined on the connection), and one bus
-    /// message per batch tells the other instances to drop their copies. If a
-    /// batch's writes do not all land, or the call is cancelled during them,
-    /// that batch's old entries are deleted later instead. A call cancelled part
-    /// way has written the batches it got through, not the rest.
+    /// message per batch tells the other instances to drop their copies. A key
+    /// given twice takes its last value. If a batch's writes do not all land, or
+    /// the call is cancelled during them, every key of that batch is deleted
+    /// from L2 later instead (new values that did land too) and announced when
+    /// that lands. A call cancelled part way has written the batches it got
+    /// through, not the rest.
     ///
     /// ```
     /// # use tiered::TieredCache;

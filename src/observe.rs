@@ -74,7 +74,8 @@ pub trait Observer: Send + Sync + 'static {
     }
     /// Another instance's invalidation arrived through the bus and was applied.
     fn invalidation_received(&self) {}
-    /// An `insert` (or `insert_with_ttl`) wrote a value.
+    /// An `insert` (or `insert_with_ttl`, or each entry of an `insert_many`)
+    /// wrote a value.
     fn inserted(&self) {}
     /// An L1 hit found a remembered absence (also reported as a `hit`).
     fn negative_hit(&self) {}

@@ -20,7 +20,8 @@ use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
 use crate::remote::Landed;
 
-/// How many keys of an `invalidate_many` go in one store call and one message.
+/// How many keys of an `invalidate_many` or `insert_many` go in one store call
+/// (or set of pipelined writes) and one message.
 const BATCH: usize = 1000;
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
@@ -63,6 +64,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         if entries.is_empty() {
             return;
         }
+        // A key given twice takes its last value, in every tier (the writes of
+        // a batch land in no set order).
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        let mut entries: Vec<(K, V)> = entries
+            .into_iter()
+            .rev()
+            .filter(|(key, _)| seen.insert(key.clone()))
+            .collect();
+        entries.reverse();
         self.start_bus(false).await;
         let ttl = self.ttl();
         let mut entries = entries.into_iter().peekable();

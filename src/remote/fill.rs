@@ -83,9 +83,10 @@ impl Remote {
     }
 
     /// Overwrites the entries of several keys (an explicit `insert_many`): their
-    /// writes go out together, under one timeout (a multiplexed connection
+    /// writes (and the deletion of the old entries of values that do not
+    /// encode) go out together, under one timeout (a multiplexed connection
     /// pipelines them). Returns whether all landed; if not (or if this call is
-    /// cancelled), every key's old entry is deleted later instead.
+    /// cancelled), every key of the batch is deleted later instead.
     pub(crate) async fn set_many<V: Serialize>(
         &self,
         entries: &[(String, Option<&V>, Lifetime)],
@@ -104,21 +105,26 @@ impl Remote {
             }
         }
         let store = self.gate.store();
-        let writes = futures_util::future::try_join_all(
-            encoded
-                .iter()
-                .map(|(key, bytes, ttl)| store.set(key, bytes, *ttl)),
-        );
-        let mut landed = self.gate.call("set", writes).await.is_some();
+        // The old entries of values that do not encode must not outlive the
+        // insert: their deletion goes with the writes, so that the batch lands
+        // (and is announced) whole, or is owed whole.
+        let writes = async {
+            futures_util::future::try_join_all(
+                encoded
+                    .iter()
+                    .map(|(key, bytes, ttl)| store.set(key, bytes, *ttl)),
+            )
+            .await?;
+            if !unencoded.is_empty() {
+                store.delete(&unencoded).await?;
+            }
+            Ok::<_, crate::error::BoxError>(())
+        };
+        let landed = self.gate.call("set", writes).await.is_some();
         if landed {
             owed.done();
             for key in &keys {
                 self.owed.landed(key);
-            }
-            // The old entries of values that do not encode must not outlive the
-            // insert: delete them now (owed if that fails).
-            if !unencoded.is_empty() {
-                landed = self.delete_many(unencoded).await;
             }
         }
         landed

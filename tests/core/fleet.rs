@@ -627,3 +627,90 @@ async fn insert_many_writes_every_tier_with_one_message() {
     }
     assert_eq!(a_bus.published(), published + 1);
 }
+
+/// Two instances of a cache of strings whose L2 takes values up to 1 KiB, with
+/// a loader that reads `rows`.
+fn string_pair(
+    rows: &Arc<Mutex<HashMap<String, String>>>,
+) -> (
+    MemoryStore,
+    TieredCache<String, String>,
+    TieredCache<String, String>,
+) {
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let make = |store: MemoryStore, bus: MemoryBus| {
+        let rows = rows.clone();
+        TieredCache::builder("strings")
+            .l2(store)
+            .bus(bus)
+            .l1_ttl(Duration::from_secs(3600))
+            .l2_timeout(L2_TIMEOUT)
+            .l2_max_value_bytes(1024)
+            .loader_fn(move |key: String| {
+                let row = rows.lock().unwrap().get(&key).cloned();
+                async move { Ok::<_, BoxError>(row) }
+            })
+            .build()
+            .unwrap()
+    };
+    let a_store = store.connect();
+    let a = make(a_store.clone(), bus.connect());
+    let b = make(store.connect(), bus.connect());
+    (a_store, a, b)
+}
+
+/// An `insert_many` with a value too large for L2 whose old entry's deletion
+/// fails: the whole batch is owed, and once it lands the other instance drops
+/// every key of it. (Before, the batch's other keys were marked landed, no
+/// message was sent for them, and the other instance kept their old values.)
+#[tokio::test]
+async fn insert_many_with_a_value_too_large_for_l2_is_announced_whole() {
+    let rows = Arc::new(Mutex::new(HashMap::from([
+        ("small".to_owned(), "old".to_owned()),
+        ("large".to_owned(), "old".to_owned()),
+    ])));
+    let (a_store, a, b) = string_pair(&rows);
+    for key in ["small", "large"] {
+        assert_eq!(
+            b.get(&key.to_owned()).await.unwrap().as_deref(),
+            Some("old")
+        );
+    }
+    let large = "x".repeat(4096);
+    rows.lock().unwrap().insert("small".into(), "new".into());
+    rows.lock().unwrap().insert("large".into(), large.clone());
+    a_store.fail_next(StoreOp::Delete, 1);
+    a.insert_many([
+        ("small".to_owned(), "new".to_owned()),
+        ("large".to_owned(), large),
+    ])
+    .await;
+    let start = Instant::now();
+    while b.get(&"small".to_owned()).await.unwrap().as_deref() != Some("new") {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the other instance still serves the old value of a key of the batch"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A key given twice in one `insert_many` takes its last value, here and in L2.
+#[tokio::test]
+async fn insert_many_gives_a_repeated_key_its_last_value() {
+    let rows = Arc::new(Mutex::new(HashMap::new()));
+    let (_, a, b) = string_pair(&rows);
+    a.insert_many([
+        ("k".to_owned(), "first".to_owned()),
+        ("k".to_owned(), "last".to_owned()),
+    ])
+    .await;
+    assert_eq!(
+        a.get(&"k".to_owned()).await.unwrap().as_deref(),
+        Some("last")
+    );
+    assert_eq!(
+        b.get(&"k".to_owned()).await.unwrap().as_deref(),
+        Some("last")
+    );
+}
