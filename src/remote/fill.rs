@@ -57,29 +57,7 @@ impl Remote {
         value: Option<&V>,
         lifetime: Lifetime,
     ) -> bool {
-        let ttl = self.store_ttl(lifetime);
-        let mut owed = self.until_done(Work::Key(key.to_owned()));
-        match self.wire.encode(value, lifetime, key) {
-            Ok(bytes) => {
-                // Not behind owed work (see `delete`).
-                let landed = self
-                    .gate
-                    .call("set", self.gate.store().set(key, &bytes, ttl))
-                    .await
-                    .is_some();
-                if landed {
-                    owed.done();
-                    self.owed.landed(key);
-                }
-                landed
-            }
-            Err(error) => {
-                // The old entry must not outlive the insert: delete it now.
-                self.not_encoded(key, &error);
-                owed.done();
-                self.delete(key.to_owned()).await
-            }
-        }
+        self.set_many(&[(key.to_owned(), value, lifetime)]).await
     }
 
     /// Overwrites the entries of several keys (an explicit `insert_many`): their

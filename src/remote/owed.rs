@@ -84,7 +84,6 @@ impl Pending {
 
 /// Something to owe.
 pub(crate) enum Work {
-    Key(String),
     Keys(Vec<String>),
     Pattern(String, ScanCursor),
     Clear(ScanCursor),
@@ -164,13 +163,6 @@ impl Owed {
     fn defer(&self, work: Work) {
         let mut pending = self.lock();
         match work {
-            Work::Key(key) => {
-                let number = pending.number();
-                pending.keys.insert(key, number);
-                if pending.keys.len() > MAX_PENDING {
-                    pending.clear_from_start();
-                }
-            }
             Work::Keys(keys) => {
                 for key in keys {
                     let number = pending.number();
@@ -479,10 +471,10 @@ mod tests {
     #[test]
     fn a_clear_cut_short_keeps_what_else_is_owed() {
         let owed = owed();
-        owed.defer(Work::Key("k".into()));
+        owed.defer(Work::Keys(vec!["k".into()]));
         owed.defer(Work::Pattern("p*".into(), at(0)));
         owed.defer(Work::Clear(at(7)));
-        owed.defer(Work::Key("later".into()));
+        owed.defer(Work::Keys(vec!["later".into()]));
         owed.defer(Work::Pattern("q*".into(), at(0)));
         let pending = owed.lock();
         assert_eq!(pending.clear.map(|w| w.cursor), Some(at(7)));
@@ -498,7 +490,7 @@ mod tests {
     #[test]
     fn a_clear_from_the_start_covers_what_is_owed() {
         let owed = owed();
-        owed.defer(Work::Key("k".into()));
+        owed.defer(Work::Keys(vec!["k".into()]));
         owed.defer(Work::Pattern("p*".into(), at(3)));
         owed.defer(Work::Clear(at(0)));
         owed.defer(Work::Pattern("q*".into(), at(0)));
@@ -551,7 +543,7 @@ mod tests {
         let owed = owed();
         owed.defer(Work::Clear(at(42)));
         for i in 0..=MAX_PENDING {
-            owed.defer(Work::Key(format!("k{i}")));
+            owed.defer(Work::Keys(vec![format!("k{i}")]));
         }
         let pending = owed.lock();
         assert!(pending.keys.is_empty());
