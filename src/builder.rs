@@ -401,12 +401,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             }
         }
         freshness::validate(&self.freshness, &self.ttl, self.l2.is_some(), self.lease)?;
-        let mut freshness = self.freshness;
-        if self.loader.is_none() {
-            // Background refreshes need the configured loader: without one, hits
-            // need not draw for them.
-            freshness.early_beta = None;
-        }
+        let freshness = self.freshness;
         if self.eviction == L1Eviction::Adaptive && matches!(self.capacity, Capacity::Bytes(_)) {
             return Err(Error::Config(
                 "L1Eviction::Adaptive needs an entry-bounded L1 (l1_max_entries): its \

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use crate::engine::{shared, Core, Fetched, Lookup};
+use crate::engine::{shared, Core, Fetched, Given, Job, Lookup, Source};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Stats;
@@ -123,6 +123,58 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
         Box::pin(self.core.fly(key, Some(first), job)).await
+    }
+
+    /// Cache-aside with a `'static` loader: the value of `key` from L1 or L2, or
+    /// else from `load(key)`, with all that the configured loader gets:
+    ///
+    /// - the flight runs in a task of its own: a caller that gives up (a
+    ///   timeout, a dropped request) stops waiting, but the load goes on, fills
+    ///   the cache, and the next caller joins it instead of starting another;
+    /// - early refresh and stale-while-revalidate: a hit late in its entry's
+    ///   life returns at once and refreshes the entry in the background with
+    ///   this `load`;
+    /// - the soft and hard timeouts, and fail-safe.
+    ///
+    /// `load` is the closure [`loader_fn`](crate::loader_fn) takes: it is called
+    /// on a miss or for a refresh, once per flight, and its future must own what
+    /// it uses (clone an `Arc` or a pool handle into it). A hit allocates
+    /// nothing. Use [`get_with`](Self::get_with) for a load that borrows from
+    /// its caller (it gets none of the above).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tiered::{BoxError, TieredCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiered::Error> {
+    /// let names = TieredCache::<u64, Arc<str>>::builder("names").build()?;
+    /// let prefix: Arc<str> = "user ".into(); // what the load needs, owned
+    /// let name = names
+    ///     .get_or_load(&7, move |id| {
+    ///         let prefix = Arc::clone(&prefix);
+    ///         async move { Ok::<_, BoxError>(Some(format!("{prefix}{id}").into())) }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(name.as_deref(), Some("user 7"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let mut source = Given::new(load);
+        let job = match self.core.lookup_from(key, &mut source).await {
+            Lookup::Hit(entry) => return Ok(entry.value),
+            miss => miss.into_job(),
+        };
+        let job = Job {
+            loader: source.given(),
+            ..job
+        };
+        Box::pin(self.core.fly(key, None::<std::future::Ready<_>>, job)).await
     }
 
     /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one

@@ -235,6 +235,8 @@ pub(crate) struct Decoded<V> {
     pub(crate) remaining: Duration,
     /// Until it is stale (zero: stale now).
     pub(crate) fresh: Duration,
+    /// How long ago it went stale (zero while fresh).
+    pub(crate) stale_for: Duration,
     /// How long the load that produced it took.
     pub(crate) load: Duration,
 }
@@ -397,6 +399,7 @@ impl Wire {
         let now = unix_millis(SystemTime::now());
         let remaining = Duration::from_millis(millis_at(15).saturating_sub(now));
         let fresh = Duration::from_millis(millis_at(23).saturating_sub(now)).min(remaining);
+        let stale_for = Duration::from_millis(now.saturating_sub(millis_at(23)));
         let load_micros = u32::from_le_bytes(envelope[31..35].try_into().expect("4 bytes"));
         let load = Duration::from_micros(u64::from(load_micros));
         let value = match kind {
@@ -407,6 +410,7 @@ impl Wire {
         };
         Ok(Some(Decoded {
             value,
+            stale_for,
             remaining,
             fresh,
             load,

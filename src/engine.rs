@@ -35,7 +35,7 @@ mod write;
 
 use self::flight::coalesce::Flights;
 pub(crate) use self::flight::outcome::{shared, Answer, Failure, Fetched, Job};
-pub(crate) use self::lookup::Lookup;
+pub(crate) use self::lookup::{Given, Lookup, Source};
 
 /// Everything a cache is made from, as the builder validated it.
 pub(crate) struct Settings<K, V> {
@@ -68,6 +68,8 @@ pub(crate) struct Core<K, V> {
     flights: Flights<K, V>,
     /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
     freshness: Freshness,
+    /// `freshness` without early refresh: for entries no loader can refresh.
+    unrefreshed: Freshness,
     lease: Option<Duration>,
 }
 
@@ -114,6 +116,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             fence,
             report,
             flights: Flights::default(),
+            unrefreshed: Freshness {
+                early_beta: None,
+                ..settings.freshness.clone()
+            },
             freshness: settings.freshness,
             lease: settings.lease,
         }
@@ -125,6 +131,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     pub(crate) fn ttl(&self) -> &TtlPolicy {
         &self.ttl
+    }
+
+    /// The freshness of an entry that a loader can refresh (`refreshable`:
+    /// with an early-refresh window) or not.
+    pub(crate) fn freshness(&self, refreshable: bool) -> &Freshness {
+        if refreshable {
+            &self.freshness
+        } else {
+            &self.unrefreshed
+        }
     }
 
     /// Where this cache reports.

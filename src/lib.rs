@@ -110,7 +110,10 @@ pub use redis::RedisStore;
 pub use remote::{RemoteStore, ScanCursor, ScanStep};
 #[cfg(feature = "postgres")]
 pub use source::postgres::PgLoader;
-pub use source::{loader_fn, FnLoader, Loader, DEFAULT_LOAD_MANY_CONCURRENCY};
+pub use source::{
+    loader_fn, loader_with_context_fn, ContextFnLoader, FnLoader, LoadContext, Loaded, Loader,
+    DEFAULT_LOAD_MANY_CONCURRENCY,
+};
 /// Caches an `async fn` through a [`TieredCache<String, V>`].
 ///
 /// Calls with the same key share one flight: the body runs once, and every caller

@@ -110,6 +110,8 @@ pub trait Observer: Send + Sync + 'static {
     /// A flight found another instance's lease on its key and waited for its
     /// value instead of loading.
     fn lease_waited(&self) {}
+    /// A load answered "not modified": its stale copy was cached again as fresh.
+    fn not_modified(&self) {}
     /// An adaptive L1 ([`L1Eviction::Adaptive`]) switched to `policy`.
     fn l1_policy_switched(&self, policy: L1Eviction) {
         let _ = policy;
@@ -186,6 +188,9 @@ pub struct Stats {
     pub soft_timeouts: u64,
     /// Flights that waited for another instance's lease instead of loading.
     pub lease_waits: u64,
+    /// Loads answered "not modified" ([`Loaded::not_modified`](crate::Loaded::not_modified)):
+    /// the stale copy was cached again as fresh.
+    pub not_modified: u64,
     /// Times an adaptive L1 ([`L1Eviction::Adaptive`]) switched policy.
     pub l1_policy_switches: u64,
     /// The eviction policy L1 runs now (for an adaptive L1, the one it switched
@@ -244,12 +249,13 @@ pub(crate) enum Counter {
     FailSafe,
     SoftTimeouts,
     LeaseWaits,
+    NotModified,
     L1PolicySwitches,
 }
 
 impl Counter {
     /// Every counter, in declaration order (their discriminants index the lanes).
-    const ALL: [Counter; 25] = [
+    const ALL: [Counter; 26] = [
         Counter::L1Hits,
         Counter::L1Misses,
         Counter::L2Hits,
@@ -274,6 +280,7 @@ impl Counter {
         Counter::FailSafe,
         Counter::SoftTimeouts,
         Counter::LeaseWaits,
+        Counter::NotModified,
         Counter::L1PolicySwitches,
     ];
 }
@@ -361,6 +368,7 @@ impl Counters {
             fail_safe: self.get(Counter::FailSafe),
             soft_timeouts: self.get(Counter::SoftTimeouts),
             lease_waits: self.get(Counter::LeaseWaits),
+            not_modified: self.get(Counter::NotModified),
             l1_policy_switches: self.get(Counter::L1PolicySwitches),
             l1_policy,
             l1_entries,
@@ -448,6 +456,7 @@ impl Report {
                 Counter::FailSafe => observer.fail_safe(),
                 Counter::SoftTimeouts => observer.soft_timeout(),
                 Counter::LeaseWaits => observer.lease_waited(),
+                Counter::NotModified => observer.not_modified(),
                 // Reported through their own calls (`tier`, `l2_error`, `load`,
                 // `invalidated`, `l1_policy_switched`), with arguments.
                 Counter::L1Hits

@@ -236,6 +236,7 @@ where
                     value,
                     keep,
                     ttl: options.ttl,
+                    l1_ttl: None,
                 })
             }
             Err(error) => Err(Failure::Foreign {

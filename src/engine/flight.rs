@@ -45,7 +45,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self: &Arc<Self>,
         key: &K,
         first: Option<F>,
-        job: Job<V>,
+        job: Job<K, V>,
     ) -> Result<Option<V>, Error>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
@@ -61,7 +61,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// cached meanwhile. [`Flight::Superseded`] only reaches the caller that ran
     /// the flight: a waiter given it flies again, with its own `first`.
     ///
-    /// A flight with the configured loader runs in a task of its own: a caller
+    /// A flight with a `'static` loader (the configured one, `get_or_load`'s)
+    /// runs in a task of its own: a caller
     /// that gives up (a timeout, a dropped request) stops waiting, but the load
     /// goes on and fills the cache, and the next caller joins it instead of
     /// starting another. A caller holding a stale copy waits at most the soft
@@ -70,14 +71,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self: &Arc<Self>,
         key: &K,
         mut first: Option<F>,
-        mut job: Job<V>,
+        mut job: Job<K, V>,
     ) -> Result<Entry<V>, Arc<Flight<V>>>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         self.start_bus(true).await;
-        let can_load = first.is_some() || self.loader.is_some();
-        let detach = first.is_none() && self.can_refresh();
+        let can_load = first.is_some() || job.loader.is_some() || self.loader.is_some();
+        let detach = first.is_none() && self.can_refresh(job.loader.is_some());
         // A stale copy this caller takes at the soft timeout (detached loads only).
         let soft = (self.freshness.soft_timeout.filter(|_| detach))
             .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
@@ -97,12 +98,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     let this_job = Job {
                         prepared: job.prepared.take(),
                         fallback: job.fallback.clone(),
+                        loader: job.loader.clone(),
                         ..job
                     };
                     if !detach {
                         let flight = Arc::new(self.run(key, first.take(), this_job).await);
                         runner.finish(Arc::clone(&flight));
-                        return self.served(key, Err(flight)).await;
+                        return self.served(key, Err(flight), &job).await;
                     }
                     let outcome = runner.outcome();
                     self.spawn_flight(key, runner, this_job);
@@ -116,7 +118,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         Err(_) => {
                             self.report.event(Counter::SoftTimeouts);
                             let flight = Arc::new(Flight::Stale(stale.clone()));
-                            return self.served(key, Err(flight)).await;
+                            return self.served(key, Err(flight), &job).await;
                         }
                     }
                 }
@@ -134,7 +136,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     continue;
                 }
             }
-            return self.served(key, Err(flight)).await;
+            return self.served(key, Err(flight), &job).await;
         }
     }
 
@@ -152,11 +154,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     /// Counts a stale value handed to a caller, and starts the refresh of a stale
-    /// entry a flight took from L2 (stale-while-revalidate).
+    /// entry a flight took from L2 (stale-while-revalidate), with `job`'s loader.
     async fn served(
         self: &Arc<Self>,
         key: &K,
         result: Result<Entry<V>, Arc<Flight<V>>>,
+        job: &Job<K, V>,
     ) -> Result<Entry<V>, Arc<Flight<V>>> {
         let entry = match &result {
             Ok(entry) => entry,
@@ -179,14 +182,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             && entry.revalidates(freshness, now)
         {
             self.report.event(Counter::StaleServed);
-            self.refresh(key, entry).await;
+            self.refresh(key, entry, job.loader.clone()).await;
         }
         result
     }
 
-    /// Starts `key`'s flight with the configured loader in a task of its own,
-    /// unless one is on; returns whether it started one. Needs a tokio runtime.
-    pub(crate) fn launch(self: &Arc<Self>, key: &K, job: Job<V>) -> bool {
+    /// Starts `key`'s flight with `job`'s loader (else the configured one) in a
+    /// task of its own, unless one is on; returns whether it started one. Needs
+    /// a tokio runtime.
+    pub(crate) fn launch(self: &Arc<Self>, key: &K, job: Job<K, V>) -> bool {
         let Joined::Runner(runner) = self.flights.join(&self.fence, key, true) else {
             return false;
         };
@@ -194,10 +198,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         true
     }
 
-    /// Runs `key`'s flight with the configured loader in a task of its own. A
+    /// Runs `key`'s flight with `job`'s loader (else the configured one) in a
+    /// task of its own. A
     /// panic anywhere in it is the flight's outcome (its waiters would otherwise
     /// start the same flight again, and again).
-    fn spawn_flight(self: &Arc<Self>, key: &K, runner: Runner<K, V>, job: Job<V>) {
+    fn spawn_flight(self: &Arc<Self>, key: &K, runner: Runner<K, V>, job: Job<K, V>) {
         let (cache, owned) = (Arc::clone(self), key.clone());
         tokio::spawn(async move {
             let run = cache.run(&owned, None::<NoLoad<V>>, job);

@@ -10,6 +10,7 @@ use crate::engine::Core;
 use crate::entry::Entry;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::{Counter, Tier};
+use crate::source::{DynLoader, FnLoader, Loader};
 
 /// What L1 holds for a key.
 pub(crate) enum Lookup<V> {
@@ -22,7 +23,7 @@ pub(crate) enum Lookup<V> {
 
 impl<V> Lookup<V> {
     /// The flight of a key L1 could not answer: with the stale copy, if any.
-    pub(crate) fn into_job(self) -> Job<V> {
+    pub(crate) fn into_job<K>(self) -> Job<K, V> {
         Job {
             fallback: self.into_fallback(),
             ..Job::default()
@@ -38,11 +39,76 @@ impl<V> Lookup<V> {
     }
 }
 
+/// Where a read's loader comes from: the configured one, or one its caller gave
+/// (`get_or_load`), made into a shared loader only once a flight or a refresh
+/// needs it (a hit allocates nothing).
+pub(crate) trait Source<K, V>: Send {
+    /// The caller's loader (`None`: the configured one).
+    fn given(&mut self) -> Option<Arc<dyn DynLoader<K, V>>>;
+}
+
+/// The configured loader (or none).
+pub(crate) struct Configured;
+
+impl<K, V> Source<K, V> for Configured {
+    fn given(&mut self) -> Option<Arc<dyn DynLoader<K, V>>> {
+        None
+    }
+}
+
+impl<K, V, S: Source<K, V>> Source<K, V> for &mut S {
+    fn given(&mut self) -> Option<Arc<dyn DynLoader<K, V>>> {
+        (**self).given()
+    }
+}
+
+/// A caller's own `'static` loader closure.
+pub(crate) struct Given<K, V, F> {
+    make: Option<F>,
+    made: Option<Arc<dyn DynLoader<K, V>>>,
+}
+
+impl<K, V, F> Given<K, V, F> {
+    pub(crate) fn new(make: F) -> Self {
+        Given {
+            make: Some(make),
+            made: None,
+        }
+    }
+}
+
+impl<K, V, F> Source<K, V> for Given<K, V, F>
+where
+    K: CacheKey,
+    V: CacheValue,
+    F: Send + 'static,
+    FnLoader<F>: Loader<K, V>,
+{
+    fn given(&mut self) -> Option<Arc<dyn DynLoader<K, V>>> {
+        if let Some(make) = self.make.take() {
+            self.made = Some(Arc::new(crate::source::loader_fn_of(make)));
+        }
+        self.made.clone()
+    }
+}
+
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// What L1 holds for `key`, counted as a hit or a miss. A hit before the
     /// entry's early-refresh window costs one clock read and one comparison.
     #[inline]
     pub(crate) async fn lookup(self: &Arc<Self>, key: &K) -> Lookup<V> {
+        self.lookup_from(key, Configured).await
+    }
+
+    /// [`lookup`](Self::lookup), where a refresh a hit starts loads from
+    /// `source` (passed by value: the configured loader's is zero-sized, so a
+    /// plain `get`'s future does not grow).
+    #[inline]
+    pub(crate) async fn lookup_from<S: Source<K, V>>(
+        self: &Arc<Self>,
+        key: &K,
+        mut source: S,
+    ) -> Lookup<V> {
         // A fixed L1's read is moka's own future, awaited here with no state
         // machine around it: on the hottest path every byte of a future is moved
         // and every state dropped (measured with `scripts/callgrind-l1-hit`). An
@@ -62,7 +128,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     self.count_hit(&entry);
                     return Lookup::Hit(entry);
                 }
-                Box::pin(self.late(key, entry, now)).await
+                Box::pin(self.late(key, entry, now, &mut source)).await
             }
             None => {
                 self.report.tier(Tier::L1, false);
@@ -80,17 +146,24 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     /// An entry whose early refresh was drawn, stale, or expired.
-    async fn late(self: &Arc<Self>, key: &K, entry: Entry<V>, now: u64) -> Lookup<V> {
+    async fn late(
+        self: &Arc<Self>,
+        key: &K,
+        entry: Entry<V>,
+        now: u64,
+        source: &mut dyn Source<K, V>,
+    ) -> Lookup<V> {
         if entry.is_fresh(now) {
             self.count_hit(&entry);
-            self.refresh(key, &entry).await;
+            self.refresh(key, &entry, source.given()).await;
             return Lookup::Hit(entry);
         }
         if !entry.is_expired(now) {
-            if entry.revalidates(&self.freshness, now) && self.can_refresh() {
+            let given = source.given();
+            if entry.revalidates(&self.freshness, now) && self.can_refresh(given.is_some()) {
                 self.count_hit(&entry);
                 self.report.event(Counter::StaleServed);
-                self.refresh(key, &entry).await;
+                self.refresh(key, &entry, given).await;
                 return Lookup::Hit(entry);
             }
             self.report.tier(Tier::L1, false);

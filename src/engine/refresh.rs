@@ -14,6 +14,7 @@ use crate::entry::Entry;
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
+use crate::source::DynLoader;
 
 /// A stale copy a flight may fall back on, with a ticket taken while it was
 /// still in L1 (so that it is never put back after an invalidation).
@@ -35,10 +36,11 @@ impl<V> Fallback<V> {
 }
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
-    /// Whether a refresh can run in the background: it needs the configured
-    /// loader and a tokio runtime.
-    pub(crate) fn can_refresh(&self) -> bool {
-        self.loader.is_some() && tokio::runtime::Handle::try_current().is_ok()
+    /// Whether a refresh can run in the background: it needs a `'static`
+    /// loader (`given` by the caller, else the configured one) and a tokio
+    /// runtime.
+    pub(crate) fn can_refresh(&self, given: bool) -> bool {
+        (given || self.loader.is_some()) && tokio::runtime::Handle::try_current().is_ok()
     }
 
     /// `seen` (an L1 entry past its fresh time, or in its XFetch window) as a
@@ -55,16 +57,23 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         })
     }
 
-    /// Starts a background refresh of `key` (whose L1 entry is `seen`), unless a
-    /// flight of the key is already on. Returns at once.
-    pub(crate) async fn refresh(self: &Arc<Self>, key: &K, seen: &Entry<V>) {
-        if !self.can_refresh() || self.flights.flying(key) {
+    /// Starts a background refresh of `key` (whose L1 entry is `seen`) with the
+    /// `given` loader (else the configured one), unless a flight of the key is
+    /// already on. Returns at once.
+    pub(crate) async fn refresh(
+        self: &Arc<Self>,
+        key: &K,
+        seen: &Entry<V>,
+        given: Option<Arc<dyn DynLoader<K, V>>>,
+    ) {
+        if !self.can_refresh(given.is_some()) || self.flights.flying(key) {
             return;
         }
         let fallback = self.fallback(key, seen).await;
         let job = Job {
             fallback,
             refresh_after: Some(seen.fresh_until),
+            loader: given,
             ..Job::default()
         };
         if self.launch(key, job) {

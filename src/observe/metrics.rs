@@ -39,6 +39,7 @@ pub struct MetricsObserver {
     fail_safe: Counter,
     soft_timeouts: Counter,
     lease_waits: Counter,
+    not_modified: Counter,
     /// Switches of an adaptive L1, to TinyLFU and to LRU.
     l1_policy_switches: [Counter; 2],
     warm_progress: Gauge,
@@ -76,6 +77,7 @@ impl MetricsObserver {
             fail_safe: metrics::counter!("tiered_fail_safe_total", "cache" => cache.clone()),
             soft_timeouts: metrics::counter!("tiered_soft_timeouts_total", "cache" => cache.clone()),
             lease_waits: metrics::counter!("tiered_lease_waits_total", "cache" => cache.clone()),
+            not_modified: metrics::counter!("tiered_not_modified_total", "cache" => cache.clone()),
             l1_policy_switches: ["tiny_lfu", "lru"].map(|policy| metrics::counter!("tiered_l1_policy_switches_total", "cache" => cache.clone(), "policy" => policy)),
             warm_progress: metrics::gauge!("tiered_warm_progress", "cache" => cache.clone()),
             breaker: metrics::gauge!("tiered_breaker_state", "cache" => cache),
@@ -179,6 +181,10 @@ impl Observer for MetricsObserver {
 
     fn lease_waited(&self) {
         self.lease_waits.increment(1);
+    }
+
+    fn not_modified(&self) {
+        self.not_modified.increment(1);
     }
 
     fn l1_policy_switched(&self, policy: L1Eviction) {

@@ -12,6 +12,8 @@ mod conformance;
 
 mod adaptive;
 mod breaker;
+mod cache_aside;
 mod fleet;
+mod load_context;
 mod read_path;
 mod write_path;

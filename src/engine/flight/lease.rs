@@ -42,6 +42,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         remote: &Remote,
         ticket: Ticket,
         refresh_after: Option<u64>,
+        refreshable: bool,
     ) -> Leased<V> {
         let Some(ttl) = self.lease else {
             return Leased::Free;
@@ -61,7 +62,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 // waited for may have filled and let go since its last look.
                 Some(Ok(lease)) if waited => {
                     return match self
-                        .filled(key, remote, &l2_key, ticket, refresh_after)
+                        .filled(key, remote, &l2_key, ticket, refresh_after, refreshable)
                         .await
                     {
                         Some(leased) => {
@@ -85,7 +86,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             polls.wait().await;
             if let Some(leased) = self
-                .filled(key, remote, &l2_key, ticket, refresh_after)
+                .filled(key, remote, &l2_key, ticket, refresh_after, refreshable)
                 .await
             {
                 return leased;
@@ -103,9 +104,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         l2_key: &str,
         ticket: Ticket,
         refresh_after: Option<u64>,
+        refreshable: bool,
     ) -> Option<Leased<V>> {
         let hit = remote.peek::<V>(l2_key).await?;
-        let entry = self.entry_from_l2(hit, self.clock.now());
+        let entry = self.entry_from_l2(hit, self.clock.now(), refreshable);
         if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
             return None;
         }

@@ -13,6 +13,7 @@ use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
 use crate::remote::L2Read;
+use crate::source::DynLoader;
 
 /// How one flight ended, as shared with every caller that waited on it.
 #[derive(Clone)]
@@ -104,7 +105,7 @@ pub(crate) fn shared(error: BoxError) -> Failure {
 }
 
 /// What a flight starts from, beyond its key and its own load.
-pub(crate) struct Job<V> {
+pub(crate) struct Job<K, V> {
     /// The L2 read done ahead (by `get_many`).
     pub(crate) prepared: Option<Prepared<V>>,
     /// The load is one of its own, to time and count (false: a share of a batch
@@ -118,9 +119,12 @@ pub(crate) struct Job<V> {
     /// Whether the hard timeout applies (not to `#[cached_tier]` bodies, whose
     /// callers get their function's own error type).
     pub(crate) time_limit: bool,
+    /// The loader of this flight and of the refreshes it starts, instead of
+    /// the configured one (`get_or_load`'s).
+    pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
 }
 
-impl<V> Default for Job<V> {
+impl<K, V> Default for Job<K, V> {
     fn default() -> Self {
         Job {
             prepared: None,
@@ -128,6 +132,7 @@ impl<V> Default for Job<V> {
             fallback: None,
             refresh_after: None,
             time_limit: true,
+            loader: None,
         }
     }
 }
@@ -143,6 +148,8 @@ pub(crate) struct Fetched<V> {
     pub(crate) keep: bool,
     /// A TTL for this entry in every tier, instead of the configured ones.
     pub(crate) ttl: Option<Duration>,
+    /// A TTL for this entry in L1, instead of `ttl` or the configured one.
+    pub(crate) l1_ttl: Option<Duration>,
 }
 
 impl<V> Fetched<V> {
@@ -151,6 +158,7 @@ impl<V> Fetched<V> {
             value,
             keep: true,
             ttl: None,
+            l1_ttl: None,
         }
     }
 }

@@ -22,18 +22,28 @@ use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::{Counter, LoadOutcome};
 use crate::remote::{Filled, L2Read};
+use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
 
 /// One millisecond in clock nanoseconds: L2 times are kept in milliseconds.
 const MILLI: u64 = 1_000_000;
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// The flight itself, run by one caller (or in a task of its own).
-    pub(super) async fn run<F>(&self, key: &K, mut first: Option<F>, mut job: Job<V>) -> Flight<V>
+    pub(super) async fn run<F>(
+        &self,
+        key: &K,
+        mut first: Option<F>,
+        mut job: Job<K, V>,
+    ) -> Flight<V>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        let loader = self.loader.as_deref();
+        let loader = job.loader.clone();
+        let loader = loader.as_deref().or(self.loader.as_deref());
         let can_load = first.is_some() || loader.is_some();
+        // Entries of a flight whose loader can refresh them open an early
+        // refresh window; others do not (a hit there would draw for nothing).
+        let refreshable = self.can_refresh(job.loader.is_some());
         // A caller's own load (`get_with`, a `#[cached_tier]` body) runs once: a
         // retry never swaps in the configured loader, whose value or error is
         // not this caller's.
@@ -55,16 +65,24 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     (ticket, read)
                 }
             };
+            // A stale copy invalidated since it was taken is no longer a
+            // fallback, nor what a "not modified" answer may bring back.
+            if fallback
+                .as_ref()
+                .is_some_and(|stale| self.fence.changed_between(key, &stale.ticket, &ticket))
+            {
+                fallback = None;
+            }
             let seen = match read {
                 Some(L2Read::Hit(hit, seen)) => {
                     let now = self.clock.now();
-                    let entry = self.entry_from_l2(hit, now);
+                    let entry = self.entry_from_l2(hit, now, refreshable);
                     let newer = job
                         .refresh_after
                         .is_none_or(|after| entry.fresh_until > after.saturating_add(MILLI));
                     let revalidate = job.refresh_after.is_none()
                         && entry.revalidates(&self.freshness, now)
-                        && self.can_refresh();
+                        && refreshable;
                     if (entry.is_fresh(now) && newer) || revalidate {
                         // Fresh, or stale within stale-while-revalidate (served
                         // now; the caller starts the refresh).
@@ -91,7 +109,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             // every key it holds anyway.
             let lease = match (&seen, &self.remote) {
                 (Some(_), Some(remote)) if self.lease.is_some() && job.own_load => {
-                    match self.lease(key, remote, ticket, job.refresh_after).await {
+                    match self
+                        .lease(key, remote, ticket, job.refresh_after, refreshable)
+                        .await
+                    {
                         Leased::Held(lease) => Some(lease),
                         Leased::Filled(entry) => return Flight::Settled(entry),
                         Leased::Superseded(entry) => {
@@ -105,7 +126,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 _ => None,
             };
             let started = Instant::now();
-            let loaded = self.load(key, first.take(), &job).await;
+            let loaded = self
+                .load(key, first.take(), &job, loader, fallback.as_ref())
+                .await;
             let took = started.elapsed();
             let fetched = match loaded {
                 Ok(fetched) => fetched,
@@ -118,19 +141,23 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 self.release(lease).await;
                 return Flight::Unkept(fetched.value);
             }
-            let l1_ttl = fetched
+            let l2_ttl = fetched
                 .ttl
-                .unwrap_or_else(|| self.ttl.l1_for(&fetched.value));
+                .unwrap_or_else(|| self.ttl.l2_for(&fetched.value));
+            let l1_ttl = match (fetched.l1_ttl, fetched.ttl) {
+                (Some(l1), _) => l1.min(l2_ttl),
+                (None, Some(ttl)) => ttl,
+                (None, None) => self.ttl.l1_for(&fetched.value),
+            };
             let entry = Entry::new(
                 fetched.value,
                 self.clock.now(),
                 l1_ttl,
-                &self.freshness,
+                self.freshness(refreshable),
                 took,
             );
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
-                let l2_ttl = fetched.ttl.unwrap_or_else(|| self.ttl.l2_for(&entry.value));
                 if !l2_ttl.is_zero() {
                     let lifetime = self.freshness.lifetime(l2_ttl, took);
                     let l2_key = remote.key(key);
@@ -156,21 +183,55 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         }
     }
 
-    /// One load: this caller's own (`first`), or the configured loader's, within
-    /// the hard timeout.
-    async fn load<F>(&self, key: &K, first: Option<F>, job: &Job<V>) -> Result<Fetched<V>, Failure>
+    /// One load: this caller's own (`first`), or `loader`'s (told of the stale
+    /// copy, `fallback`), within the hard timeout.
+    async fn load<F>(
+        &self,
+        key: &K,
+        first: Option<F>,
+        job: &Job<K, V>,
+        loader: Option<&dyn DynLoader<K, V>>,
+        fallback: Option<&Fallback<V>>,
+    ) -> Result<Fetched<V>, Failure>
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
         let limit = self.freshness.hard_timeout.filter(|_| job.time_limit);
-        match (first, self.loader.as_deref()) {
+        match (first, loader) {
             (Some(first), _) if job.own_load => self.timed(1, within(limit, first)).await,
             (Some(share), _) => within(limit, share).await,
             (None, Some(loader)) => {
-                let load = loader
-                    .load(key)
-                    .map(|r| r.map(Fetched::cached).map_err(shared));
-                self.timed(1, within(limit, load)).await
+                let context = match fallback {
+                    Some(Fallback { entry, .. }) => {
+                        let stale_for = self.clock.now().saturating_sub(entry.fresh_until);
+                        LoadContext::with_stale(
+                            entry.value.clone(),
+                            Duration::from_nanos(stale_for),
+                        )
+                    }
+                    None => LoadContext::empty(),
+                };
+                let load = loader.load(key, context).map(|r| r.map_err(shared));
+                let loaded = self.timed(1, within(limit, load)).await?;
+                let value = match loaded.answer {
+                    Answer::Value(value) => value,
+                    Answer::NotModified => match fallback {
+                        Some(Fallback { entry, .. }) => {
+                            self.report.event(Counter::NotModified);
+                            entry.value.clone()
+                        }
+                        None => {
+                            self.report.count(Counter::LoadErrors);
+                            return Err(shared(NOT_MODIFIED_WITHOUT_STALE.into()));
+                        }
+                    },
+                };
+                Ok(Fetched {
+                    value,
+                    keep: true,
+                    ttl: loaded.ttl,
+                    l1_ttl: loaded.l1_ttl,
+                })
             }
             (None, None) => Ok(Fetched::cached(None)),
         }
@@ -198,10 +259,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         Flight::Failed(failure)
     }
 
-    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL.
-    pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64) -> Entry<V> {
+    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL, with an
+    /// early refresh window if the flight's loader can refresh it.
+    pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64, refreshable: bool) -> Entry<V> {
         let l1_ttl = self.ttl.l1_for(&hit.value).min(hit.fresh);
-        let mut entry = Entry::new(hit.value, now, l1_ttl, &self.freshness, hit.load);
+        let freshness = self.freshness(refreshable);
+        let mut entry = Entry::new(hit.value, now, l1_ttl, freshness, hit.load);
+        if hit.fresh.is_zero() {
+            // Stale in L2: since when (what stale-while-revalidate's window and
+            // a loader's context count from).
+            let since = now.saturating_sub(saturating_nanos(hit.stale_for));
+            (entry.early_from, entry.fresh_until) = (since, since);
+        }
         entry.expires = entry
             .expires
             .min(now.saturating_add(saturating_nanos(hit.remaining)))
@@ -227,7 +296,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Runs a load of `keys` keys: times it, contains a panic, counts and reports it.
     pub(crate) async fn timed<T, F>(&self, keys: usize, load: F) -> Result<T, Failure>
     where
-        T: Loaded,
+        T: LoadResult,
         F: Future<Output = Result<T, Failure>>,
     {
         self.report.count(Counter::Loads);
@@ -254,11 +323,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 }
 
 /// What a load produced, as an [`Observer`](crate::Observer) sees it.
-pub(crate) trait Loaded {
+pub(crate) trait LoadResult {
     fn outcome(&self) -> LoadOutcome;
 }
 
-impl<V> Loaded for Fetched<V> {
+impl<V> LoadResult for Fetched<V> {
     fn outcome(&self) -> LoadOutcome {
         match self.value {
             Some(_) => LoadOutcome::Value,
@@ -267,7 +336,16 @@ impl<V> Loaded for Fetched<V> {
     }
 }
 
-impl<K, V> Loaded for HashMap<K, V> {
+impl<V> LoadResult for Loaded<V> {
+    fn outcome(&self) -> LoadOutcome {
+        match self.answer {
+            Answer::Value(Some(_)) | Answer::NotModified => LoadOutcome::Value,
+            Answer::Value(None) => LoadOutcome::Absent,
+        }
+    }
+}
+
+impl<K, V> LoadResult for HashMap<K, V> {
     fn outcome(&self) -> LoadOutcome {
         if self.is_empty() {
             LoadOutcome::Absent

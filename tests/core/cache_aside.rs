@@ -1,0 +1,192 @@
+//! Cache-aside with a `'static` loader (`get_or_load`): the same freshness as the
+//! configured loader (a flight that outlives its callers, early refresh,
+//! stale-while-revalidate, fail-safe), on a cache that has no loader of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tiered::{BoxError, ManualClock, TieredCache};
+
+/// A `get_or_load` closure whose loads count themselves, take `delay`, and
+/// return `v1`, `v2`, … (or fail while `failing` is set).
+#[allow(clippy::type_complexity)]
+fn counting(
+    loads: &Arc<AtomicU64>,
+    delay: Duration,
+    failing: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl Fn(u64) -> futures_util::future::BoxFuture<'static, Result<Option<String>, BoxError>>
+       + Send
+       + Sync
+       + 'static {
+    let (loads, failing) = (loads.clone(), failing.clone());
+    move |_key| {
+        let (loads, failing) = (loads.clone(), failing.clone());
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+            if failing.load(Ordering::SeqCst) {
+                return Err("the source is down".into());
+            }
+            Ok(Some(format!("v{n}")))
+        })
+    }
+}
+
+/// Polls `check` every 10 ms until it holds, failing the test after 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// 100 callers that each give up after 50 ms on a 300 ms load, and try again
+/// until they have the value: one load in all (with `get_with`, whose load dies
+/// with the caller running it, each give-up starts the load over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_share_one_load_that_outlives_them() {
+    let loads = Arc::new(AtomicU64::new(0));
+    let failing = Arc::default();
+    let cache = TieredCache::<u64, String>::builder("aside-cancel")
+        .build()
+        .unwrap();
+    let load = Arc::new(counting(&loads, Duration::from_millis(300), &failing));
+    let callers: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, load) = (cache.clone(), load.clone());
+            tokio::spawn(async move {
+                let start = Instant::now();
+                loop {
+                    let load = Arc::clone(&load);
+                    let call = cache.get_or_load(&1, move |k| load(k));
+                    if let Ok(found) = tokio::time::timeout(Duration::from_millis(50), call).await {
+                        return found.unwrap();
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10), "never loaded");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().as_deref(), Some("v1"));
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for 100 callers");
+    assert_eq!(cache.stats().loads, 1);
+}
+
+/// A hit just before its entry goes stale returns at once and refreshes the
+/// entry in the background with the caller's closure, though the cache has no
+/// loader of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_is_refreshed_early_with_the_callers_loader() {
+    let (loads, failing) = (Arc::new(AtomicU64::new(0)), Arc::default());
+    let clock = ManualClock::new();
+    let cache = TieredCache::<u64, String>::builder("aside-early")
+        .clock(clock.clone())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_secs(10))
+        .early_refresh(1.0)
+        .build()
+        .unwrap();
+    let load = counting(&loads, Duration::from_millis(5), &failing);
+    let load = Arc::new(load);
+    let get = || {
+        let load = Arc::clone(&load);
+        cache.get_or_load(&1, move |k| load(k))
+    };
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"));
+    // One nanosecond before it goes stale: an XFetch draw there always refreshes.
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"), "at once");
+    eventually("the early refresh", || async {
+        cache.stats().refreshes == 1 && loads.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    eventually("the refreshed value", || async {
+        get().await.unwrap().as_deref() == Some("v2")
+    })
+    .await;
+    // A plain `get` of the same cache reads what the closure loaded.
+    assert_eq!(cache.get(&1).await.unwrap().as_deref(), Some("v2"));
+}
+
+/// Past its TTL, within the stale-while-revalidate window, a read returns the
+/// stale value at once and the closure refreshes it once in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_values_are_served_while_the_callers_loader_refreshes_them() {
+    let (loads, failing) = (Arc::new(AtomicU64::new(0)), Arc::default());
+    let clock = ManualClock::new();
+    let cache = TieredCache::<u64, String>::builder("aside-swr")
+        .clock(clock.clone())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_secs(10))
+        .no_early_refresh()
+        .stale_while_revalidate(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let load = Arc::new(counting(&loads, Duration::from_millis(100), &failing));
+    let get = || {
+        let load = Arc::clone(&load);
+        cache.get_or_load(&1, move |k| load(k))
+    };
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"));
+    clock.advance(Duration::from_secs(11));
+    for _ in 0..50 {
+        assert_eq!(
+            get().await.unwrap().as_deref(),
+            Some("v1"),
+            "stale, at once"
+        );
+    }
+    assert_eq!(cache.stats().refreshes, 1, "one refresh for 50 stale reads");
+    eventually("the refreshed value", || async {
+        get().await.unwrap().as_deref() == Some("v2")
+    })
+    .await;
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+}
+
+/// A failing closure is answered with the stale copy fail-safe kept, which is
+/// then served for the throttle before the closure is called again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_answers_a_failing_callers_loader_with_the_stale_copy() {
+    let loads = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clock = ManualClock::new();
+    let cache = TieredCache::<u64, String>::builder("aside-fail-safe")
+        .clock(clock.clone())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_secs(10))
+        .no_early_refresh()
+        .fail_safe(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let load = Arc::new(counting(&loads, Duration::ZERO, &failing));
+    let get = || {
+        let load = Arc::clone(&load);
+        cache.get_or_load(&1, move |k| load(k))
+    };
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"));
+    failing.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"), "fail-safe");
+    assert_eq!(cache.stats().fail_safe, 1);
+    assert_eq!(get().await.unwrap().as_deref(), Some("v1"), "throttled");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "not called within the throttle"
+    );
+    failing.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(get().await.unwrap().as_deref(), Some("v3"));
+}
