@@ -5,7 +5,13 @@
 //! For each variant: reads, latency p50 / p99 / p99.9 / max, the reads that took
 //! longer than 1 ms (they waited for a load), and loads per TTL period (counted
 //! by PostgreSQL). The first variant never expires: it is the baseline of a read
-//! that never waits (an L1 hit, with the same loop and scheduling).
+//! that never waits (an L1 hit, with the same loop and scheduling). The last
+//! two read through cache-aside calls on a cache with no loader of its own: the
+//! borrowing `get_with` and the `'static` `get_or_load`.
+//!
+//! Then, for both cache-aside calls: 100 callers that each give up after 50 ms
+//! on a 300 ms load, then one caller that waits: how many loads they caused,
+//! and when that caller had its value.
 //!
 //! Run: `cargo bench --bench expiry_storm` (10 s per variant), or
 //! `cargo bench --bench expiry_storm -- --secs 30`.
@@ -15,7 +21,7 @@ mod postgres;
 #[path = "support/redis_server.rs"]
 mod redis;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,12 +33,36 @@ const TASKS: usize = 64;
 const TTL: Duration = Duration::from_secs(1);
 const SLOW_READ: Duration = Duration::from_millis(1);
 
+/// How a variant reads.
+#[derive(Clone, Copy, PartialEq)]
+enum Read {
+    /// `get`, with the query as the configured loader.
+    Get,
+    /// `get_with(key, query)`, no configured loader.
+    GetWith,
+    /// `get_or_load(key, |id| query)`, no configured loader.
+    GetOrLoad,
+}
+
 #[derive(Clone, Copy)]
 struct Variant {
     name: &'static str,
     ttl: Duration,
     early: bool,
     swr: bool,
+    read: Read,
+}
+
+const QUERY: &str = "SELECT id, payload, pg_sleep(0.02)::text FROM items WHERE id = $1";
+
+/// The query of a cache-aside call.
+async fn query(pool: Pool, id: i64) -> Result<Option<Arc<String>>, BoxError> {
+    let client = pool.get().await?;
+    let row = client.query_opt(QUERY, &[&id]).await?;
+    Ok(match row {
+        Some(row) => Some(Arc::new(row.try_get::<_, String>(1)?)),
+        None => None,
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -80,35 +110,109 @@ async fn main() -> Result<(), BoxError> {
             ttl: Duration::from_secs(3600),
             early: false,
             swr: false,
+            read: Read::Get,
         },
         Variant {
             name: "no early refresh, no SWR",
             ttl: TTL,
             early: false,
             swr: false,
+            read: Read::Get,
         },
         Variant {
             name: "early refresh (XFetch, β = 1)",
             ttl: TTL,
             early: true,
             swr: false,
+            read: Read::Get,
         },
         Variant {
             name: "stale-while-revalidate (1 s)",
             ttl: TTL,
             early: false,
             swr: true,
+            read: Read::Get,
         },
         Variant {
             name: "early refresh + SWR",
             ttl: TTL,
             early: true,
             swr: true,
+            read: Read::Get,
+        },
+        Variant {
+            name: "get_with, early refresh",
+            ttl: TTL,
+            early: true,
+            swr: false,
+            read: Read::GetWith,
+        },
+        Variant {
+            name: "get_or_load, early refresh",
+            ttl: TTL,
+            early: true,
+            swr: false,
+            read: Read::GetOrLoad,
         },
     ];
     for (index, variant) in variants.into_iter().enumerate() {
         run(index, variant, &redis.url, &pool, run_for).await?;
     }
+    println!(
+        "\n{CALLERS} callers that give up after {GIVE_UP:?} on a {SLOW_LOAD:?} load, \
+         then one caller that waits for the value\n"
+    );
+    println!("{:<34} {:>8} {:>14}", "call", "loads", "its value at ms");
+    for read in [Read::GetWith, Read::GetOrLoad] {
+        give_up(read).await?;
+    }
+    Ok(())
+}
+
+const CALLERS: usize = 100;
+const GIVE_UP: Duration = Duration::from_millis(50);
+const SLOW_LOAD: Duration = Duration::from_millis(300);
+
+/// 100 callers that give up after 50 ms on a 300 ms load, then one caller that
+/// waits for the value: how many loads, and when that caller had the value.
+async fn give_up(read: Read) -> Result<(), BoxError> {
+    let cache = TieredCache::<i64, Arc<String>>::builder("give-up").build()?;
+    let loads = Arc::new(AtomicU64::new(0));
+    let call = |cache: TieredCache<i64, Arc<String>>, loads: Arc<AtomicU64>| async move {
+        let load = move |id: i64| {
+            loads.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(SLOW_LOAD).await;
+                Ok::<_, BoxError>(Some(Arc::new(id.to_string())))
+            }
+        };
+        match read {
+            Read::GetOrLoad => cache.get_or_load(&1, load).await,
+            _ => cache.get_with(&1, load(1)).await,
+        }
+    };
+    let start = Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let call = call(cache.clone(), loads.clone());
+            tokio::spawn(async move { tokio::time::timeout(GIVE_UP, call).await.is_err() })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await?, "every caller gave up");
+    }
+    let value = call(cache.clone(), loads.clone()).await?;
+    assert!(value.is_some());
+    let name = match read {
+        Read::GetOrLoad => "get_or_load",
+        _ => "get_with",
+    };
+    println!(
+        "{:<34} {:>8} {:>14.0}",
+        name,
+        loads.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -126,22 +230,22 @@ async fn run(
     pool: &Pool,
     run_for: Duration,
 ) -> Result<(), BoxError> {
-    let loader = PgLoader::new(
-        pool.clone(),
-        "SELECT id, payload, pg_sleep(0.02)::text FROM items WHERE id = $1",
-        |row| {
-            Ok((
-                row.try_get::<_, i64>(0)?,
-                Arc::new(row.try_get::<_, String>(1)?),
-            ))
-        },
-    );
+    let loader = PgLoader::new(pool.clone(), QUERY, |row| {
+        Ok((
+            row.try_get::<_, i64>(0)?,
+            Arc::new(row.try_get::<_, String>(1)?),
+        ))
+    });
     let builder = TieredCache::<i64, Arc<String>>::builder(format!("storm{index}"))
         .l2_redis(redis_url)
         .jitter(0.0)
         .l1_ttl(variant.ttl)
-        .l2_ttl(variant.ttl)
-        .loader(loader);
+        .l2_ttl(variant.ttl);
+    let builder = if variant.read == Read::Get {
+        builder.loader(loader)
+    } else {
+        builder
+    };
     let builder = if variant.early {
         builder.early_refresh(1.0)
     } else {
@@ -153,7 +257,18 @@ async fn run(
         builder
     };
     let cache = builder.build()?;
-    cache.get(&1).await?; // the cold load, not measured
+    let read = move |cache: TieredCache<i64, Arc<String>>, pool: Pool| async move {
+        match variant.read {
+            Read::Get => cache.get(&1).await,
+            Read::GetWith => cache.get_with(&1, query(pool, 1)).await,
+            Read::GetOrLoad => {
+                cache
+                    .get_or_load(&1, move |id| query(pool.clone(), id))
+                    .await
+            }
+        }
+    };
+    read(cache.clone(), pool.clone()).await?; // the cold load, not measured
     let client = pool.get().await?;
     client
         .execute("SELECT pg_stat_statements_reset()", &[])
@@ -162,12 +277,12 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
-            let (cache, stop) = (cache.clone(), stop.clone());
+            let (cache, stop, pool) = (cache.clone(), stop.clone(), pool.clone());
             tokio::spawn(async move {
                 let mut samples: Vec<u32> = Vec::with_capacity(1 << 16);
                 while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    let value = cache.get(&1).await;
+                    let value = read(cache.clone(), pool.clone()).await;
                     let took = start.elapsed();
                     assert!(matches!(value, Ok(Some(_))), "{value:?}");
                     samples.push(u32::try_from(took.as_nanos()).unwrap_or(u32::MAX));

@@ -186,6 +186,48 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.core.get_many(keys).await
     }
 
+    /// Batch cache-aside: the values of `keys` that exist, read as
+    /// [`get_many`](Self::get_many) reads them, where what is still missing
+    /// after L2 is loaded with one call of `load(missing keys)` (keys missing
+    /// from its map have no value, which is remembered for the negative TTL).
+    /// A key L2 answered with a stale entry, which must load after all, is
+    /// loaded alone with `load(vec![key])`. Each key still shares the flight of
+    /// any concurrent read of it. Like [`get_with`](Self::get_with), the loads
+    /// run in this call and may borrow from its caller; `load`'s error comes
+    /// back as [`Error::Load`].
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use tiered::{BoxError, TieredCache};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiered::Error> {
+    /// let prices = TieredCache::<u64, u64>::builder("prices").build()?;
+    /// prices.insert(1, 100).await;
+    /// let found = prices
+    ///     .get_many_with(&[1, 2, 3], |missing: Vec<u64>| async move {
+    ///         // One query for keys 2 and 3: `WHERE id = ANY($1)`.
+    ///         assert_eq!(missing.len(), 2);
+    ///         Ok::<_, BoxError>(missing.into_iter().filter(|id| *id != 3).map(|id| (id, id * 100)).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(found, HashMap::from([(1, 100), (2, 200)]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many_with<F, Fut, E>(
+        &self,
+        keys: &[K],
+        load: F,
+    ) -> Result<HashMap<K, V>, Error>
+    where
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: Into<BoxError>,
+    {
+        let load = |keys| load(keys).map(|loaded| loaded.map_err(Into::into));
+        self.core.get_many_from(keys, Some(&load)).await
+    }
+
     /// Writes `value` for `key` in every tier, with the default TTLs, and tells
     /// the other instances to drop their copy. A load of the same key that was in
     /// flight (on any instance) will not overwrite it. If Redis cannot be reached,

@@ -1,25 +1,47 @@
 //! `get_many`: L1 answers what it has, L2 the rest with one `MGET` (then a
 //! reservation for each key it does not have, when there is a loader), and what
-//! is still missing is loaded in one batch, while each key still shares the
+//! is still missing is loaded in one batch (the configured loader's
+//! `load_many`, or the caller's batch load), while each key still shares the
 //! flight of any concurrent `get` of it.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, Either};
 use futures_util::FutureExt;
 
 use crate::engine::flight::outcome::{shared, Failure, Fetched, Job};
 use crate::engine::lookup::Lookup;
 use crate::engine::Core;
 use crate::entry::Entry;
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
 use crate::remote::L2Read;
 
+/// The type of "no batch load of the caller's own" (the configured loader is used).
+type NoBatch<K, V> = fn(Vec<K>) -> std::future::Ready<Result<HashMap<K, V>, BoxError>>;
+
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
-    /// The values of `keys` that exist (duplicates looked up once).
+    /// The values of `keys` that exist (duplicates looked up once), loaded with
+    /// the configured loader.
     pub(crate) async fn get_many(self: &Arc<Self>, keys: &[K]) -> Result<HashMap<K, V>, Error> {
+        self.get_many_from(keys, None::<&NoBatch<K, V>>).await
+    }
+
+    /// The values of `keys` that exist (duplicates looked up once), loaded with
+    /// `given` (the caller's batch load) if there is one, else with the
+    /// configured loader. A key L2 answered stale, which must load after all,
+    /// is loaded on its own with a batch of one.
+    pub(crate) async fn get_many_from<B, Fut>(
+        self: &Arc<Self>,
+        keys: &[K],
+        given: Option<&B>,
+    ) -> Result<HashMap<K, V>, Error>
+    where
+        B: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, BoxError>>,
+    {
         let mut found = HashMap::with_capacity(keys.len());
         let mut seen = HashSet::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -51,15 +73,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let from_l2: Vec<Option<L2Read<V>>> = match &self.remote {
             Some(remote) => {
                 let l2_keys: Vec<String> = missing.iter().map(|k| remote.key(k)).collect();
-                let reads = remote.get_many(&l2_keys, self.loader.is_some()).await;
+                let can_load = given.is_some() || self.loader.is_some();
+                let reads = remote.get_many(&l2_keys, can_load).await;
                 reads.into_iter().map(Some).collect()
             }
             None => missing.iter().map(|_| None).collect(),
         };
         let loader = self.loader.as_deref();
+        let can_load = given.is_some() || loader.is_some();
         // Keys L2 answered are not in the batch: if their flight must load after
-        // all (a stale entry, a refused commit), it asks the loader itself —
-        // the batch's "not found" for them would be cached as an absence.
+        // all (a stale entry, a refused commit), it asks the loader itself (or
+        // the caller's batch load, for that key alone) — the batch's "not
+        // found" for them would be cached as an absence.
         let in_batch: Vec<bool> = from_l2
             .iter()
             .map(|read| !matches!(read, Some(L2Read::Hit(..))))
@@ -72,10 +97,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .collect();
         // Polled only if some key still needs loading after L2, by the first such flight.
         let batch = async {
-            let Some(loader) = loader else {
-                return Ok(Arc::new(HashMap::new()));
+            let load = match (given, loader) {
+                (Some(given), _) => Either::Left(given(to_load.clone())),
+                (None, Some(loader)) => Either::Right(loader.load_many(&to_load)),
+                (None, None) => return Ok(Arc::new(HashMap::new())),
             };
-            let load = loader.load_many(&to_load).map(|r| r.map_err(shared));
+            let load = load.map(|r| r.map_err(shared));
             Ok::<_, Failure>(Arc::new(self.timed(to_load.len(), load).await?))
         }
         .shared();
@@ -87,11 +114,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .zip(in_batch)
             .map(|((((key, ticket), read), fallback), in_batch)| {
                 let batch = batch.clone();
-                let first = loader.filter(|_| in_batch).map(|_| {
-                    batch.map(move |values| {
+                let first = match (in_batch, given) {
+                    (true, _) if can_load => Some(Either::Left(batch.map(move |values| {
                         values.map(|values| Fetched::cached(values.get(key).cloned()))
-                    })
-                });
+                    }))),
+                    (false, Some(given)) => Some(Either::Right(async move {
+                        let mut values = given(vec![key.clone()]).await.map_err(shared)?;
+                        Ok(Fetched::cached(values.remove(key)))
+                    })),
+                    _ => None,
+                };
                 let job = Job {
                     prepared: read.map(|read| (ticket, read)),
                     own_load: !in_batch,

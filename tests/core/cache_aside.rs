@@ -190,3 +190,102 @@ async fn fail_safe_answers_a_failing_callers_loader_with_the_stale_copy() {
     clock.advance(Duration::from_secs(31));
     assert_eq!(get().await.unwrap().as_deref(), Some("v3"));
 }
+
+/// Batch cache-aside: L1 answers what it has, and the rest is loaded with one
+/// call of the caller's batch load; keys it did not return are remembered as
+/// absent.
+#[tokio::test]
+async fn get_many_with_loads_what_is_missing_in_one_call() {
+    let cache = TieredCache::<u64, u64>::builder("aside-many")
+        .l2(tiered::MemoryStore::new())
+        .build()
+        .unwrap();
+    cache.insert(1, 10).await;
+    let calls = std::sync::Mutex::new(Vec::new());
+    let load = |missing: Vec<u64>| {
+        calls.lock().unwrap().push(missing.clone());
+        async move {
+            Ok::<_, BoxError>(
+                missing
+                    .into_iter()
+                    .filter(|k| k % 2 == 0)
+                    .map(|k| (k, k * 10))
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
+        }
+    };
+    let found = cache.get_many_with(&[1, 2, 3, 4, 2], load).await.unwrap();
+    assert_eq!(
+        found,
+        std::collections::HashMap::from([(1, 10), (2, 20), (4, 40)])
+    );
+    let mut batch = calls.lock().unwrap().clone();
+    batch[0].sort_unstable();
+    assert_eq!(
+        batch,
+        [vec![2, 3, 4]],
+        "one call, for the missing keys only"
+    );
+    // Now every key is cached, the absence of 3 too.
+    let again = cache.get_many_with(&[1, 2, 3, 4], load).await.unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(calls.lock().unwrap().len(), 1, "no second call");
+    assert_eq!(cache.get(&3).await.unwrap(), None);
+    assert_eq!(cache.stats().loads, 1);
+}
+
+/// A batch load's error reaches the caller as `Error::Load`, and nothing of it
+/// is cached.
+#[tokio::test]
+async fn a_failing_batch_load_fails_the_call_and_caches_nothing() {
+    let cache = TieredCache::<u64, u64>::builder("aside-many-error")
+        .build()
+        .unwrap();
+    let failing = |_: Vec<u64>| async {
+        Err::<std::collections::HashMap<u64, u64>, _>("the database is down")
+    };
+    match cache.get_many_with(&[1, 2], failing).await {
+        Err(tiered::Error::Load { source, .. }) => {
+            assert_eq!(source.to_string(), "the database is down");
+        }
+        other => panic!("expected a load error, got {other:?}"),
+    }
+    let working = |keys: Vec<u64>| async move {
+        Ok::<_, BoxError>(keys.into_iter().map(|k| (k, k)).collect())
+    };
+    let found = cache.get_many_with(&[1, 2], working).await.unwrap();
+    assert_eq!(found.len(), 2, "loaded again: the failure was not cached");
+}
+
+/// A key L2 answered stale (kept by fail-safe) must load after all: it is
+/// loaded alone with a batch of one, not taken as absent because the batch
+/// (which did not hold it) had no value for it.
+#[tokio::test]
+async fn get_many_with_loads_a_key_that_l2_answered_stale_on_its_own() {
+    // L2 times are wall-clock times (they are shared by instances): real TTLs.
+    let cache = TieredCache::<u32, usize>::builder("aside-many-stale")
+        .l2(tiered::MemoryStore::new())
+        .jitter(0.0)
+        .l1_ttl(Duration::from_millis(200))
+        .l2_ttl(Duration::from_millis(200))
+        .fail_safe(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    cache.insert(7, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // stale in L1 and L2, still kept
+    let calls = std::sync::Mutex::new(Vec::new());
+    let load = |keys: Vec<u32>| {
+        calls.lock().unwrap().push(keys.clone());
+        async move { Ok::<_, BoxError>(keys.into_iter().map(|k| (k, 2)).collect()) }
+    };
+    let found = cache.get_many_with(&[7, 8], load).await.unwrap();
+    assert_eq!(found.get(&7), Some(&2), "the stale key was loaded");
+    assert_eq!(found.get(&8), Some(&2));
+    let mut calls = calls.lock().unwrap().clone();
+    calls.sort();
+    assert_eq!(
+        calls,
+        [vec![7], vec![8]],
+        "the batch, then the stale key alone"
+    );
+}

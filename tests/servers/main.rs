@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cache_aside;
 mod cluster_walk;
 mod conformance;
 mod fleet;
