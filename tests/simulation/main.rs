@@ -33,6 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
 use tiered::{BoxError, ManualClock, MemoryBus, MemoryStore, StoreOp, TieredCache};
 
 const KEYS: [&str; 6] = ["a:0", "a:1", "a:2", "b:0", "b:1", "b:2"];
@@ -59,11 +62,16 @@ struct LoadFaults {
 /// Per instance, key → the version it must at least read (its own writes).
 type Floors = Arc<Mutex<Vec<HashMap<String, u64>>>>;
 
+/// An instance's query, as its configured loader and its cache-aside calls
+/// (`get_or_load`, `get_many_with`) make it.
+type Load = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Option<u64>, BoxError>> + Send + Sync>;
+
 struct Instance {
     cache: TieredCache<String, u64>,
     store: MemoryStore,
     bus: MemoryBus,
     loads: Arc<Mutex<LoadFaults>>,
+    load: Load,
 }
 
 struct Fleet {
@@ -90,6 +98,36 @@ impl Fleet {
                 let (rows, durations) = (Arc::clone(&db), Arc::clone(&durations));
                 let loads = Arc::new(Mutex::new(LoadFaults::default()));
                 let faults = Arc::clone(&loads);
+                let load: Load = Arc::new(move |key: String| {
+                    // The query reads the row, then takes a while.
+                    let version = rows.lock().unwrap().get(&key).copied().unwrap_or(0);
+                    let takes = Duration::from_micros(durations.lock().unwrap().u64(0..5_000));
+                    let fate = {
+                        let mut faults = faults.lock().unwrap();
+                        if faults.panic > 0 {
+                            faults.panic -= 1;
+                            faults.fired += 1;
+                            Some(true)
+                        } else if faults.fail > 0 {
+                            faults.fail -= 1;
+                            faults.fired += 1;
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    };
+                    async move {
+                        tokio::time::sleep(takes).await;
+                        match fate {
+                            Some(true) => panic!("the simulated loader panics"),
+                            Some(false) => {
+                                Err::<Option<u64>, BoxError>("the database is down".into())
+                            }
+                            None => Ok(Some(version)),
+                        }
+                    }
+                    .boxed()
+                });
                 let cache = TieredCache::<String, u64>::builder("sim")
                     .l2(store.clone())
                     .bus(bus.clone())
@@ -98,34 +136,9 @@ impl Fleet {
                     .l1_ttl(L1_TTL)
                     .l2_ttl(Duration::from_secs(3600))
                     .l2_timeout(L2_TIMEOUT)
-                    .loader_fn(move |key: String| {
-                        // The query reads the row, then takes a while.
-                        let version = rows.lock().unwrap().get(&key).copied().unwrap_or(0);
-                        let takes = Duration::from_micros(durations.lock().unwrap().u64(0..5_000));
-                        let fate = {
-                            let mut faults = faults.lock().unwrap();
-                            if faults.panic > 0 {
-                                faults.panic -= 1;
-                                faults.fired += 1;
-                                Some(true)
-                            } else if faults.fail > 0 {
-                                faults.fail -= 1;
-                                faults.fired += 1;
-                                Some(false)
-                            } else {
-                                None
-                            }
-                        };
-                        async move {
-                            tokio::time::sleep(takes).await;
-                            match fate {
-                                Some(true) => panic!("the simulated loader panics"),
-                                Some(false) => {
-                                    Err::<Option<u64>, BoxError>("the database is down".into())
-                                }
-                                None => Ok(Some(version)),
-                            }
-                        }
+                    .loader_fn({
+                        let load = Arc::clone(&load);
+                        move |key: String| load(key)
                     })
                     .build()
                     .expect("build");
@@ -134,6 +147,7 @@ impl Fleet {
                     store,
                     bus,
                     loads,
+                    load,
                 }
             })
             .collect::<Vec<_>>();
@@ -289,25 +303,50 @@ impl Fleet {
     /// is at least the version of the instance's own last write of its key, and
     /// an error (a failed load: no fail-safe here) only follows a load fault.
     fn read(&mut self, i: usize, keys: Vec<String>, after: Duration) {
-        let (cache, floors, log, loads) = (
+        let (cache, floors, log, loads, load) = (
             self.instances[i].cache.clone(),
             Arc::clone(&self.floors),
             Arc::clone(&self.log),
             Arc::clone(&self.instances[i].loads),
+            Arc::clone(&self.instances[i].load),
         );
+        // Half the reads are cache-aside calls with the same query (picked by
+        // the start time's parity, so that the schedule draws no more numbers).
+        let aside = after.as_micros() % 2 == 1;
         self.reads.push(tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
-            let got = match &keys[..] {
-                [key] => cache
+            let got = match (&keys[..], aside) {
+                ([key], false) => cache
                     .get(key)
                     .await
                     .map(|v| v.map(|v| (key.clone(), v)).into_iter().collect()),
-                _ => cache.get_many(&keys).await,
+                ([key], true) => cache
+                    .get_or_load(key, move |key| load(key))
+                    .await
+                    .map(|v| v.map(|v| (key.clone(), v)).into_iter().collect()),
+                (_, false) => cache.get_many(&keys).await,
+                (_, true) => {
+                    let batch = |missing: Vec<String>| {
+                        let loads = missing.into_iter().map(|key| {
+                            let load = load(key.clone());
+                            async move { Ok::<_, BoxError>(load.await?.map(|v| (key, v))) }
+                        });
+                        futures_util::future::try_join_all(loads)
+                            .map(|rows| rows.map(|rows| rows.into_iter().flatten().collect()))
+                    };
+                    cache.get_many_with(&keys, batch).await
+                }
+            };
+            let call = match (keys.len(), aside) {
+                (1, false) => "get",
+                (1, true) => "get_or_load",
+                (_, false) => "get_many",
+                (_, true) => "get_many_with",
             };
             log.lock()
                 .unwrap()
-                .push(format!("{i}: get {keys:?} -> {got:?}"));
+                .push(format!("{i}: {call} {keys:?} -> {got:?}"));
             let Ok(got) = got else {
                 assert!(
                     loads.lock().unwrap().fired > 0,
