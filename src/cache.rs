@@ -235,7 +235,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     pub async fn insert(&self, key: K, value: V) {
         let ttl = self.core.ttl();
         let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
-        self.core.write(key, value, l1_ttl, l2_ttl).await;
+        self.core.write(key, value, (l1_ttl, l2_ttl), None).await;
     }
 
     /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
@@ -246,7 +246,32 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             return self.invalidate(&key).await;
         }
         let ttl = ttl.min(Ttl::MAX);
-        self.core.write(key, value, ttl, ttl).await;
+        self.core.write(key, value, (ttl, ttl), None).await;
+    }
+
+    /// Writes `value` for `key` as [`insert`](Self::insert) does, carrying
+    /// `tags` (at most 64, each under 64 KiB; past that the value stays in L1
+    /// only): [`invalidate_tag`](Self::invalidate_tag) of any of them makes it
+    /// unreadable.
+    ///
+    /// ```
+    /// # use tiered::TieredCache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::<String, u64>::builder("profiles").build().unwrap();
+    /// cache.insert_with_tags("profile:7".into(), 70, &["user:7"]).await;
+    /// cache.insert_with_tags("orders:7".into(), 3, &["user:7", "orders"]).await;
+    /// cache.insert_with_tags("profile:8".into(), 80, &["user:8"]).await;
+    /// cache.invalidate_tag("user:7").await; // everything about user 7
+    /// assert_eq!(cache.get(&"orders:7".into()).await.unwrap(), None);
+    /// assert_eq!(cache.get(&"profile:8".into()).await.unwrap(), Some(80));
+    /// # }
+    /// ```
+    pub async fn insert_with_tags(&self, key: K, value: V, tags: &[&str]) {
+        let ttl = self.core.ttl();
+        let ttls = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
+        let tags = tags.iter().map(|t| Box::from(*t)).collect();
+        self.core.write(key, value, ttls, Some(tags)).await;
     }
 
     /// Writes every `(key, value)` as [`insert`](Self::insert) does, with the same
@@ -326,6 +351,34 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// ```
     pub async fn invalidate_pattern(&self, pattern: &str) {
         self.core.invalidate_pattern(pattern).await;
+    }
+
+    /// Makes every entry that carries `tag` (from
+    /// [`insert_with_tags`](Self::insert_with_tags) or a loader's
+    /// [`Loaded::with_tags`](crate::Loaded::with_tags)) and was written before
+    /// this call unreadable, in every tier and on every instance, with the race
+    /// guarantees of [`invalidate`](Self::invalidate): no load in flight (here
+    /// or elsewhere) that read before this call writes back what it read.
+    ///
+    /// It costs one Redis call however many entries carry the tag: it moves the
+    /// namespace's tag clock on and stamps the tag with it; entries record the
+    /// clock as their load began and are dropped when read (a miss, which the
+    /// next load overwrites; Redis reclaims the rest at their TTL). Other
+    /// instances learn the stamp over the bus and by reading stamps from Redis.
+    /// If Redis cannot be reached, the stamp is owed and replayed, and entries
+    /// carrying the tag are unreadable here until it lands. See docs/GUIDE.md,
+    /// "Tags".
+    pub async fn invalidate_tag(&self, tag: &str) {
+        self.core.invalidate_tags(vec![tag.to_owned()]).await;
+    }
+
+    /// [`invalidate_tag`](Self::invalidate_tag) of each of `tags`, in one Redis
+    /// call and one bus message.
+    pub async fn invalidate_tags(&self, tags: &[&str]) {
+        let mut tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        self.core.invalidate_tags(tags).await;
     }
 
     /// Removes every entry of this cache from every tier (in L2: every key of its

@@ -6,7 +6,8 @@
 //! 2       1     wire-format version (3)
 //! 3       1     codec id (1 = bincode 2, 2 = JSON, 3 = MessagePack)
 //! 4       8     schema fingerprint of V (little endian)
-//! 12      1     flags: bit 0 = LZ4-compressed, bit 1 = encrypted
+//! 12      1     flags: bit 0 = LZ4-compressed, bit 1 = encrypted, bit 2 =
+//!               tagged
 //! 13      1     the encryption key's id (0 when not encrypted)
 //! 14      1     kind: 0 = remembered absence, 1 = value, 2 = fill reservation
 //! 15      8     usable until (never served after), Unix milliseconds (little
@@ -15,10 +16,14 @@
 //! 23      8     fresh until, Unix milliseconds (after it, only served stale:
 //!               stale-while-revalidate or fail-safe); 0 for kind 2
 //! 31      4     how long the load took, microseconds (for early refresh)
-//! 35      ..    the payload: the value encoded by the codec (kind 1), then
+//! 35      ..    if tagged: the tag clock when the load began (u64), the number
+//!               of tags (u8, at most 64), then each tag as a u16 length and
+//!               its UTF-8 bytes (little endian)
+//! ..      ..    the payload: the value encoded by the codec (kind 1), then
 //!               compressed (u32 original length + LZ4 block), then encrypted
-//!               (nonce + AES-256-GCM ciphertext and tag, authenticating bytes
-//!               0..35 and the Redis key); an encrypted absence seals nothing
+//!               (nonce + AES-256-GCM ciphertext and tag, authenticating the
+//!               bytes before it and the Redis key); an encrypted absence seals
+//!               nothing
 //! ```
 //!
 //! A fill reservation (kind 2) is what a reader leaves in an empty key before it
@@ -36,7 +41,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use crate::entry::Tags;
 use crate::error::BoxError;
+use crate::namespace::stable_hash;
 use crate::policy::Lifetime;
 use crate::policy::Ttl;
 
@@ -52,6 +61,9 @@ const ENVELOPE_LEN: usize = HEADER_LEN + 1 + 8 + 8 + 4;
 const KIND_RESERVATION: u8 = 2;
 const FLAG_LZ4: u8 = 1;
 const FLAG_ENCRYPTED: u8 = 2;
+const FLAG_TAGS: u8 = 4;
+/// The most tags an entry carries.
+pub(crate) const MAX_TAGS: usize = 64;
 /// Room for what sealing and compressing add to a payload (nonce, tag, length).
 const SEAL_OVERHEAD: usize = 12 + 16 + 4;
 
@@ -204,14 +216,11 @@ impl std::error::Error for DecodeError {}
 /// (Type names come from the compiler; a compiler upgrade that renders one
 /// differently only turns old entries into misses.)
 pub(crate) fn fingerprint<V>(schema_version: u32) -> u64 {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    std::any::type_name::<V>()
-        .bytes()
-        .chain(schema_version.to_le_bytes())
-        .fold(FNV_OFFSET, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
-        })
+    stable_hash(
+        std::any::type_name::<V>()
+            .bytes()
+            .chain(schema_version.to_le_bytes()),
+    )
 }
 
 /// Encodes and decodes one cache's entries.
@@ -237,6 +246,8 @@ pub(crate) struct Decoded<V> {
     pub(crate) fresh: Duration,
     /// How long ago it went stale (zero while fresh).
     pub(crate) stale_for: Duration,
+    /// The tags it carries, and when its load began on the tag clock.
+    pub(crate) tags: Option<Arc<Tags>>,
     /// How long the load that produced it took.
     pub(crate) load: Duration,
 }
@@ -292,6 +303,17 @@ impl Wire {
         lifetime: Lifetime,
         l2_key: &str,
     ) -> Result<Vec<u8>, EncodeError> {
+        self.encode_tagged(value, lifetime, l2_key, None)
+    }
+
+    /// [`encode`](Self::encode), for an entry carrying `tags`.
+    pub(crate) fn encode_tagged<V: Serialize>(
+        &self,
+        value: Option<&V>,
+        lifetime: Lifetime,
+        l2_key: &str,
+        tags: Option<&Tags>,
+    ) -> Result<Vec<u8>, EncodeError> {
         let now = SystemTime::now();
         let at = |ttl: Duration| unix_millis(now.checked_add(ttl.min(Ttl::MAX)).unwrap_or(now));
         let times = Times {
@@ -322,17 +344,25 @@ impl Wire {
             }
         }
         let kind = u8::from(value.is_some());
-        let mut out = Vec::with_capacity(ENVELOPE_LEN + payload.len() + SEAL_OVERHEAD);
+        let section = tags.map(tag_section).transpose()?;
+        if section.is_some() {
+            flags |= FLAG_TAGS;
+        }
+        let section = section.unwrap_or_default();
+        let mut out =
+            Vec::with_capacity(ENVELOPE_LEN + section.len() + payload.len() + SEAL_OVERHEAD);
         #[cfg(feature = "encryption")]
         if let Some(encryption) = &self.encryption {
             flags |= FLAG_ENCRYPTED;
             self.header(&mut out, flags, encryption.write_key_id(), kind, times);
+            out.extend_from_slice(&section);
             let aad = [&out[..], l2_key.as_bytes()].concat();
             out.extend_from_slice(&encryption.seal(&payload, &aad));
             return Ok(out);
         }
         let _ = l2_key;
         self.header(&mut out, flags, 0, kind, times);
+        out.extend_from_slice(&section);
         out.extend_from_slice(&payload);
         Ok(out)
     }
@@ -365,7 +395,7 @@ impl Wire {
         if bytes.len() > ENVELOPE_LEN + self.max_value_bytes + SEAL_OVERHEAD {
             return Err(DecodeError::TooLarge(bytes.len() - ENVELOPE_LEN));
         }
-        let (envelope, payload) = bytes.split_at(ENVELOPE_LEN);
+        let (envelope, rest) = bytes.split_at(ENVELOPE_LEN);
         if envelope[..2] != MAGIC {
             return Err(DecodeError::BadMagic);
         }
@@ -379,13 +409,19 @@ impl Wire {
             return Err(DecodeError::Fingerprint);
         }
         let (flags, key_id, kind) = (envelope[12], envelope[13], envelope[14]);
-        if kind == KIND_RESERVATION && flags == 0 && payload.is_empty() {
+        if kind == KIND_RESERVATION && flags == 0 && rest.is_empty() {
             return Ok(None);
         }
-        if flags & !(FLAG_LZ4 | FLAG_ENCRYPTED) != 0 {
+        if flags & !(FLAG_LZ4 | FLAG_ENCRYPTED | FLAG_TAGS) != 0 {
             return Err(DecodeError::Flags(flags));
         }
-        let opened = self.open(flags, key_id, envelope, payload, l2_key)?;
+        let (tags, payload) = if flags & FLAG_TAGS != 0 {
+            read_tags(rest)?
+        } else {
+            (None, rest)
+        };
+        let authenticated = &bytes[..bytes.len() - payload.len()];
+        let opened = self.open(flags, key_id, authenticated, payload, l2_key)?;
         let payload: &[u8] = opened.as_deref().unwrap_or(payload);
         let decompressed;
         let payload = if flags & FLAG_LZ4 != 0 {
@@ -411,6 +447,7 @@ impl Wire {
         Ok(Some(Decoded {
             value,
             stale_for,
+            tags,
             remaining,
             fresh,
             load,
@@ -466,6 +503,53 @@ struct Times {
     load_micros: u32,
 }
 
+/// The tag section of an entry carrying `tags`.
+fn tag_section(tags: &Tags) -> Result<Vec<u8>, EncodeError> {
+    if tags.names.len() > MAX_TAGS {
+        return Err(EncodeError::Codec(
+            format!(
+                "{} tags: an entry carries at most {MAX_TAGS}",
+                tags.names.len()
+            )
+            .into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(9 + tags.names.iter().map(|n| 2 + n.len()).sum::<usize>());
+    out.extend_from_slice(&tags.born.to_le_bytes());
+    out.push(tags.names.len() as u8);
+    for name in &*tags.names {
+        let len = u16::try_from(name.len())
+            .map_err(|_| EncodeError::Codec("a tag longer than 65,535 bytes".into()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    Ok(out)
+}
+
+/// The tags at the start of `rest`, and what follows them.
+fn read_tags(rest: &[u8]) -> Result<(Option<Arc<Tags>>, &[u8]), DecodeError> {
+    let bad = || DecodeError::Value("a tag section that does not parse".into());
+    let (born, rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or(DecodeError::Truncated)?;
+    let (&count, mut rest) = rest.split_first().ok_or(DecodeError::Truncated)?;
+    if usize::from(count) > MAX_TAGS {
+        return Err(bad());
+    }
+    let mut names = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (len, after) = rest
+            .split_first_chunk::<2>()
+            .ok_or(DecodeError::Truncated)?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        let name = after.get(..len).ok_or(DecodeError::Truncated)?;
+        names.push(Box::from(std::str::from_utf8(name).map_err(|_| bad())?));
+        rest = &after[len..];
+    }
+    let tags = Tags::new(names.into_boxed_slice(), u64::from_le_bytes(*born));
+    Ok((Some(tags), rest))
+}
+
 fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -495,6 +579,49 @@ mod tests {
             keep: ttl,
             load: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn tags_travel_with_the_entry_and_a_cut_section_is_an_error() {
+        let w = wire(Codec::Bincode);
+        let tags = Tags::new(Box::new(["user:7".into(), "é".into(), "".into()]), 42);
+        let bytes = w
+            .encode_tagged(Some(&7u32), life(60), KEY, Some(&tags))
+            .unwrap();
+        let back: Decoded<u32> = w.decode(&bytes, KEY).unwrap().unwrap();
+        assert_eq!((back.value, back.tags.as_deref()), (Some(7), Some(&*tags)));
+        for cut in ENVELOPE_LEN..bytes.len() {
+            assert!(w.decode::<u32>(&bytes[..cut], KEY).is_err(), "cut at {cut}");
+        }
+        let untagged: Decoded<u32> = w
+            .decode(&w.encode(Some(&7u32), life(60), KEY).unwrap(), KEY)
+            .unwrap()
+            .unwrap();
+        assert!(untagged.tags.is_none());
+        let mut bad_utf8 = bytes.clone();
+        bad_utf8[ENVELOPE_LEN + 11] = 0xff;
+        assert!(w.decode::<u32>(&bad_utf8, KEY).is_err());
+        let too_many = Tags::new((0..=MAX_TAGS).map(|i| i.to_string().into()).collect(), 1);
+        assert!(w
+            .encode_tagged(Some(&7u32), life(60), KEY, Some(&too_many))
+            .is_err());
+    }
+
+    #[cfg(feature = "encryption")]
+    #[test]
+    fn encryption_authenticates_the_tags() {
+        let mut w = wire(Codec::Bincode);
+        w.encryption = Some(Encryption::new(1, &[1; 32]));
+        let tags = Tags::new(Box::new(["user:7".into()]), 42);
+        let mut bytes = w
+            .encode_tagged(Some(&7u32), life(60), KEY, Some(&tags))
+            .unwrap();
+        assert!(w.decode::<u32>(&bytes, KEY).is_ok());
+        bytes[ENVELOPE_LEN] ^= 1; // the birth, one tick later
+        assert!(matches!(
+            w.decode::<u32>(&bytes, KEY),
+            Err(DecodeError::Decrypt)
+        ));
     }
 
     #[test]

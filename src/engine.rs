@@ -25,6 +25,7 @@ use crate::observe::{Observer, Report, Stats};
 use crate::policy::{Freshness, L1Eviction, TtlPolicy};
 use crate::remote::{Announce, Remote, RemoteParts};
 use crate::source::DynLoader;
+use crate::tags::TagBook;
 
 mod batch;
 pub(crate) mod flight;
@@ -64,6 +65,8 @@ pub(crate) struct Core<K, V> {
     ttl: TtlPolicy,
     clock: Clock,
     fence: Arc<Fence>,
+    /// What this instance knows of tags' invalidations.
+    tags: TagBook,
     report: Arc<Report>,
     flights: Flights<K, V>,
     /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
@@ -97,7 +100,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 runtime.spawn(async move { core.drop_landed(landed).await });
             }
         });
+        let tags = TagBook::new(settings.remote.is_none());
         Core {
+            tags,
             l1: L1::new(
                 &settings.name,
                 settings.capacity,

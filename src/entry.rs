@@ -1,5 +1,7 @@
 //! The envelope every tier stores: a value or a remembered absence, with its timing.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::saturating_nanos;
@@ -28,6 +30,37 @@ pub(crate) struct Entry<V> {
     /// How long the load that produced this value took, in nanoseconds (what
     /// XFetch weighs the early-refresh probability by).
     pub(crate) load_nanos: u64,
+    /// The tags it carries, if any.
+    pub(crate) tags: Option<Arc<Tags>>,
+}
+
+/// The tags an entry carries, and where its load began on the tag clock: an
+/// invalidation of one of them stamped later than `born` makes it unreadable.
+#[derive(Debug)]
+pub(crate) struct Tags {
+    pub(crate) names: Box<[Box<str>]>,
+    /// The tag clock when the load began (a lower bound of it: older is safe).
+    pub(crate) born: u64,
+    /// The tag book's sequence at the last check this entry passed in L1 (a
+    /// hit's fast path: nothing was invalidated since).
+    pub(crate) checked: AtomicU64,
+}
+
+/// Two tag sets are equal when they carry the same names from the same birth.
+impl PartialEq for Tags {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names && self.born == other.born
+    }
+}
+
+impl Tags {
+    pub(crate) fn new(names: Box<[Box<str>]>, born: u64) -> Arc<Self> {
+        Arc::new(Tags {
+            names,
+            born,
+            checked: AtomicU64::new(u64::MAX),
+        })
+    }
 }
 
 impl<V> Entry<V> {
@@ -49,7 +82,14 @@ impl<V> Entry<V> {
             fresh_until,
             expires: now.saturating_add(saturating_nanos(lifetime.keep)),
             load_nanos: saturating_nanos(load),
+            tags: None,
         }
+    }
+
+    /// This entry, carrying `tags`.
+    pub(crate) fn tagged(mut self, tags: Option<Arc<Tags>>) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// An entry handed to the callers of one flight and cached nowhere.
@@ -60,6 +100,7 @@ impl<V> Entry<V> {
             fresh_until: 0,
             expires: 0,
             load_nanos: 0,
+            tags: None,
         }
     }
 
@@ -108,6 +149,7 @@ impl<V> Entry<V> {
             fresh_until,
             expires: self.expires,
             load_nanos: self.load_nanos,
+            tags: self.tags.clone(),
         }
     }
 }

@@ -55,14 +55,17 @@ pub fn wire(bytes: &[u8]) {
             keep: Duration::from_secs(120),
             load: decoded.load,
         };
+        let tags = decoded.tags.as_deref();
         let again = wire
-            .encode(decoded.value.as_ref(), lifetime, KEY)
+            .encode_tagged(decoded.value.as_ref(), lifetime, KEY, tags)
             .expect("a decoded value encodes");
         let round = wire
             .decode::<Probe>(&again, KEY)
             .expect("an encoded value decodes")
             .expect("an entry, not a reservation");
         assert_eq!(round.value, decoded.value);
+        let names = |tags: Option<&crate::entry::Tags>| tags.map(|t| (t.born, t.names.clone()));
+        assert_eq!(names(round.tags.as_deref()), names(tags));
         // The same bytes under another key: encryption must refuse them.
         #[cfg(feature = "encryption")]
         if wire.encryption.is_some() {
@@ -89,6 +92,11 @@ pub fn wire_seeds() -> Vec<Vec<u8>> {
     for wire in wires() {
         seeds.extend(wire.encode(Some(&value), lifetime, KEY).ok());
         seeds.extend(wire.encode::<Probe>(None, lifetime, KEY).ok());
+        let tags = crate::entry::Tags::new(Box::new(["user:7".into(), "é".into()]), 42);
+        seeds.extend(
+            wire.encode_tagged(Some(&value), lifetime, KEY, Some(&tags))
+                .ok(),
+        );
         seeds.push(wire.reservation());
     }
     seeds
@@ -109,6 +117,7 @@ pub fn bus_seeds() -> Vec<Vec<u8>> {
         Message::Pattern("user:*".into()),
         Message::All,
         Message::Keys(vec!["user:1".into(), String::new(), "order:é".into()]),
+        Message::Tags(42, vec!["user:7".into(), "orders".into()]),
     ]
     .iter()
     .map(|m| m.encode(0x0123_4567_89ab_cdef))

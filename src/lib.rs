@@ -72,6 +72,7 @@ mod backoff;
 mod breaker;
 mod codec;
 mod fence;
+mod tags;
 // values
 mod entry;
 mod observe;

@@ -57,6 +57,28 @@ impl Namespace {
         out
     }
 
+    /// The store key of a tag's stamp (see `tags.rs`). Every tag key of a
+    /// namespace, and its clock, share one hash slot (the `{…}` hash tag is a
+    /// digest of the base, so that no character of the name can move it), so
+    /// that one script can stamp several at once on a Redis Cluster; they are
+    /// outside the namespace's glob, so walks never delete them.
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        format!("{}#tag:{tag}", self.tag_base())
+    }
+
+    /// The store key of the namespace's tag clock.
+    pub(crate) fn tag_clock(&self) -> String {
+        format!("{}#tags", self.tag_base())
+    }
+
+    fn tag_base(&self) -> String {
+        let digest = stable_hash(self.base.bytes());
+        format!(
+            "{{t{digest:016x}}}{}",
+            self.base.strip_suffix(':').unwrap_or(&self.base)
+        )
+    }
+
     /// The cache key's string form in a store key of this namespace.
     pub(crate) fn key_of<'a>(&self, store_key: &'a str) -> Option<&'a str> {
         store_key.strip_prefix(&self.base)
@@ -71,6 +93,16 @@ impl Namespace {
     pub(crate) fn channel(&self) -> String {
         format!("tiered-bus:{}", self.base)
     }
+}
+
+/// FNV-1a over `bytes`: the same on every instance, build and platform (for
+/// what instances must agree on: schema fingerprints, tag keys).
+pub(crate) fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.into_iter().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 #[cfg(test)]
@@ -93,5 +125,9 @@ mod tests {
         assert_eq!(ns.key_of(&ns.key(&key)), Some(key.as_str()));
         assert_eq!(ns.pattern_of(&ns.glob("user:[0-9]*")), Some("user:[0-9]*"));
         assert_eq!(ns.key_of("other:users:2:7"), None);
+        let tag = ns.tag_key("user:{7}*");
+        assert!(tag.starts_with("{t") && tag.ends_with("svc:prod:users:2#tag:user:{7}*"));
+        assert_eq!(tag.find('}'), ns.tag_clock().find('}'), "one hash tag");
+        assert!(!all.matches(&tag) && !all.matches(&ns.tag_clock()));
     }
 }

@@ -237,6 +237,7 @@ where
                     keep,
                     ttl: options.ttl,
                     l1_ttl: None,
+                    tags: None,
                 })
             }
             Err(error) => Err(Failure::Foreign {

@@ -24,7 +24,7 @@ mod topology;
 
 use self::node::Nodes;
 use self::pubsub::RedisHub;
-use self::scripts::{GET_OR_RESERVE, RELEASE, REPLACE};
+use self::scripts::{GET_OR_RESERVE, RELEASE, REPLACE, STAMP_TAGS};
 
 /// How many keys one `SCAN` step asks for, and one `UNLINK` removes.
 const SCAN_BATCH: usize = 1000;
@@ -419,6 +419,22 @@ impl RemoteStore for RedisStore {
 
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>> {
         async move { self.unlink(keys).await.map(drop) }.boxed()
+    }
+
+    fn stamp_tags<'a>(
+        &'a self,
+        clock: &'a str,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BoxError>> {
+        async move {
+            let mut script = STAMP_TAGS.prepare_invoke();
+            script.key(clock);
+            for tag in tags {
+                script.key(tag);
+            }
+            self.eval::<u64>(&script).await
+        }
+        .boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {

@@ -72,6 +72,8 @@ pub(crate) enum Landed {
     Pattern(String),
     /// The whole namespace.
     All,
+    /// Tags, stamped at this tag-clock value.
+    Tags(u64, Vec<String>),
 }
 
 /// What the tier tells of owed work that landed.
@@ -111,6 +113,37 @@ impl Remote {
     /// The store key of a cache key.
     pub(crate) fn key<K: CacheKey>(&self, key: &K) -> String {
         self.namespace.key(key)
+    }
+
+    /// Invalidates `tags`: moves the namespace's tag clock on and stamps them
+    /// with it, in one call. Returns the stamp if it landed; if not (or if this
+    /// call is cancelled), the stamping is owed.
+    pub(crate) async fn stamp_tags(&self, tags: &[String]) -> Option<u64> {
+        let mut owed = self.until_done(owed::Work::Tags(tags.to_vec()));
+        let keys: Vec<String> = tags.iter().map(|t| self.namespace.tag_key(t)).collect();
+        let clock = self.namespace.tag_clock();
+        let stamp = self
+            .gate
+            .call("stamp_tags", self.gate.store().stamp_tags(&clock, &keys))
+            .await?;
+        owed.done();
+        self.owed.tags_landed(tags);
+        Some(stamp)
+    }
+
+    /// The stamps of `tags` (0 for a tag never invalidated), read once owed work
+    /// is done; `None` if they cannot be read (or one does not parse).
+    pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Option<Vec<u64>> {
+        let keys: Vec<String> = tags.iter().map(|t| self.namespace.tag_key(t)).collect();
+        let read = self
+            .call("tag_stamps", self.gate.store().get_many(&keys))
+            .await?;
+        read.into_iter()
+            .map(|bytes| match bytes {
+                None => Some(0),
+                Some(bytes) => std::str::from_utf8(&bytes).ok()?.parse().ok(),
+            })
+            .collect()
     }
 
     /// The breaker's state and how often it opened.

@@ -1,6 +1,7 @@
 //! The invalidation messages instances send each other, and their bytes:
 //! magic, version, kind, the sender's id, then the key or glob (or, for several
-//! keys, each as a 4-byte little-endian length and its bytes).
+//! keys, each as a 4-byte little-endian length and its bytes; for tags, the
+//! stamp as 8 bytes little endian, then each tag so).
 
 /// An invalidation, as sent between instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub(crate) enum Message {
     Pattern(String),
     /// Everything.
     All,
+    /// Tags invalidated at this stamp of the tag clock.
+    Tags(u64, Vec<String>),
 }
 
 const MAGIC: [u8; 2] = *b"TB";
@@ -27,6 +30,7 @@ impl Message {
             Message::Pattern(glob) => (1, glob.as_str()),
             Message::All => (2, ""),
             Message::Keys(_) => (3, ""),
+            Message::Tags(..) => (4, ""),
         };
         let mut out = Vec::with_capacity(HEADER_LEN + text.len());
         out.extend_from_slice(&MAGIC);
@@ -34,12 +38,18 @@ impl Message {
         out.push(kind);
         out.extend_from_slice(&origin.to_le_bytes());
         out.extend_from_slice(text.as_bytes());
-        if let Message::Keys(keys) = self {
-            for key in keys {
-                let len = u32::try_from(key.len()).expect("a key shorter than 4 GiB");
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(key.as_bytes());
+        let texts = match self {
+            Message::Keys(keys) => keys,
+            Message::Tags(stamp, tags) => {
+                out.extend_from_slice(&stamp.to_le_bytes());
+                tags
             }
+            _ => return out,
+        };
+        for text in texts {
+            let len = u32::try_from(text.len()).expect("a key shorter than 4 GiB");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
         }
         out
     }
@@ -58,8 +68,14 @@ impl Message {
         }
         let origin = u128::from_le_bytes(bytes[4..HEADER_LEN].try_into().ok()?);
         let body = &bytes[HEADER_LEN..];
-        if bytes[3] == 3 {
-            return Some((origin, Message::Keys(keys(body)?)));
+        match bytes[3] {
+            3 => return Some((origin, Message::Keys(keys(body)?))),
+            4 => {
+                let (stamp, tags) = body.split_first_chunk::<8>()?;
+                let stamp = u64::from_le_bytes(*stamp);
+                return Some((origin, Message::Tags(stamp, keys(tags)?)));
+            }
+            _ => {}
         }
         let text = std::str::from_utf8(body).ok()?;
         let message = match bytes[3] {
@@ -101,6 +117,8 @@ mod tests {
             Message::All,
             Message::Keys(vec!["a".into(), String::new(), "line\nbreak é".into()]),
             Message::Keys(Vec::new()),
+            Message::Tags(u64::MAX, vec!["user:7".into(), "é".into()]),
+            Message::Tags(0, Vec::new()),
         ] {
             let bytes = message.encode(origin);
             assert_eq!(Message::decode(&bytes), Some((origin, message)));

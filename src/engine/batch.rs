@@ -70,6 +70,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         }
         self.start_bus(true).await;
         let tickets: Vec<_> = missing.iter().map(|k| self.fence.ticket(k)).collect();
+        // Where the batch's loads begin on the tag clock (read with the tickets).
+        let born = self.tags.clock();
         let from_l2: Vec<Option<L2Read<V>>> = match &self.remote {
             Some(remote) => {
                 let l2_keys: Vec<String> = missing.iter().map(|k| remote.key(k)).collect();
@@ -128,6 +130,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     prepared: read.map(|read| (ticket, read)),
                     own_load: !in_batch,
                     fallback,
+                    born: Some(born),
                     ..Job::default()
                 };
                 self.fly(key, first, job)

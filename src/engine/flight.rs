@@ -150,7 +150,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             return None;
         }
         let entry = self.fence.exclusive(key, self.l1.get_locked(key)).await?;
-        entry.is_fresh(self.clock.now()).then_some(entry)
+        let readable = entry.tags.as_ref().is_none_or(|t| self.tags.holds(t));
+        (readable && entry.is_fresh(self.clock.now())).then_some(entry)
     }
 
     /// Counts a stale value handed to a caller, and starts the refresh of a stale

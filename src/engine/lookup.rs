@@ -118,6 +118,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             None => Box::pin(self.l1.get(key)).await,
         };
         match found {
+            // Tagged, and a tag was invalidated after its load began: gone.
+            Some(entry) if entry.tags.as_ref().is_some_and(|t| !self.tags.holds(t)) => {
+                self.report.tier(Tier::L1, false);
+                Lookup::Miss
+            }
             Some(entry) => {
                 let now = self.clock.now();
                 // Before the early-refresh window, or in it with a draw that

@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 
 use crate::bus::Message;
 use crate::engine::Core;
-use crate::entry::Entry;
+use crate::entry::{Entry, Tags};
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
@@ -26,23 +26,26 @@ const BATCH: usize = 1000;
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Writes `value` for `key` in every tier, fresh for `l1_ttl` in L1 and
-    /// `l2_ttl` in L2, and tells the other instances to drop their copy.
+    /// `l2_ttl` in L2, carrying `tags`, and tells the other instances to drop
+    /// their copy.
     pub(crate) async fn write(
         self: &Arc<Self>,
         key: K,
         value: V,
-        l1_ttl: Duration,
-        l2_ttl: Duration,
+        (l1_ttl, l2_ttl): (Duration, Duration),
+        tags: Option<Box<[Box<str>]>>,
     ) {
         self.start_bus(false).await;
         self.report.event(Counter::Inserts);
         let now = self.clock.now();
-        let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
+        let tags = tags.map(|names| Tags::new(names, self.tags.clock()));
+        let entry =
+            Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO).tagged(tags);
         let landed = match &self.remote {
             Some(remote) => {
                 let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
-                let value = entry.value.as_ref();
-                remote.set(&remote.key(&key), value, lifetime).await
+                let (value, tags) = (entry.value.as_ref(), entry.tags.as_deref());
+                remote.set(&remote.key(&key), value, lifetime, tags).await
             }
             None => true,
         };
@@ -97,7 +100,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         .iter()
                         .map(|(key, entry, l2_ttl)| {
                             let lifetime = self.freshness.lifetime(*l2_ttl, Duration::ZERO);
-                            (remote.key(key), entry.value.as_ref(), lifetime)
+                            (remote.key(key), entry.value.as_ref(), lifetime, None)
                         })
                         .collect();
                     remote.set_many(&writes).await
@@ -174,6 +177,35 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .await;
     }
 
+    /// Makes every entry carrying one of `tags`, written before this call,
+    /// unreadable in every tier and instance: stamps them on the tag clock (in
+    /// L2, in one call), then tells the other instances the stamp. Until the
+    /// stamp lands (if L2 cannot be reached, it is owed), entries carrying them
+    /// are unreadable here.
+    pub(crate) async fn invalidate_tags(self: &Arc<Self>, tags: Vec<String>) {
+        if tags.is_empty() {
+            return;
+        }
+        self.begin_invalidation(false).await;
+        let Some(remote) = &self.remote else {
+            self.tags.invalidate_here(tags.iter().map(String::as_str));
+            // The other instances' clocks are their own: the stamp means
+            // nothing to them, the tags do.
+            let change = || Landed::Tags(0, tags.clone());
+            return self.finish(true, change, async {}).await;
+        };
+        // Pending first: a caller cancelled while the stamp is on its way
+        // leaves the tags unreadable here until the owed stamp lands.
+        self.tags.pending(tags.iter().map(String::as_str));
+        let stamp = remote.stamp_tags(&tags).await;
+        if let Some(stamp) = stamp {
+            self.tags
+                .invalidated(tags.iter().map(String::as_str), stamp, true);
+        }
+        let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone());
+        self.finish(stamp.is_some(), change, async {}).await;
+    }
+
     /// Removes every entry of this cache from every tier and instance.
     pub(crate) async fn invalidate_all(self: &Arc<Self>) {
         self.begin_invalidation(true).await;
@@ -224,8 +256,25 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Message::Keys(texts) => Landed::Keys(texts),
             Message::Pattern(glob) => Landed::Pattern(glob),
             Message::All => Landed::All,
+            Message::Tags(stamp, tags) => {
+                // Another instance's invalidation, whose stamp may be older than
+                // one of this instance's own still pending.
+                self.tags_invalidated(&tags, stamp, false);
+                return;
+            }
         })
         .await;
+    }
+
+    /// Tags invalidated at `stamp` (`landed`: this instance's own, owed until
+    /// now). Without an L2, each instance's tag clock is its own: it moves on.
+    fn tags_invalidated(&self, tags: &[String], stamp: u64, landed: bool) {
+        let names = tags.iter().map(String::as_str);
+        if self.remote.is_some() {
+            self.tags.invalidated(names, stamp, landed);
+        } else {
+            self.tags.invalidate_here(names);
+        }
     }
 
     /// Drops from L1 what a change removed (owed work that has now landed, whose
@@ -241,6 +290,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Landed::All => self.clear_l1().await,
+            Landed::Tags(stamp, tags) => self.tags_invalidated(&tags, stamp, true),
         }
     }
 
@@ -256,6 +306,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// been missed. `again` is false for the first subscription (L1 then only
     /// holds what was read while the subscription was not up yet).
     pub(crate) async fn clear_l1_after_gap(&self, again: bool) {
+        self.tags.forget();
         self.clear_l1().await;
         if again {
             self.report.event(Counter::BusResubscribes);
@@ -317,5 +368,6 @@ pub(crate) fn message(change: &Landed) -> Message {
         Landed::Keys(keys) => Message::Keys(keys.clone()),
         Landed::Pattern(glob) => Message::Pattern(glob.clone()),
         Landed::All => Message::All,
+        Landed::Tags(stamp, tags) => Message::Tags(*stamp, tags.clone()),
     }
 }

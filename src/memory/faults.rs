@@ -32,12 +32,14 @@ pub enum StoreOp {
     Scan,
     /// [`ping`](crate::RemoteStore::ping).
     Ping,
+    /// [`stamp_tags`](crate::RemoteStore::stamp_tags).
+    StampTags,
 }
 
 impl StoreOp {
     /// Every operation, in declaration order (an operation's index in the arrays
     /// below).
-    pub(crate) const ALL: [StoreOp; 10] = [
+    pub(crate) const ALL: [StoreOp; 11] = [
         StoreOp::Get,
         StoreOp::GetMany,
         StoreOp::Reserve,
@@ -48,6 +50,7 @@ impl StoreOp {
         StoreOp::Delete,
         StoreOp::Scan,
         StoreOp::Ping,
+        StoreOp::StampTags,
     ];
 
     fn index(self) -> usize {
@@ -66,6 +69,7 @@ impl StoreOp {
             StoreOp::Delete => "delete",
             StoreOp::Scan => "delete_matching",
             StoreOp::Ping => "ping",
+            StoreOp::StampTags => "stamp_tags",
         }
     }
 }

@@ -317,6 +317,29 @@ impl RemoteStore for MemoryStore {
         })
     }
 
+    fn stamp_tags<'a>(
+        &'a self,
+        clock: &'a str,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BoxError>> {
+        let stamped = self.call(StoreOp::StampTags, move |keys, now| {
+            let current = keys.get(clock, now).map_or(Ok(0), |bytes| {
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or("ERR value is not an integer or out of range")
+            })?;
+            let stamp = current + 1;
+            let text = stamp.to_string();
+            keys.set(clock, text.as_bytes(), None, now);
+            for tag in tags {
+                keys.set(tag, text.as_bytes(), None, now);
+            }
+            Ok::<_, &str>(stamp)
+        });
+        Box::pin(async move { stamped.await?.map_err(Into::into) })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         self.call(StoreOp::Ping, |_, _| ())
     }
@@ -434,6 +457,7 @@ mod tests {
                 StoreOp::Delete => block_on(a.delete(&["k".to_owned()])),
                 StoreOp::Scan => block_on(a.delete_matching("*", ScanCursor::default())).map(drop),
                 StoreOp::Ping => block_on(a.ping()),
+                StoreOp::StampTags => block_on(a.stamp_tags("c", &["t".to_owned()])).map(drop),
             };
             assert!(result.is_err(), "{op} while down");
             assert_eq!(a.calls(op), 1, "{op}");

@@ -33,3 +33,13 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
          return 0",
     )
 });
+
+/// Moves the tag clock `KEYS[1]` on by one and stamps the tags `KEYS[2..]` with
+/// its new value, which it returns.
+pub(super) static STAMP_TAGS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local clock = redis.call('INCR', KEYS[1]) \
+         for i = 2, #KEYS do redis.call('SET', KEYS[i], clock) end \
+         return clock",
+    )
+});

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::codec::EncodeError;
+use crate::entry::Tags;
 use crate::observe::Counter;
 use crate::policy::Lifetime;
 use crate::remote::owed::Work;
@@ -31,9 +32,10 @@ impl Remote {
         seen: &Seen,
         value: Option<&V>,
         lifetime: Lifetime,
+        tags: Option<&Tags>,
     ) -> Filled {
         let ttl = self.store_ttl(lifetime);
-        let bytes = match self.wire.encode(value, lifetime, key) {
+        let bytes = match self.wire.encode_tagged(value, lifetime, key, tags) {
             Ok(bytes) => bytes,
             Err(error) => {
                 self.not_encoded(key, &error);
@@ -56,8 +58,10 @@ impl Remote {
         key: &str,
         value: Option<&V>,
         lifetime: Lifetime,
+        tags: Option<&Tags>,
     ) -> bool {
-        self.set_many(&[(key.to_owned(), value, lifetime)]).await
+        self.set_many(&[(key.to_owned(), value, lifetime, tags)])
+            .await
     }
 
     /// Overwrites the entries of several keys (an explicit `insert_many`): their
@@ -67,14 +71,14 @@ impl Remote {
     /// cancelled), every key of the batch is deleted later instead.
     pub(crate) async fn set_many<V: Serialize>(
         &self,
-        entries: &[(String, Option<&V>, Lifetime)],
+        entries: &[(String, Option<&V>, Lifetime, Option<&Tags>)],
     ) -> bool {
         let keys: Vec<String> = entries.iter().map(|(key, ..)| key.clone()).collect();
         let mut owed = self.until_done(Work::Keys(keys.clone()));
         let mut encoded = Vec::with_capacity(entries.len());
         let mut unencoded = Vec::new();
-        for (key, value, lifetime) in entries {
-            match self.wire.encode(*value, *lifetime, key) {
+        for (key, value, lifetime, tags) in entries {
+            match self.wire.encode_tagged(*value, *lifetime, key, *tags) {
                 Ok(bytes) => encoded.push((key.as_str(), bytes, self.store_ttl(*lifetime))),
                 Err(error) => {
                     self.not_encoded(key, &error);

@@ -37,6 +37,8 @@ struct Pending {
     patterns: Vec<(String, Walk)>,
     /// A walk of the whole namespace, with how far it got.
     clear: Option<Walk>,
+    /// Tags to stamp → the deferral's number.
+    tags: HashMap<String, u64>,
     next_number: u64,
 }
 
@@ -61,7 +63,10 @@ pub(super) enum Replayed {
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.patterns.is_empty() && self.clear.is_none()
+        self.keys.is_empty()
+            && self.patterns.is_empty()
+            && self.clear.is_none()
+            && self.tags.is_empty()
     }
 
     fn number(&mut self) -> u64 {
@@ -70,7 +75,8 @@ impl Pending {
     }
 
     /// A walk of the whole namespace from its start: it removes every key that
-    /// exists while it runs, so nothing owed before needs a walk of its own.
+    /// exists while it runs, so nothing owed before needs a walk of its own
+    /// (owed tag stamps stay: entries written later may carry older births).
     fn clear_from_start(&mut self) {
         let number = self.number();
         self.keys.clear();
@@ -87,6 +93,8 @@ pub(crate) enum Work {
     Keys(Vec<String>),
     Pattern(String, ScanCursor),
     Clear(ScanCursor),
+    /// Tags to stamp (their names).
+    Tags(Vec<String>),
 }
 
 /// The owed-work list of one cache's L2.
@@ -156,6 +164,19 @@ impl Owed {
         }
     }
 
+    /// Tags were stamped: older stampings of them owed are moot (the new stamp
+    /// is later than any they would give).
+    pub(super) fn tags_landed(&self, tags: &[String]) {
+        let mut pending = self.lock();
+        let before = pending.tags.len();
+        for tag in tags {
+            pending.tags.remove(tag);
+        }
+        if pending.tags.len() < before && pending.is_empty() {
+            self.has_pending.store(false, Ordering::SeqCst);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -163,6 +184,12 @@ impl Owed {
     fn defer(&self, work: Work) {
         let mut pending = self.lock();
         match work {
+            Work::Tags(tags) => {
+                for tag in tags {
+                    let number = pending.number();
+                    pending.tags.insert(tag, number);
+                }
+            }
             Work::Keys(keys) => {
                 for key in keys {
                     let number = pending.number();
@@ -235,19 +262,25 @@ impl Remote {
         let started = tokio::time::Instant::now();
         let mut progress = false;
         loop {
-            let (clear, pattern, keys) = {
+            let (clear, pattern, keys, tags) = {
                 let pending = owed.lock();
                 if pending.is_empty() {
                     owed.has_pending.store(false, Ordering::SeqCst);
                     return Replayed::Done;
                 }
+                let tags: Vec<(String, u64)> = pending
+                    .tags
+                    .iter()
+                    .take(REPLAY_BATCH)
+                    .map(|(t, n)| (t.clone(), *n))
+                    .collect();
                 let keys: Vec<(String, u64)> = pending
                     .keys
                     .iter()
                     .take(REPLAY_BATCH)
                     .map(|(k, n)| (k.clone(), *n))
                     .collect();
-                (pending.clear, pending.patterns.first().cloned(), keys)
+                (pending.clear, pending.patterns.first().cloned(), keys, tags)
             };
             if started.elapsed() >= owed.budget {
                 return if progress {
@@ -256,7 +289,28 @@ impl Remote {
                     Replayed::Failed
                 };
             }
-            if let Some(walk) = clear {
+            if !tags.is_empty() {
+                let keys: Vec<String> = tags.iter().map(|(t, _)| namespace.tag_key(t)).collect();
+                let clock = namespace.tag_clock();
+                let stamping = gate.store().stamp_tags(&clock, &keys);
+                let Some(stamp) = gate.call("stamp_tags", stamping).await else {
+                    return Replayed::Failed;
+                };
+                let mut landed = Vec::with_capacity(tags.len());
+                let mut pending = owed.lock();
+                for (tag, number) in tags {
+                    if pending.tags.get(&tag) == Some(&number) {
+                        pending.tags.remove(&tag);
+                        landed.push(tag);
+                    }
+                }
+                drop(pending);
+                // A tag deferred again while the step ran stays owed (and
+                // unreadable here): it is announced when its own stamp lands.
+                if !landed.is_empty() {
+                    (self.announce)(Landed::Tags(stamp, landed));
+                }
+            } else if let Some(walk) = clear {
                 let Some(step) = step(gate, &namespace.everything(), walk.cursor).await else {
                     return Replayed::Failed;
                 };

@@ -74,6 +74,21 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Moves the tag clock at `clock` (a decimal counter, 0 when absent) on by
+    /// one and writes its new value to each key of `tags`, atomically, with no
+    /// expiry; returns the new value. The clock and the tag keys of a namespace
+    /// share one hash slot. A store without it (this default) cannot invalidate
+    /// tags: such invalidations stay owed, and the entries carrying them are
+    /// never read from L2 meanwhile.
+    fn stamp_tags<'a>(
+        &'a self,
+        clock: &'a str,
+        tags: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BoxError>> {
+        let _ = (clock, tags);
+        Box::pin(async { Err("this store cannot stamp tags".into()) })
+    }
+
     /// Removes `keys`.
     fn delete<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<(), BoxError>>;
 

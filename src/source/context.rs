@@ -84,6 +84,8 @@ pub struct Loaded<V> {
     pub(crate) ttl: Option<Duration>,
     /// This entry's L1 TTL (at most `ttl`'s or the configured L2 one).
     pub(crate) l1_ttl: Option<Duration>,
+    /// The tags the entry carries.
+    pub(crate) tags: Option<Box<[Box<str>]>>,
 }
 
 /// What a [`Loaded`] says about the value.
@@ -116,6 +118,7 @@ impl<V> Loaded<V> {
             answer: Answer::NotModified,
             ttl: None,
             l1_ttl: None,
+            tags: None,
         }
     }
 
@@ -126,6 +129,27 @@ impl<V> Loaded<V> {
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// The tags this entry carries (at most 64, each under 64 KiB):
+    /// [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag) of
+    /// any of them makes it unreadable everywhere. With "not modified" and no
+    /// tags set, the entry keeps the stale copy's tags.
+    ///
+    /// ```
+    /// use tiered::Loaded;
+    ///
+    /// let order: Loaded<u64> = Loaded::value(99).with_tags(["user:7", "orders"]);
+    /// # let _ = order;
+    /// ```
+    #[must_use]
+    pub fn with_tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        self.tags = Some(
+            tags.into_iter()
+                .map(|t| t.into().into_boxed_str())
+                .collect(),
+        );
         self
     }
 
@@ -145,6 +169,7 @@ impl<V> From<Option<V>> for Loaded<V> {
             answer: Answer::Value(value),
             ttl: None,
             l1_ttl: None,
+            tags: None,
         }
     }
 }
@@ -160,6 +185,7 @@ impl<V> fmt::Debug for Loaded<V> {
             .field("answer", &answer)
             .field("ttl", &self.ttl)
             .field("l1_ttl", &self.l1_ttl)
+            .field("tags", &self.tags)
             .finish()
     }
 }

@@ -16,4 +16,5 @@ mod cache_aside;
 mod fleet;
 mod load_context;
 mod read_path;
+mod tags;
 mod write_path;

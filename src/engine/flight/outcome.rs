@@ -122,6 +122,8 @@ pub(crate) struct Job<K, V> {
     /// The loader of this flight and of the refreshes it starts, instead of
     /// the configured one (`get_or_load`'s).
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
+    /// The tag clock read with the ticket of `prepared`.
+    pub(crate) born: Option<u64>,
 }
 
 impl<K, V> Default for Job<K, V> {
@@ -133,6 +135,7 @@ impl<K, V> Default for Job<K, V> {
             refresh_after: None,
             time_limit: true,
             loader: None,
+            born: None,
         }
     }
 }
@@ -150,6 +153,8 @@ pub(crate) struct Fetched<V> {
     pub(crate) ttl: Option<Duration>,
     /// A TTL for this entry in L1, instead of `ttl` or the configured one.
     pub(crate) l1_ttl: Option<Duration>,
+    /// The tags the entry carries.
+    pub(crate) tags: Option<Box<[Box<str>]>>,
 }
 
 impl<V> Fetched<V> {
@@ -159,6 +164,7 @@ impl<V> Fetched<V> {
             keep: true,
             ttl: None,
             l1_ttl: None,
+            tags: None,
         }
     }
 }

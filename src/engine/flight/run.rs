@@ -17,12 +17,13 @@ use crate::engine::flight::outcome::{shared, Failure, Fetched, Flight, Job};
 use crate::engine::flight::MAX_LOAD_ATTEMPTS;
 use crate::engine::refresh::Fallback;
 use crate::engine::Core;
-use crate::entry::Entry;
+use crate::entry::{Entry, Tags};
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::{Counter, LoadOutcome};
 use crate::remote::{Filled, L2Read};
 use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
+use crate::tags::Check;
 
 /// One millisecond in clock nanoseconds: L2 times are kept in milliseconds.
 const MILLI: u64 = 1_000_000;
@@ -52,28 +53,40 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let mut fallback = job.fallback.take();
         let mut last = None;
         for _ in 0..MAX_LOAD_ATTEMPTS {
-            let (ticket, read) = match job.prepared.take() {
-                Some((ticket, read)) => (ticket, Some(read)),
+            let (ticket, born, read) = match job.prepared.take() {
+                Some((ticket, read)) => {
+                    let born = job.born.take().unwrap_or(0);
+                    (ticket, born, Some(read))
+                }
                 None => {
                     let ticket = self.fence.ticket(key);
+                    // Where this attempt's load begins on the tag clock.
+                    let born = self.tags.clock();
                     // Only a read that will load leaves a fill reservation.
                     let reserve = first.is_some() || loader.is_some();
                     let read = match &self.remote {
                         Some(remote) => Some(remote.get::<V>(&remote.key(key), reserve).await),
                         None => None,
                     };
-                    (ticket, read)
+                    (ticket, born, read)
                 }
             };
-            // A stale copy invalidated since it was taken is no longer a
-            // fallback, nor what a "not modified" answer may bring back.
-            if fallback
-                .as_ref()
-                .is_some_and(|stale| self.fence.changed_between(key, &stale.ticket, &ticket))
-            {
-                fallback = None;
+            // A stale copy invalidated since it was taken (its key, or one of
+            // its tags) is no longer a fallback, nor what a "not modified"
+            // answer may bring back.
+            if let Some(stale) = &fallback {
+                if self.fence.changed_between(key, &stale.ticket, &ticket)
+                    || !self.tags_hold(stale.entry.tags.as_deref()).await
+                {
+                    fallback = None;
+                }
             }
             let seen = match read {
+                Some(L2Read::Hit(hit, seen)) if !self.tags_hold(hit.tags.as_deref()).await => {
+                    // An entry a tag invalidation made unreadable: a miss, whose
+                    // fill replaces it.
+                    Some(seen)
+                }
                 Some(L2Read::Hit(hit, seen)) => {
                     let now = self.clock.now();
                     let entry = self.entry_from_l2(hit, now, refreshable);
@@ -155,14 +168,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 l1_ttl,
                 self.freshness(refreshable),
                 took,
-            );
+            )
+            .tagged(fetched.tags.map(|names| Tags::new(names, born)));
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
                 if !l2_ttl.is_zero() {
                     let lifetime = self.freshness.lifetime(l2_ttl, took);
                     let l2_key = remote.key(key);
-                    let value = entry.value.as_ref();
-                    filled = remote.fill(&l2_key, seen, value, lifetime).await;
+                    let (value, tags) = (entry.value.as_ref(), entry.tags.as_deref());
+                    filled = remote.fill(&l2_key, seen, value, lifetime, tags).await;
                 }
             }
             self.release(lease).await;
@@ -213,11 +227,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 };
                 let load = loader.load(key, context).map(|r| r.map_err(shared));
                 let loaded = self.timed(1, within(limit, load)).await?;
+                let mut tags = loaded.tags;
                 let value = match loaded.answer {
                     Answer::Value(value) => value,
                     Answer::NotModified => match fallback {
                         Some(Fallback { entry, .. }) => {
                             self.report.event(Counter::NotModified);
+                            if tags.is_none() {
+                                tags = entry.tags.as_ref().map(|t| t.names.clone());
+                            }
                             entry.value.clone()
                         }
                         None => {
@@ -231,6 +249,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     keep: true,
                     ttl: loaded.ttl,
                     l1_ttl: loaded.l1_ttl,
+                    tags,
                 })
             }
             (None, None) => Ok(Fetched::cached(None)),
@@ -264,7 +283,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64, refreshable: bool) -> Entry<V> {
         let l1_ttl = self.ttl.l1_for(&hit.value).min(hit.fresh);
         let freshness = self.freshness(refreshable);
-        let mut entry = Entry::new(hit.value, now, l1_ttl, freshness, hit.load);
+        let mut entry = Entry::new(hit.value, now, l1_ttl, freshness, hit.load).tagged(hit.tags);
         if hit.fresh.is_zero() {
             // Stale in L2: since when (what stale-while-revalidate's window and
             // a loader's context count from).
@@ -278,15 +297,44 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         entry
     }
 
-    /// Writes `entry` to L1 unless `key` was invalidated since `ticket`. Returns
-    /// whether the fence let it through (also when L1 is off).
+    /// Writes `entry` to L1 unless `key` was invalidated since `ticket`, or one
+    /// of its tags since its load began. Returns whether it went through (also
+    /// when L1 is off).
     pub(crate) async fn commit(&self, key: &K, ticket: Ticket, entry: &Entry<V>) -> bool {
+        if !self.tags_hold(entry.tags.as_deref()).await {
+            return false;
+        }
         let write = async {
             if self.l1.enabled() && !entry.is_expired(self.clock.now()) {
                 self.l1.insert(key.clone(), entry.clone()).await;
             }
         };
         self.fence.commit(key, ticket, write).await
+    }
+
+    /// Whether `tags` (if any) hold: none was invalidated after the entry's load
+    /// began. Stamps this instance does not know are read from L2 first; if
+    /// they cannot be, the entry is taken as invalidated (safe: it is loaded
+    /// again).
+    pub(crate) async fn tags_hold(&self, tags: Option<&Tags>) -> bool {
+        let Some(tags) = tags else {
+            return true;
+        };
+        match self.tags.check(tags) {
+            Check::Valid => true,
+            Check::Invalidated => false,
+            Check::Unknown => {
+                let unknown = self.tags.unknown(tags);
+                let Some(remote) = &self.remote else {
+                    return false;
+                };
+                let Some(stamps) = remote.tag_stamps(&unknown).await else {
+                    return false;
+                };
+                self.tags.read(unknown.into_iter().zip(stamps));
+                self.tags.check(tags) == Check::Valid
+            }
+        }
     }
 
     fn count_superseded(&self) {

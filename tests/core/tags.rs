@@ -1,0 +1,229 @@
+//! Tags on the in-memory doubles: `invalidate_tag` drops every entry carrying
+//! the tag in every tier and instance, in one store call and one message, and
+//! holds against loads in flight, lost messages and an unreachable store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tiered::{
+    loader_with_context_fn, BoxError, LoadContext, Loaded, MemoryBus, MemoryStore, StoreOp,
+    TieredCache,
+};
+
+/// The service's database: a version per key (1 until set), and a load count.
+/// A key `user:N:…` is tagged `user:N`.
+#[derive(Debug, Default)]
+struct Db {
+    rows: Mutex<HashMap<String, u64>>,
+    loads: AtomicU64,
+    /// Loads wait here while it holds no permit (when armed).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Db {
+    fn set(&self, key: &str, version: u64) {
+        self.rows.lock().unwrap().insert(key.to_owned(), version);
+    }
+}
+
+fn user_of(key: &str) -> String {
+    key.split(':').take(2).collect::<Vec<_>>().join(":")
+}
+
+fn instance(db: &Arc<Db>, store: MemoryStore, bus: MemoryBus) -> TieredCache<String, u64> {
+    let db = db.clone();
+    TieredCache::builder("tags")
+        .l2(store)
+        .bus(bus)
+        .l1_ttl(Duration::from_secs(3600))
+        .l2_ttl(Duration::from_secs(3600))
+        .l2_timeout(Duration::from_millis(100))
+        .loader(loader_with_context_fn(
+            move |key: String, _: LoadContext<u64>| {
+                db.loads.fetch_add(1, Ordering::SeqCst);
+                // The query reads the row first, then takes a while.
+                let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+                let gate = db.gate.clone();
+                async move {
+                    if let Some(gate) = gate {
+                        gate.acquire().await?.forget();
+                    }
+                    Ok::<_, BoxError>(Loaded::value(version).with_tags([user_of(&key)]))
+                }
+            },
+        ))
+        .build()
+        .expect("build")
+}
+
+/// Reads `key` until it is `want` (failing after 5 s).
+async fn until(cache: &TieredCache<String, u64>, key: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        if cache.get(&key.to_owned()).await.unwrap() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{key} never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn get(cache: &TieredCache<String, u64>, key: &str) -> Option<u64> {
+    cache.get(&key.to_owned()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_drops_every_entry_carrying_it_everywhere_in_one_call() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let (a_store, a_bus) = (store.connect(), bus.connect());
+    let a = instance(&db, a_store.clone(), a_bus.clone());
+    let b = instance(&db, store.connect(), bus.connect());
+    let keys = ["user:7:profile", "user:7:orders", "user:8:profile"];
+    for key in keys {
+        assert_eq!(get(&a, key).await, Some(1));
+        assert_eq!(get(&b, key).await, Some(1));
+    }
+    let loads = db.loads.load(Ordering::SeqCst);
+    let published = a_bus.published();
+    db.set("user:7:profile", 2);
+    db.set("user:7:orders", 2);
+    a.invalidate_tag("user:7").await;
+    assert_eq!(a_store.calls(StoreOp::StampTags), 1, "one store call");
+    assert_eq!(a_bus.published() - published, 1, "one message");
+    assert_eq!(get(&a, "user:7:profile").await, Some(2), "at once, here");
+    until(&b, "user:7:orders", 2).await;
+    assert_eq!(get(&b, "user:8:profile").await, Some(1));
+    // A new instance reads the stamp from the store: the old tagged entries
+    // in L2 are misses to it too.
+    let c = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&c, "user:7:orders").await, Some(2));
+    assert_eq!(get(&c, "user:8:profile").await, Some(1));
+    assert_eq!(c.stats().l2.hits, 2, "user:8 and the reloaded user:7 entry");
+    assert!(
+        db.loads.load(Ordering::SeqCst) - loads <= 2 + 2,
+        "user:7's keys only"
+    );
+}
+
+/// A load on instance B that read the row before A's update and invalidation,
+/// and ends after them, caches its value nowhere: its flight starts over and
+/// loads the new row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_in_flight_across_invalidate_tag_is_not_cached_anywhere() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let db = Arc::new(Db {
+        gate: Some(gate.clone()),
+        ..Db::default()
+    });
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    let reading = tokio::spawn({
+        let b = b.clone();
+        async move { get(&b, "user:7:profile").await }
+    });
+    while db.loads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    db.set("user:7:profile", 2);
+    a.invalidate_tag("user:7").await;
+    gate.add_permits(1000);
+    assert_eq!(reading.await.unwrap(), Some(2), "loaded again");
+    assert_eq!(db.loads.load(Ordering::SeqCst), 2);
+    assert!(b.stats().superseded >= 1);
+    for cache in [&a, &b, &instance(&db, store.connect(), bus.connect())] {
+        assert_eq!(get(cache, "user:7:profile").await, Some(2));
+    }
+}
+
+/// A message lost while B's subscription was down: B forgets every stamp when
+/// it resubscribes, reads them again from the store, and never serves the old
+/// tagged entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_hold_across_a_bus_outage() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    let b_bus = bus.connect();
+    let b = instance(&db, store.connect(), b_bus.clone());
+    assert_eq!(get(&b, "user:7:profile").await, Some(1));
+    assert_eq!(get(&a, "user:7:profile").await, Some(1));
+    b_bus.disconnect();
+    db.set("user:7:profile", 2);
+    a.invalidate_tag("user:7").await;
+    b_bus.reconnect();
+    until(&b, "user:7:profile", 2).await;
+    assert!(b.stats().bus_resubscribes >= 1);
+}
+
+/// With the store unreachable, the stamp is owed: entries carrying the tag are
+/// unreadable here at once (every read loads), and once the store is back the
+/// stamp lands and reaches the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_stamp_keeps_the_tag_unreadable_until_it_lands() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&a, "user:7:profile").await, Some(1));
+    assert_eq!(get(&b, "user:7:profile").await, Some(1));
+    a_store.disconnect();
+    db.set("user:7:profile", 2);
+    a.invalidate_tag("user:7").await;
+    assert_eq!(get(&a, "user:7:profile").await, Some(2), "not the old copy");
+    assert_eq!(get(&b, "user:7:profile").await, Some(1), "not told yet");
+    a_store.reconnect();
+    until(&b, "user:7:profile", 2).await;
+    assert_eq!(get(&a, "user:7:profile").await, Some(2));
+}
+
+/// Without an L2, tags are this instance's own: an in-flight load that began
+/// before the invalidation is not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_hold_against_loads_in_flight_without_an_l2() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (wait, loads) = (gate.clone(), Arc::new(AtomicU64::new(0)));
+    let counter = loads.clone();
+    let cache = TieredCache::<u64, u64>::builder("tags-l1")
+        .loader(loader_with_context_fn(
+            move |key: u64, _: LoadContext<u64>| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let wait = wait.clone();
+                async move {
+                    if n == 1 {
+                        wait.acquire().await?.forget();
+                    }
+                    Ok::<_, BoxError>(Loaded::value(n).with_tags([format!("t{}", key % 2)]))
+                }
+            },
+        ))
+        .build()
+        .unwrap();
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get(&1).await.unwrap() }
+    });
+    while loads.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cache.invalidate_tag("t1").await;
+    gate.add_permits(1);
+    assert_eq!(
+        first.await.unwrap(),
+        Some(2),
+        "the first load was not cached"
+    );
+    assert_eq!(cache.get(&1).await.unwrap(), Some(2), "the second was");
+    cache.invalidate_tags(&["t0", "t9"]).await;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(2), "another tag");
+    cache.invalidate_tags(&["t1"]).await;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(3));
+    assert_eq!(cache.stats().superseded, 1);
+}
