@@ -1,14 +1,16 @@
 //! The tag book: what this instance knows of each tag's last invalidation, on
 //! the tag clock.
 //!
-//! The tag clock is a counter (in Redis, one per namespace; without an L2, this
-//! book's own). Invalidating tags moves it and stamps each tag with its new
-//! value; an entry records the clock as its load began (`born`), and is
-//! readable only while none of its tags is stamped later. An instance learns
-//! stamps from its own invalidations, from the bus, and by reading them from
-//! Redis; `clock` is the highest it has seen, a lower bound of the real clock,
-//! which is what loads take as their `born` (older is safe: at worst an entry
-//! is taken for older than it is and loaded again).
+//! The tag clock is, in Redis, one number per namespace that moves forward to
+//! the server's time in microseconds at each invalidation (or one past its last
+//! value), so it keeps moving forward even when the server loses its data;
+//! without an L2, it is this book's own counter. Invalidating tags moves it and
+//! stamps each tag with its new value; an entry records the clock as its load
+//! began (`born`), and is readable only while none of its tags is stamped
+//! later. An instance learns stamps from its own invalidations, from the bus,
+//! and by reading them from Redis; `clock` is the highest it has seen, a lower
+//! bound of the real clock, which is what loads take as their `born` (older is
+//! safe: at worst an entry is taken for older than it is, and loaded again).
 //!
 //! Without an L2 the book is the truth: a tag it does not know was never
 //! invalidated. With one, a tag it does not know must be read from Redis

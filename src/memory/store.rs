@@ -329,7 +329,9 @@ impl RemoteStore for MemoryStore {
                     .and_then(|text| text.parse::<u64>().ok())
                     .ok_or("ERR value is not an integer or out of range")
             })?;
-            let stamp = current + 1;
+            // The clock's microseconds, or one past the last stamp (as the
+            // Redis script does with the server's time).
+            let stamp = (now / 1_000).max(current + 1);
             let text = stamp.to_string();
             keys.set(clock, text.as_bytes(), None, now);
             for tag in tags {

@@ -34,12 +34,24 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Moves the tag clock `KEYS[1]` on by one and stamps the tags `KEYS[2..]` with
-/// its new value, which it returns.
+/// Moves the tag clock `KEYS[1]` on to the server's time in microseconds (or
+/// one past its last value, if that is later), stamps the tags `KEYS[2..]`
+/// with it, and returns it. A time-based clock keeps moving forward when the
+/// server loses its data (a restart without persistence, a failover to a
+/// replica that missed writes): instances' views of it stay lower bounds.
+/// (Microseconds since 1970 are below 2^53: exact in Lua's doubles.)
 pub(super) static STAMP_TAGS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "local clock = redis.call('INCR', KEYS[1]) \
-         for i = 2, #KEYS do redis.call('SET', KEYS[i], clock) end \
-         return clock",
+        "local now = redis.call('TIME') \
+         local stamp = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
+         local last = redis.call('GET', KEYS[1]) \
+         if last then \
+           last = tonumber(last) \
+           if not last then return redis.error_reply('ERR the tag clock is not a number') end \
+           if stamp <= last then stamp = last + 1 end \
+         end \
+         local text = string.format('%.0f', stamp) \
+         for i = 1, #KEYS do redis.call('SET', KEYS[i], text) end \
+         return stamp",
     )
 });

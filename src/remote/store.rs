@@ -74,10 +74,12 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(()) })
     }
 
-    /// Moves the tag clock at `clock` (a decimal counter, 0 when absent) on by
-    /// one and writes its new value to each key of `tags`, atomically, with no
-    /// expiry; returns the new value. The clock and the tag keys of a namespace
-    /// share one hash slot. A store without it (this default) cannot invalidate
+    /// Moves the tag clock at `clock` (a decimal number, 0 when absent) on to
+    /// the store's time in microseconds, or one past its value if that is
+    /// later, and writes the new value to `clock` and to each key of `tags`,
+    /// atomically, with no expiry; returns the new value. (A clock based on
+    /// time keeps moving forward if the store loses its data.) The clock and
+    /// the tag keys of a namespace share one hash slot. A store without it (this default) cannot invalidate
     /// tags: such invalidations stay owed, and the entries carrying them are
     /// never read from L2 meanwhile.
     fn stamp_tags<'a>(

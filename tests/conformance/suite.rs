@@ -557,6 +557,49 @@ pub async fn delete_matching_skips_expired_keys(store: &dyn RemoteStore) {
 }
 
 /// `ping` answers.
+/// `stamp_tags`: one clock that moves forward on every call, atomically, its
+/// value written to every tag key given (no expiry), past any value the clock
+/// held; a clock that is not a number is an error. The keys share a hash
+/// slot, as a namespace's tag keys do.
+pub async fn stamp_tags_moves_one_clock(store: &dyn RemoteStore) {
+    let p = format!("{{{}}}", prefix("stamp_tags"));
+    let k = |s: &str| format!("{p}{s}");
+    let read = |key: String| async move {
+        let bytes = store.get(&key).await.unwrap()?;
+        String::from_utf8(bytes).unwrap().parse::<u64>().ok()
+    };
+    let (clock, t1, t2) = (k("clock"), k("t1"), k("t2"));
+    let both = [t1.clone(), t2.clone()];
+    let first = store.stamp_tags(&clock, &both).await.unwrap();
+    assert_eq!(read(t1.clone()).await, Some(first));
+    assert_eq!(read(t2.clone()).await, Some(first));
+    let second = store.stamp_tags(&clock, &both[1..]).await.unwrap();
+    assert!(second > first);
+    assert_eq!(read(t1.clone()).await, Some(first), "not stamped again");
+    assert_eq!(read(t2.clone()).await, Some(second));
+    assert_eq!(read(clock.clone()).await, Some(second));
+    let stamps =
+        futures_util::future::join_all((0..20).map(|_| store.stamp_tags(&clock, &both[..1]))).await;
+    let mut stamps: Vec<u64> = stamps.into_iter().map(Result::unwrap).collect();
+    stamps.sort_unstable();
+    stamps.dedup();
+    assert_eq!(stamps.len(), 20, "each call its own stamp");
+    assert!(stamps[0] > second);
+    assert_eq!(read(t1.clone()).await, stamps.last().copied());
+    // A clock ahead of the store's time: one past it.
+    let ahead = u64::pow(10, 15) * 8;
+    store
+        .set(&clock, ahead.to_string().as_bytes(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(store.stamp_tags(&clock, &both).await.unwrap(), ahead + 1);
+    tokio::time::sleep(PAST_SHORT).await;
+    assert_eq!(read(t2.clone()).await, Some(ahead + 1), "no expiry");
+    store.set(&k("word"), b"not a number", LONG).await.unwrap();
+    assert!(store.stamp_tags(&k("word"), &both).await.is_err());
+    clean(store, &p).await;
+}
+
 pub async fn ping_answers(store: &dyn RemoteStore) {
     store.ping().await.expect("ping");
 }
@@ -574,6 +617,7 @@ pub async fn every_store_check(store: &dyn RemoteStore) {
     delete_matching_walks_many_keys(store).await;
     delete_matching_nothing(store).await;
     delete_matching_skips_expired_keys(store).await;
+    stamp_tags_moves_one_clock(store).await;
     ping_answers(store).await;
 }
 

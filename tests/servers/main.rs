@@ -21,3 +21,4 @@ mod metrics;
 mod patterns;
 mod postgres_loader;
 mod races;
+mod tags;
