@@ -2,9 +2,10 @@
 //! 1. bus latency: from `invalidate` returning on instance A to instance B having
 //!    dropped its L1 copy (each instance on its own `RedisStore`, as two processes
 //!    would be), next to a bare `PUBLISH` → subscriber round trip;
-//! 2. `invalidate_pattern` of 10k and 100k keys with 1M unrelated keys in Redis:
-//!    how long it takes, and another client's `GET` latency meanwhile, next to the
-//!    same `GET`s with nothing else running.
+//! 2. a group of 10k, 100k and 1M keys with 1M unrelated keys in Redis, dropped
+//!    by `invalidate_pattern` and, tagged, by `invalidate_tag`: how long each
+//!    takes, and another client's `GET` latency meanwhile, next to the same
+//!    `GET`s with nothing else running.
 //!
 //! Run: `cargo bench --bench fleet` (add `-- --quick` for 1k/10k keys).
 
@@ -111,12 +112,28 @@ async fn bus_latency(url: &str) {
     println!("  B had applied it before A's call returned in {early} of {ROUNDS} rounds");
 }
 
-async fn pattern(url: &str, keys: u64) {
+/// How a group of keys is dropped.
+#[derive(Clone, Copy, PartialEq)]
+enum Group {
+    Pattern,
+    Tag,
+}
+
+async fn group(url: &str, keys: u64, how: Group) {
     let cache = instance(url, None);
+    let before = support::cli(url, &["dbsize"])
+        .trim()
+        .parse::<u64>()
+        .expect("dbsize");
     let tasks = futures_util::stream::iter(0..keys)
         .map(|i| {
             let cache = cache.clone();
-            async move { cache.insert(i, i).await }
+            async move {
+                match how {
+                    Group::Pattern => cache.insert(i, i).await,
+                    Group::Tag => cache.insert_with_tags(i, i, &["group"]).await,
+                }
+            }
         })
         .buffer_unordered(64);
     tasks.collect::<Vec<()>>().await;
@@ -150,7 +167,10 @@ async fn pattern(url: &str, keys: u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let during = tokio::spawn(get_latencies(stop.clone(), conn.clone()));
     let start = Instant::now();
-    cache.invalidate_pattern("*").await;
+    match how {
+        Group::Pattern => cache.invalidate_pattern("*").await,
+        Group::Tag => cache.invalidate_tag("group").await,
+    }
     let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut during = during.await.expect("task");
@@ -158,15 +178,38 @@ async fn pattern(url: &str, keys: u64) {
         .query_async(&mut conn)
         .await
         .expect("dbsize");
-    assert_eq!(left, 1_000_000, "only the cache's keys go");
     assert_eq!(cache.stats().l2_errors, 0);
+    // Every key of the group is gone for every instance (a new one reads
+    // Redis): it is loaded again.
+    let other = instance(url, None);
+    for i in [0, keys / 2, keys - 1] {
+        other.get(&i).await.expect("get");
+    }
+    assert_eq!(
+        other.stats().loads,
+        3,
+        "each key of the group is loaded again"
+    );
+    let (name, walk) = match how {
+        Group::Pattern => {
+            assert_eq!(left, before, "only the cache's keys went");
+            ("invalidate_pattern", "the pattern walk")
+        }
+        Group::Tag => {
+            // The entries stay in Redis (until read or their TTL), besides the
+            // clock and the stamp.
+            assert!(left >= before + keys, "nothing was deleted");
+            cache.invalidate_all().await; // for the next variant
+            ("invalidate_tag", "the tag invalidation")
+        }
+    };
     println!(
-        "invalidate_pattern of {keys} keys among 1,000,000 unrelated: {:.3} s",
+        "{name} of {keys} keys among 1,000,000 unrelated: {:.6} s",
         took.as_secs_f64()
     );
     row("  another client's GET, nothing else running", &mut quiet);
     row(
-        "  another client's GET, during the pattern walk",
+        &format!("  another client's GET, during {walk}"),
         &mut during,
     );
 }
@@ -180,11 +223,13 @@ async fn main() {
     let server = support::RedisServer::start_with(&["--enable-debug-command", "yes"]);
     bus_latency(&server.url).await;
     support::cli(&server.url, &["debug", "populate", "1000000", "unrelated"]);
-    for keys in if quick {
-        [1_000, 10_000]
+    let sizes: &[u64] = if quick {
+        &[1_000, 10_000]
     } else {
-        [10_000, 100_000]
-    } {
-        pattern(&server.url, keys).await;
+        &[10_000, 100_000, 1_000_000]
+    };
+    for &keys in sizes {
+        group(&server.url, keys, Group::Pattern).await;
+        group(&server.url, keys, Group::Tag).await;
     }
 }

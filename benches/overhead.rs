@@ -4,7 +4,7 @@
 //! Run: `scripts/callgrind-l1-hit` (builds this harness, runs each variant under
 //! `valgrind --tool=callgrind` with 0 and with N hits, and prints the instructions
 //! per hit: the difference divided by N). Directly:
-//! `target/release/deps/overhead-* <bare|tiered|tiered-adaptive|tiered-prometheus> <hits>`.
+//! `target/release/deps/overhead-* <bare|tiered|tiered-tagged|tiered-adaptive|tiered-prometheus> <hits>`.
 //! The fixture is `l1_hit`'s: 100k `String` keys and `Arc<User>` values, read in a
 //! seeded random order through `now_or_never` (no executor).
 
@@ -42,6 +42,29 @@ fn main() {
                 black_box(hit.expect("no error").expect("present"));
             }
         }
+        "tiered-tagged" => {
+            // Every entry carries two tags, and a tag nobody carries was
+            // invalidated once: each entry's first hit checks its tags (in
+            // setup), the hits counted take the fast path (nothing invalidated
+            // since).
+            let tiered = users::tiered(|b| b);
+            for id in 0..users::ENTRIES {
+                let team = format!("team:{}", id % 100);
+                let tags = ["users", team.as_str()];
+                let insert = tiered.insert_with_tags(users::key(id), users::user(id), &tags);
+                insert.now_or_never().unwrap();
+            }
+            tiered.invalidate_tag("nobody").now_or_never().unwrap();
+            // Setup, not counted: each entry's first hit after the invalidation
+            // (the full check against the tags' stamps).
+            for id in 0..users::ENTRIES {
+                black_box(tiered.get(&users::key(id)).now_or_never().unwrap().unwrap());
+            }
+            for key in keys.clone() {
+                let hit = tiered.get(key).now_or_never().unwrap();
+                black_box(hit.expect("no error").expect("present"));
+            }
+        }
         "tiered-adaptive" => {
             let tiered = users::tiered(|b| b.l1_eviction(tiered::L1Eviction::Adaptive));
             for key in keys.clone() {
@@ -61,7 +84,10 @@ fn main() {
             }
         }
         other => {
-            panic!("unknown variant {other} (bare, tiered, tiered-adaptive, tiered-prometheus)")
+            panic!(
+                "unknown variant {other} (bare, tiered, tiered-tagged, tiered-adaptive, \
+                 tiered-prometheus)"
+            )
         }
     }
 }

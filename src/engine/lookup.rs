@@ -119,7 +119,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         };
         match found {
             // Tagged, and a tag was invalidated after its load began: gone.
-            Some(entry) if entry.tags.as_ref().is_some_and(|t| !self.tags.holds(t)) => {
+            Some(entry) if entry.tags.is_some() && !self.tags_still_hold(&entry) => {
                 self.report.tier(Tier::L1, false);
                 Lookup::Miss
             }
@@ -140,6 +140,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 Lookup::Miss
             }
         }
+    }
+
+    /// A tagged L1 entry's check, out of the untagged hit's way.
+    #[inline(never)]
+    fn tags_still_hold(&self, entry: &Entry<V>) -> bool {
+        entry.tags.as_ref().is_none_or(|tags| self.tags.holds(tags))
     }
 
     #[inline]
