@@ -64,6 +64,8 @@ const FLAG_ENCRYPTED: u8 = 2;
 const FLAG_TAGS: u8 = 4;
 /// The most tags an entry carries.
 pub(crate) const MAX_TAGS: usize = 64;
+/// The largest tag section: the birth, the count, and each tag at its longest.
+const MAX_TAG_SECTION: usize = 8 + 1 + MAX_TAGS * (2 + u16::MAX as usize);
 /// Room for what sealing and compressing add to a payload (nonce, tag, length).
 const SEAL_OVERHEAD: usize = 12 + 16 + 4;
 
@@ -392,7 +394,9 @@ impl Wire {
                 DecodeError::BadMagic
             });
         }
-        if bytes.len() > ENVELOPE_LEN + self.max_value_bytes + SEAL_OVERHEAD {
+        // The payload's limit is checked once the tag section is off it; this
+        // bounds the whole before anything is parsed.
+        if bytes.len() > ENVELOPE_LEN + MAX_TAG_SECTION + self.max_value_bytes + SEAL_OVERHEAD {
             return Err(DecodeError::TooLarge(bytes.len() - ENVELOPE_LEN));
         }
         let (envelope, rest) = bytes.split_at(ENVELOPE_LEN);
@@ -420,6 +424,9 @@ impl Wire {
         } else {
             (None, rest)
         };
+        if payload.len() > self.max_value_bytes + SEAL_OVERHEAD {
+            return Err(DecodeError::TooLarge(payload.len()));
+        }
         let authenticated = &bytes[..bytes.len() - payload.len()];
         let opened = self.open(flags, key_id, authenticated, payload, l2_key)?;
         let payload: &[u8] = opened.as_deref().unwrap_or(payload);

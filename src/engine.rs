@@ -100,7 +100,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 runtime.spawn(async move { core.drop_landed(landed).await });
             }
         });
-        let tags = TagBook::new(settings.remote.is_none());
+        // With an L2, stamps are read again after the L1 TTL: a lost message
+        // costs what it costs for keys (an L1 TTL of old reads), no more.
+        let tags = TagBook::new(
+            settings.remote.is_none(),
+            settings.clock.clone(),
+            settings.ttl.l1,
+        );
         Core {
             tags,
             l1: L1::new(

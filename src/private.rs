@@ -238,6 +238,7 @@ where
                     ttl: options.ttl,
                     l1_ttl: None,
                     tags: None,
+                    born: None,
                 })
             }
             Err(error) => Err(Failure::Foreign {

@@ -437,6 +437,10 @@ impl RemoteStore for RedisStore {
         .boxed()
     }
 
+    fn stamps_tags(&self) -> bool {
+        true
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         RedisStore::ping(self).boxed()
     }

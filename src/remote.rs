@@ -72,8 +72,9 @@ pub(crate) enum Landed {
     Pattern(String),
     /// The whole namespace.
     All,
-    /// Tags, stamped at this tag-clock value.
-    Tags(u64, Vec<String>),
+    /// Tags, stamped at this tag-clock value, by (or covering) this
+    /// instance's tag invalidation calls up to this number.
+    Tags(u64, Vec<String>, u64),
 }
 
 /// What the tier tells of owed work that landed.
@@ -115,11 +116,17 @@ impl Remote {
         self.namespace.key(key)
     }
 
-    /// Invalidates `tags`: moves the namespace's tag clock on and stamps them
-    /// with it, in one call. Returns the stamp if it landed; if not (or if this
-    /// call is cancelled), the stamping is owed.
-    pub(crate) async fn stamp_tags(&self, tags: &[String]) -> Option<u64> {
-        let mut owed = self.until_done(owed::Work::Tags(tags.to_vec()));
+    /// Whether the store can stamp tags.
+    pub(crate) fn stamps_tags(&self) -> bool {
+        self.gate.store().stamps_tags()
+    }
+
+    /// Invalidates `tags` (this instance's call number `call`): moves the
+    /// namespace's tag clock on and stamps them with it, in one call. Returns
+    /// the stamp if it landed; if not (or if this call is cancelled), the
+    /// stamping is owed.
+    pub(crate) async fn stamp_tags(&self, tags: &[String], call: u64) -> Option<u64> {
+        let mut owed = self.until_done(owed::Work::Tags(tags.to_vec(), call));
         let keys: Vec<String> = tags.iter().map(|t| self.namespace.tag_key(t)).collect();
         let clock = self.namespace.tag_clock();
         let stamp = self

@@ -95,6 +95,29 @@ pub trait Loader<K: CacheKey, V: Send + 'static>: Send + Sync + 'static {
         self.load(key).map(|loaded| loaded.map(Loaded::from))
     }
 
+    /// Loads several keys as [`load_many`](Loader::load_many) does, each
+    /// answered with a [`Loaded`] (its TTLs, its tags): what
+    /// [`get_many`](crate::TieredCache::get_many) and
+    /// [`warm`](crate::TieredCache::warm) call. The default wraps
+    /// `load_many`'s values (configured TTLs, no tags): a loader whose
+    /// [`load_with`](Loader::load_with) sets TTLs or tags should override this
+    /// too (the loader of [`loader_with_context_fn`] does, with one call per
+    /// key), or its batch loads carry none. "Not modified" has no meaning here
+    /// (a batch sees no stale copies) and fails the batch.
+    fn load_many_with(
+        &self,
+        keys: &[K],
+    ) -> impl Future<Output = Result<HashMap<K, Loaded<V>>, BoxError>> + Send {
+        self.load_many(keys).map(|loaded| {
+            loaded.map(|values| {
+                values
+                    .into_iter()
+                    .map(|(key, value)| (key, Loaded::value(value)))
+                    .collect()
+            })
+        })
+    }
+
     /// Loads several keys; keys missing from the map have no value. The default
     /// calls [`load`](Loader::load) for up to [`DEFAULT_LOAD_MANY_CONCURRENCY`] keys
     /// at a time; override it when the source can answer a batch in one request.
@@ -215,6 +238,28 @@ where
     ) -> impl Future<Output = Result<Loaded<V>, BoxError>> + Send {
         (self.0)(key.clone(), context).map(|loaded| loaded.map_err(Into::into))
     }
+
+    /// One call per key (up to [`DEFAULT_LOAD_MANY_CONCURRENCY`] at a time),
+    /// with an empty context: the entries keep their TTLs and tags.
+    fn load_many_with(
+        &self,
+        keys: &[K],
+    ) -> impl Future<Output = Result<HashMap<K, Loaded<V>>, BoxError>> + Send {
+        futures_util::stream::iter(keys)
+            .map(|key| {
+                (self.0)(key.clone(), LoadContext::empty()).map(move |loaded| {
+                    let loaded = loaded.map_err(Into::into)?;
+                    match loaded.answer {
+                        Answer::Value(Some(_)) => Ok(Some((key.clone(), loaded))),
+                        Answer::Value(None) => Ok(None),
+                        Answer::NotModified => Err(BoxError::from(NOT_MODIFIED_WITHOUT_STALE)),
+                    }
+                })
+            })
+            .buffer_unordered(DEFAULT_LOAD_MANY_CONCURRENCY)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+    }
 }
 
 /// The error of a "not modified" answer to a load with no stale copy.
@@ -228,7 +273,10 @@ pub(crate) trait DynLoader<K, V>: Send + Sync {
         key: &'a K,
         context: LoadContext<V>,
     ) -> BoxFuture<'a, Result<Loaded<V>, BoxError>>;
-    fn load_many<'a>(&'a self, keys: &'a [K]) -> BoxFuture<'a, Result<HashMap<K, V>, BoxError>>;
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [K],
+    ) -> BoxFuture<'a, Result<HashMap<K, Loaded<V>>, BoxError>>;
 }
 
 impl<K: CacheKey, V: Send + 'static, L: Loader<K, V>> DynLoader<K, V> for L {
@@ -240,8 +288,11 @@ impl<K: CacheKey, V: Send + 'static, L: Loader<K, V>> DynLoader<K, V> for L {
         Box::pin(Loader::load_with(self, key, context))
     }
 
-    fn load_many<'a>(&'a self, keys: &'a [K]) -> BoxFuture<'a, Result<HashMap<K, V>, BoxError>> {
-        Box::pin(Loader::load_many(self, keys))
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [K],
+    ) -> BoxFuture<'a, Result<HashMap<K, Loaded<V>>, BoxError>> {
+        Box::pin(Loader::load_many_with(self, keys))
     }
 }
 

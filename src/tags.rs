@@ -19,21 +19,33 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock::{saturating_nanos, Clock};
 use crate::entry::Tags;
 
 /// How many tags a book remembers before it forgets them all (they are read
 /// again from Redis as entries need them).
 const MAX_KNOWN: usize = 1 << 20;
 
+/// How far past this machine's clock a stamp may be and still be learned as
+/// the tag clock (stamps are the store's time in microseconds): a stamp past
+/// it (a corrupted clock key, a hostile message) still invalidates its tags,
+/// but later loads do not take it as their birth.
+const PLAUSIBLE_AHEAD: Duration = Duration::from_secs(3600);
+
 /// What the book knows of a tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
-    /// Its last invalidation's stamp (0: never invalidated).
-    Stamp(u64),
+    /// Its last invalidation's stamp (0: never invalidated), and when the book
+    /// learned it (the cache clock's nanoseconds): with an L2, it is trusted
+    /// for the L1 TTL, then read again (a lost message costs at most that).
+    Stamp(u64, u64),
     /// Invalidated here, in an L2 change that has not landed yet: every entry
-    /// carrying it is unreadable until it lands and its stamp is known.
-    Pending,
+    /// carrying it is unreadable until it lands and its stamp is known. The
+    /// number is the call's: only the landing of that call, or of a replay
+    /// that covers it, makes it a stamp.
+    Pending(u64),
 }
 
 /// Whether an entry's tags hold.
@@ -55,18 +67,43 @@ pub(crate) struct TagBook {
     /// Moves whenever a tag's stamp rises or the book forgets: an entry that
     /// passed a check at the current sequence passes again.
     seq: AtomicU64,
-    /// No L2: a tag the book does not know was never invalidated.
+    /// No L2: a tag the book does not know was never invalidated (since
+    /// `floor`).
     authoritative: bool,
+    /// Without an L2, the clock when the book last forgot its stamps (past
+    /// [`MAX_KNOWN`]): a tag it does not know counts as stamped then.
+    floor: AtomicU64,
+    /// Moves whenever the book forgets: stamps read from L2 before it are
+    /// not learned after it.
+    epoch: AtomicU64,
+    /// The number of the next pending call.
+    calls: AtomicU64,
+    /// The cache's clock, and how long (nanoseconds) a stamp learned is trusted.
+    time: Clock,
+    trust: u64,
 }
 
 impl TagBook {
-    pub(crate) fn new(authoritative: bool) -> Self {
+    /// A book; with an L2 (not `authoritative`), stamps are trusted for
+    /// `trust` on `time`, then read again.
+    pub(crate) fn new(authoritative: bool, time: Clock, trust: Duration) -> Self {
         TagBook {
             known: RwLock::default(),
             clock: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             authoritative,
+            floor: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            time,
+            trust: saturating_nanos(trust),
         }
+    }
+
+    /// Where the book is in its forgetting: pass it back with stamps read
+    /// from L2 (see [`read`](Self::read)).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The `born` of a load that begins now.
@@ -91,93 +128,151 @@ impl TagBook {
     /// Whether `tags` hold, against what the book knows now.
     pub(crate) fn check(&self, tags: &Tags) -> Check {
         let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        let now = self.time.now();
         let mut check = Check::Valid;
         for name in &*tags.names {
             match known.get(name) {
-                Some(Known::Stamp(stamp)) if *stamp <= tags.born => {}
+                Some(Known::Stamp(_, at))
+                    if !self.authoritative && now.saturating_sub(*at) > self.trust =>
+                {
+                    check = Check::Unknown;
+                }
+                Some(Known::Stamp(stamp, _)) if *stamp <= tags.born => {}
                 Some(_) => return Check::Invalidated,
-                None if self.authoritative => {}
+                None if self.authoritative => {
+                    if self.floor.load(Ordering::Acquire) > tags.born {
+                        return Check::Invalidated;
+                    }
+                }
                 None => check = Check::Unknown,
             }
         }
         check
     }
 
-    /// The names of `tags` whose stamps the book does not know.
+    /// The names of `tags` whose stamps the book does not know (or no longer
+    /// trusts).
     pub(crate) fn unknown<'a>(&self, tags: &'a Tags) -> Vec<&'a str> {
         if self.authoritative {
             return Vec::new();
         }
         let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        let now = self.time.now();
         (tags.names.iter())
-            .filter(|name| !known.contains_key(&***name))
+            .filter(|name| match known.get(&***name) {
+                Some(Known::Stamp(_, at)) => now.saturating_sub(*at) > self.trust,
+                Some(Known::Pending(_)) => false,
+                None => true,
+            })
             .map(|name| &**name)
             .collect()
     }
 
-    /// Stamps read from Redis (0 for a tag never invalidated).
-    pub(crate) fn read(&self, stamps: impl IntoIterator<Item = (impl Into<Box<str>>, u64)>) {
-        self.learn(stamps, false);
+    /// Stamps read from Redis (0 for a tag never invalidated), by a read that
+    /// began at `epoch`: dropped if the book forgot since (they may predate
+    /// what it forgot).
+    pub(crate) fn read(
+        &self,
+        stamps: impl IntoIterator<Item = (impl Into<Box<str>>, u64)>,
+        epoch: u64,
+    ) {
+        self.learn(stamps, None, Some(epoch));
     }
 
-    /// Tags invalidated at `stamp` (here or on another instance). `landed`: this
-    /// instance's own invalidation, pending until now.
+    /// Tags invalidated at `stamp`, by another instance (`call` is `None`: a
+    /// message, which raises what the book knows but does not teach it a tag
+    /// it does not know: a later stamp's message may have been lost before
+    /// the book last forgot, and only Redis has it), or (`call`) by this
+    /// instance's pending call of that number or, for a replay, of any number
+    /// up to it.
     pub(crate) fn invalidated<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
         stamp: u64,
-        landed: bool,
+        call: Option<u64>,
     ) {
-        self.learn(names.into_iter().map(|name| (name, stamp)), landed);
+        self.learn(names.into_iter().map(|name| (name, stamp)), call, None);
     }
 
-    /// Tags invalidated here whose L2 change did not land: pending.
-    pub(crate) fn pending<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    /// Tags invalidated here, whose stamp is on its way: pending until it lands.
+    /// Returns the call's number.
+    pub(crate) fn pending<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
+        let call = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
         let mut known = self.write();
         for name in names {
-            known.insert(name.into(), Known::Pending);
+            known.insert(name.into(), Known::Pending(call));
         }
         self.seq.fetch_add(1, Ordering::AcqRel);
+        call
     }
 
     /// Tags invalidated without an L2: the clock moves on by one.
     pub(crate) fn invalidate_here<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let stamp = self.clock.fetch_add(1, Ordering::AcqRel) + 1;
-        self.invalidated(names, stamp, true);
+        self.learn(names.into_iter().map(|name| (name, stamp)), None, None);
     }
 
-    /// Forgets every stamp (after bus messages may have been lost; L1 is
-    /// cleared with it). Without an L2 the book is the truth and keeps them.
+    /// Forgets every stamp but this instance's pending ones (after bus messages
+    /// may have been lost; L1 is cleared with it). Without an L2 the book is
+    /// the truth and keeps them.
     pub(crate) fn forget(&self) {
         if self.authoritative {
             return;
         }
-        self.write().clear();
+        let mut known = self.write();
+        known.retain(|_, k| matches!(k, Known::Pending(_)));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.seq.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn learn(&self, stamps: impl IntoIterator<Item = (impl Into<Box<str>>, u64)>, landed: bool) {
+    fn learn(
+        &self,
+        stamps: impl IntoIterator<Item = (impl Into<Box<str>>, u64)>,
+        call: Option<u64>,
+        epoch: Option<u64>,
+    ) {
         let mut known = self.write();
+        if epoch.is_some_and(|e| e != self.epoch.load(Ordering::Acquire)) {
+            return;
+        }
+        let plausible = plausible_stamps();
+        let now = self.time.now();
+        let told = call.is_none() && epoch.is_none() && !self.authoritative;
         let mut raised = false;
         let mut highest = 0;
         for (name, stamp) in stamps {
-            highest = highest.max(stamp);
-            let slot = known.entry(name.into()).or_insert(Known::Stamp(0));
+            if stamp <= plausible || self.authoritative {
+                highest = highest.max(stamp);
+            }
+            let name: Box<str> = name.into();
+            if told && !known.contains_key(&name) {
+                continue;
+            }
+            let slot = known.entry(name).or_insert(Known::Stamp(0, now));
+            // What Redis or this instance's own stamp says is trusted anew;
+            // a message only raises (its tag may have a later stamp whose
+            // message was lost).
             match *slot {
-                Known::Stamp(old) if old < stamp => {
-                    *slot = Known::Stamp(stamp);
+                Known::Stamp(old, at) if old < stamp => {
+                    *slot = Known::Stamp(stamp, if told { at } else { now });
                     raised = true;
                 }
-                Known::Pending if landed => {
-                    *slot = Known::Stamp(stamp);
+                Known::Stamp(old, _) if !told => *slot = Known::Stamp(old, now),
+                Known::Stamp(..) => {}
+                Known::Pending(pending) if call.is_some_and(|c| pending <= c) => {
+                    *slot = Known::Stamp(stamp, now);
                     raised = true;
                 }
-                _ => {}
+                Known::Pending(_) => {}
             }
         }
         self.clock.fetch_max(highest, Ordering::AcqRel);
-        if known.len() > MAX_KNOWN && !self.authoritative {
-            known.retain(|_, k| *k == Known::Pending);
+        if known.len() > MAX_KNOWN {
+            known.retain(|_, k| matches!(k, Known::Pending(_)));
+            if self.authoritative {
+                self.floor.store(self.clock(), Ordering::Release);
+            }
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             raised = true;
         }
         if raised {
@@ -190,9 +285,39 @@ impl TagBook {
     }
 }
 
+/// The highest stamp taken as the tag clock: this machine's time in
+/// microseconds, and [`PLAUSIBLE_AHEAD`] more.
+fn plausible_stamps() -> u64 {
+    let ahead = SystemTime::now() + PLAUSIBLE_AHEAD;
+    let micros = ahead
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros();
+    u64::try_from(micros).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn with_an_l2_a_stamp_is_trusted_for_a_while_then_read_again() {
+        let time = ManualClock::new();
+        let book = TagBook::new(false, Clock::from(time.clone()), Duration::from_secs(60));
+        let entry = tags(&["t"], 5);
+        book.read([("t", 3)], book.epoch());
+        assert!(book.holds(&entry));
+        time.advance(Duration::from_secs(61));
+        assert_eq!(
+            book.check(&entry),
+            Check::Unknown,
+            "a message may have been lost"
+        );
+        assert_eq!(book.unknown(&entry), ["t"]);
+        book.read([("t", 3)], book.epoch());
+        assert_eq!(book.check(&entry), Check::Valid, "read again");
+    }
 
     fn tags(names: &[&str], born: u64) -> std::sync::Arc<Tags> {
         Tags::new(names.iter().map(|n| (*n).into()).collect(), born)
@@ -200,46 +325,91 @@ mod tests {
 
     #[test]
     fn an_entry_holds_until_a_tag_is_stamped_after_its_birth() {
-        let book = TagBook::new(false);
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
         let entry = tags(&["user:7", "orders"], 5);
         assert_eq!(book.check(&entry), Check::Unknown);
         assert!(!book.holds(&entry), "unknown is not trusted");
-        book.read([("user:7", 3), ("orders", 0)]);
+        book.read([("user:7", 3), ("orders", 0)], book.epoch());
         assert_eq!(book.clock(), 3);
         assert!(book.holds(&entry));
-        book.invalidated(["orders"], 5, false);
+        book.invalidated(["orders"], 5, None);
         assert!(
             book.holds(&entry),
             "stamped at its birth: the load began after"
         );
-        book.invalidated(["orders"], 6, false);
+        book.invalidated(["orders"], 6, None);
         assert!(!book.holds(&entry));
         assert_eq!(book.clock(), 6);
-        book.read([("orders", 4)]);
+        book.read([("orders", 4)], book.epoch());
         assert!(!book.holds(&entry), "a stale read does not lower a stamp");
         assert!(book.holds(&tags(&["user:7", "orders"], 6)));
     }
 
     #[test]
-    fn pending_tags_hold_nothing_until_their_stamp_lands() {
-        let book = TagBook::new(false);
-        book.read([("t", 1)]);
-        book.pending(["t"]);
+    fn pending_tags_hold_nothing_until_their_own_stamp_lands() {
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        book.read([("t", 1)], book.epoch());
+        let first = book.pending(["t"]);
         assert_eq!(book.check(&tags(&["t"], 99)), Check::Invalidated);
-        book.invalidated(["t"], 50, false);
+        book.invalidated(["t"], 50, None);
         assert_eq!(
             book.check(&tags(&["t"], 99)),
             Check::Invalidated,
             "not ours"
         );
-        book.invalidated(["t"], 7, true);
-        assert_eq!(book.check(&tags(&["t"], 7)), Check::Valid);
-        assert_eq!(book.check(&tags(&["t"], 6)), Check::Invalidated);
+        let second = book.pending(["t"]);
+        book.invalidated(["t"], 20, Some(first));
+        assert_eq!(
+            book.check(&tags(&["t"], 99)),
+            Check::Invalidated,
+            "an older call's stamp leaves the newer call pending"
+        );
+        book.invalidated(["t"], 70, Some(second));
+        assert_eq!(book.check(&tags(&["t"], 70)), Check::Valid);
+        assert_eq!(book.check(&tags(&["t"], 69)), Check::Invalidated);
+        let third = book.pending(["t"]);
+        book.forget();
+        assert_eq!(book.check(&tags(&["t"], 99)), Check::Invalidated, "kept");
+        book.invalidated(["t"], 80, Some(third + 5));
+        assert_eq!(
+            book.check(&tags(&["t"], 80)),
+            Check::Valid,
+            "a replay that covers it"
+        );
+    }
+
+    #[test]
+    fn a_message_raises_a_known_stamp_but_teaches_no_new_one() {
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        book.invalidated(["t"], 5, None);
+        assert_eq!(book.check(&tags(&["t"], 9)), Check::Unknown, "ask Redis");
+        book.read([("t", 7)], book.epoch());
+        book.invalidated(["t"], 8, None);
+        assert_eq!(book.check(&tags(&["t"], 7)), Check::Invalidated);
+        assert_eq!(book.check(&tags(&["t"], 8)), Check::Valid);
+    }
+
+    #[test]
+    fn stamps_read_before_the_book_forgot_are_dropped() {
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        let epoch = book.epoch();
+        book.forget();
+        book.read([("t", 1)], epoch);
+        assert_eq!(book.check(&tags(&["t"], 5)), Check::Unknown);
+    }
+
+    #[test]
+    fn an_implausible_stamp_invalidates_but_is_not_the_clock() {
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        book.read([("t", 1)], book.epoch());
+        book.invalidated(["t"], u64::MAX, None);
+        assert_eq!(book.clock(), 1);
+        assert_eq!(book.check(&tags(&["t"], u64::MAX - 1)), Check::Invalidated);
     }
 
     #[test]
     fn without_an_l2_the_book_is_the_truth() {
-        let book = TagBook::new(true);
+        let book = TagBook::new(true, Clock::system(), Duration::from_secs(60));
         let entry = tags(&["a"], book.clock());
         assert!(book.holds(&entry), "never invalidated");
         book.invalidate_here(["a"]);
@@ -251,8 +421,8 @@ mod tests {
 
     #[test]
     fn forgetting_makes_every_tag_unknown_again() {
-        let book = TagBook::new(false);
-        book.read([("a", 2)]);
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        book.read([("a", 2)], book.epoch());
         let entry = tags(&["a"], 2);
         assert!(book.holds(&entry));
         book.forget();

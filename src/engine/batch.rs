@@ -18,6 +18,26 @@ use crate::entry::Entry;
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
 use crate::remote::L2Read;
+use crate::source::{Answer, Loaded, NOT_MODIFIED_WITHOUT_STALE};
+
+/// A key's share of a batch: its value (with its TTLs and tags), or its
+/// absence.
+fn fetched<V: Clone>(loaded: Option<&Loaded<V>>) -> Result<Fetched<V>, Failure> {
+    let Some(loaded) = loaded else {
+        return Ok(Fetched::cached(None));
+    };
+    match &loaded.answer {
+        Answer::Value(value) => Ok(Fetched {
+            value: value.clone(),
+            keep: true,
+            ttl: loaded.ttl,
+            l1_ttl: loaded.l1_ttl,
+            tags: loaded.tags.clone(),
+            born: None,
+        }),
+        Answer::NotModified => Err(shared(NOT_MODIFIED_WITHOUT_STALE.into())),
+    }
+}
 
 /// The type of "no batch load of the caller's own" (the configured loader is used).
 type NoBatch<K, V> = fn(Vec<K>) -> std::future::Ready<Result<HashMap<K, V>, BoxError>>;
@@ -100,7 +120,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         // Polled only if some key still needs loading after L2, by the first such flight.
         let batch = async {
             let load = match (given, loader) {
-                (Some(given), _) => Either::Left(given(to_load.clone())),
+                (Some(given), _) => Either::Left(given(to_load.clone()).map(|r| {
+                    r.map(|values| {
+                        (values.into_iter())
+                            .map(|(key, value)| (key, Loaded::value(value)))
+                            .collect::<HashMap<_, _>>()
+                    })
+                })),
                 (None, Some(loader)) => Either::Right(loader.load_many(&to_load)),
                 (None, None) => return Ok(Arc::new(HashMap::new())),
             };
@@ -116,16 +142,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .zip(in_batch)
             .map(|((((key, ticket), read), fallback), in_batch)| {
                 let batch = batch.clone();
-                let first = match (in_batch, given) {
-                    (true, _) if can_load => Some(Either::Left(batch.map(move |values| {
-                        values.map(|values| Fetched::cached(values.get(key).cloned()))
-                    }))),
-                    (false, Some(given)) => Some(Either::Right(async move {
-                        let mut values = given(vec![key.clone()]).await.map_err(shared)?;
-                        Ok(Fetched::cached(values.remove(key)))
-                    })),
-                    _ => None,
-                };
+                let first =
+                    match (in_batch, given) {
+                        (true, _) if can_load => Some(Either::Left(batch.map(move |values| {
+                            values.and_then(|values| fetched(values.get(key)))
+                        }))),
+                        (false, Some(given)) => Some(Either::Right(async move {
+                            let mut values = given(vec![key.clone()]).await.map_err(shared)?;
+                            Ok(Fetched::cached(values.remove(key)))
+                        })),
+                        _ => None,
+                    };
                 let job = Job {
                     prepared: read.map(|read| (ticket, read)),
                     own_load: !in_batch,

@@ -191,18 +191,22 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             self.tags.invalidate_here(tags.iter().map(String::as_str));
             // The other instances' clocks are their own: the stamp means
             // nothing to them, the tags do.
-            let change = || Landed::Tags(0, tags.clone());
+            let change = || Landed::Tags(0, tags.clone(), 0);
             return self.finish(true, change, async {}).await;
         };
+        if !remote.stamps_tags() {
+            tracing::warn!(cache = %self.name, "the L2 store cannot stamp tags: invalidate_tag clears the namespace");
+            return Box::pin(self.invalidate_all()).await;
+        }
         // Pending first: a caller cancelled while the stamp is on its way
         // leaves the tags unreadable here until the owed stamp lands.
-        self.tags.pending(tags.iter().map(String::as_str));
-        let stamp = remote.stamp_tags(&tags).await;
+        let call = self.tags.pending(tags.iter().map(String::as_str));
+        let stamp = remote.stamp_tags(&tags, call).await;
         if let Some(stamp) = stamp {
-            self.tags
-                .invalidated(tags.iter().map(String::as_str), stamp, true);
+            let names = tags.iter().map(String::as_str);
+            self.tags.invalidated(names, stamp, Some(call));
         }
-        let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone());
+        let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone(), call);
         self.finish(stamp.is_some(), change, async {}).await;
     }
 
@@ -259,19 +263,20 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Message::Tags(stamp, tags) => {
                 // Another instance's invalidation, whose stamp may be older than
                 // one of this instance's own still pending.
-                self.tags_invalidated(&tags, stamp, false);
+                self.tags_invalidated(&tags, stamp, None);
                 return;
             }
         })
         .await;
     }
 
-    /// Tags invalidated at `stamp` (`landed`: this instance's own, owed until
-    /// now). Without an L2, each instance's tag clock is its own: it moves on.
-    fn tags_invalidated(&self, tags: &[String], stamp: u64, landed: bool) {
+    /// Tags invalidated at `stamp` (by this instance's calls up to `call`, owed
+    /// until now; `None`: by another instance). Without an L2, each instance's
+    /// tag clock is its own: it moves on.
+    fn tags_invalidated(&self, tags: &[String], stamp: u64, call: Option<u64>) {
         let names = tags.iter().map(String::as_str);
         if self.remote.is_some() {
-            self.tags.invalidated(names, stamp, landed);
+            self.tags.invalidated(names, stamp, call);
         } else {
             self.tags.invalidate_here(names);
         }
@@ -290,7 +295,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Landed::All => self.clear_l1().await,
-            Landed::Tags(stamp, tags) => self.tags_invalidated(&tags, stamp, true),
+            Landed::Tags(stamp, tags, call) => self.tags_invalidated(&tags, stamp, Some(call)),
         }
     }
 
@@ -306,7 +311,6 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// been missed. `again` is false for the first subscription (L1 then only
     /// holds what was read while the subscription was not up yet).
     pub(crate) async fn clear_l1_after_gap(&self, again: bool) {
-        self.tags.forget();
         self.clear_l1().await;
         if again {
             self.report.event(Counter::BusResubscribes);
@@ -329,8 +333,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.report.with_observer(|o| o.invalidated(all));
     }
 
-    /// Empties L1 through the fence: no load in flight commits what it read before.
+    /// Empties L1 through the fence: no load in flight commits what it read
+    /// before. Forgets the tag stamps this instance knew, too: a clear may
+    /// stand for messages that were lost or merged (tag invalidations among
+    /// them, whose old entries are still in L2), so they are read again.
     async fn clear_l1(&self) {
+        self.tags.forget();
         self.fence.supersede_all(|| self.l1.invalidate_all()).await;
     }
 
@@ -368,6 +376,6 @@ pub(crate) fn message(change: &Landed) -> Message {
         Landed::Keys(keys) => Message::Keys(keys.clone()),
         Landed::Pattern(glob) => Message::Pattern(glob.clone()),
         Landed::All => Message::All,
-        Landed::Tags(stamp, tags) => Message::Tags(*stamp, tags.clone()),
+        Landed::Tags(stamp, tags, _) => Message::Tags(*stamp, tags.clone()),
     }
 }

@@ -323,23 +323,28 @@ impl RemoteStore for MemoryStore {
         tags: &'a [String],
     ) -> BoxFuture<'a, Result<u64, BoxError>> {
         let stamped = self.call(StoreOp::StampTags, move |keys, now| {
-            let current = keys.get(clock, now).map_or(Ok(0), |bytes| {
+            // A clock that is not a number counts as 0, as in the script.
+            let current = keys.get(clock, now).map_or(0, |bytes| {
                 std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or("ERR value is not an integer or out of range")
-            })?;
+                    .unwrap_or(0)
+            });
             // The clock's microseconds, or one past the last stamp (as the
             // Redis script does with the server's time).
-            let stamp = (now / 1_000).max(current + 1);
+            let stamp = (now / 1_000).max(current.saturating_add(1));
             let text = stamp.to_string();
             keys.set(clock, text.as_bytes(), None, now);
             for tag in tags {
                 keys.set(tag, text.as_bytes(), None, now);
             }
-            Ok::<_, &str>(stamp)
+            stamp
         });
-        Box::pin(async move { stamped.await?.map_err(Into::into) })
+        Box::pin(stamped)
+    }
+
+    fn stamps_tags(&self) -> bool {
+        true
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), BoxError>> {

@@ -35,21 +35,21 @@ pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Moves the tag clock `KEYS[1]` on to the server's time in microseconds (or
-/// one past its last value, if that is later), stamps the tags `KEYS[2..]`
-/// with it, and returns it. A time-based clock keeps moving forward when the
-/// server loses its data (a restart without persistence, a failover to a
-/// replica that missed writes): instances' views of it stay lower bounds.
-/// (Microseconds since 1970 are below 2^53: exact in Lua's doubles.)
+/// one past its last value, if that is later; a value that is not a number
+/// counts as 0), stamps the tags `KEYS[2..]` with it, and returns it. A
+/// time-based clock keeps moving forward when the server loses its data (a
+/// restart without persistence, a failover to a replica that missed writes):
+/// instances' views of it stay lower bounds. (Microseconds since 1970 are below
+/// 2^53: exact in Lua's doubles. Before Redis 5 a script that reads `TIME` and
+/// writes must replicate its effects: `replicate_commands` asks for that, and
+/// is a no-op since.)
 pub(super) static STAMP_TAGS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "local now = redis.call('TIME') \
+        "redis.replicate_commands() \
+         local now = redis.call('TIME') \
          local stamp = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
-         local last = redis.call('GET', KEYS[1]) \
-         if last then \
-           last = tonumber(last) \
-           if not last then return redis.error_reply('ERR the tag clock is not a number') end \
-           if stamp <= last then stamp = last + 1 end \
-         end \
+         local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0 \
+         if stamp <= last then stamp = last + 1 end \
          local text = string.format('%.0f', stamp) \
          for i = 1, #KEYS do redis.call('SET', KEYS[i], text) end \
          return stamp",

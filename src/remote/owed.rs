@@ -37,8 +37,9 @@ struct Pending {
     patterns: Vec<(String, Walk)>,
     /// A walk of the whole namespace, with how far it got.
     clear: Option<Walk>,
-    /// Tags to stamp → the deferral's number.
-    tags: HashMap<String, u64>,
+    /// Tags to stamp → the deferral's number, and the latest invalidation
+    /// call it stands for.
+    tags: HashMap<String, (u64, u64)>,
     next_number: u64,
 }
 
@@ -93,8 +94,9 @@ pub(crate) enum Work {
     Keys(Vec<String>),
     Pattern(String, ScanCursor),
     Clear(ScanCursor),
-    /// Tags to stamp (their names).
-    Tags(Vec<String>),
+    /// Tags to stamp (their names), for this instance's invalidation call of
+    /// this number.
+    Tags(Vec<String>, u64),
 }
 
 /// The owed-work list of one cache's L2.
@@ -184,10 +186,11 @@ impl Owed {
     fn defer(&self, work: Work) {
         let mut pending = self.lock();
         match work {
-            Work::Tags(tags) => {
+            Work::Tags(tags, call) => {
                 for tag in tags {
                     let number = pending.number();
-                    pending.tags.insert(tag, number);
+                    let slot = pending.tags.entry(tag).or_insert((number, call));
+                    *slot = (number, slot.1.max(call));
                 }
             }
             Work::Keys(keys) => {
@@ -268,7 +271,7 @@ impl Remote {
                     owed.has_pending.store(false, Ordering::SeqCst);
                     return Replayed::Done;
                 }
-                let tags: Vec<(String, u64)> = pending
+                let tags: Vec<(String, (u64, u64))> = pending
                     .tags
                     .iter()
                     .take(REPLAY_BATCH)
@@ -289,28 +292,7 @@ impl Remote {
                     Replayed::Failed
                 };
             }
-            if !tags.is_empty() {
-                let keys: Vec<String> = tags.iter().map(|(t, _)| namespace.tag_key(t)).collect();
-                let clock = namespace.tag_clock();
-                let stamping = gate.store().stamp_tags(&clock, &keys);
-                let Some(stamp) = gate.call("stamp_tags", stamping).await else {
-                    return Replayed::Failed;
-                };
-                let mut landed = Vec::with_capacity(tags.len());
-                let mut pending = owed.lock();
-                for (tag, number) in tags {
-                    if pending.tags.get(&tag) == Some(&number) {
-                        pending.tags.remove(&tag);
-                        landed.push(tag);
-                    }
-                }
-                drop(pending);
-                // A tag deferred again while the step ran stays owed (and
-                // unreadable here): it is announced when its own stamp lands.
-                if !landed.is_empty() {
-                    (self.announce)(Landed::Tags(stamp, landed));
-                }
-            } else if let Some(walk) = clear {
+            if let Some(walk) = clear {
                 let Some(step) = step(gate, &namespace.everything(), walk.cursor).await else {
                     return Replayed::Failed;
                 };
@@ -347,7 +329,7 @@ impl Remote {
                         }
                     }
                 }
-            } else {
+            } else if !keys.is_empty() {
                 let names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
                 if gate
                     .call("delete", gate.store().delete(&names))
@@ -374,6 +356,31 @@ impl Remote {
                     0 => {}
                     1 => (self.announce)(Landed::Key(landed.remove(0))),
                     _ => (self.announce)(Landed::Keys(landed)),
+                }
+            } else {
+                // Tags last: a stamp that keeps failing does not hold back
+                // the deletions owed with it.
+                let keys: Vec<String> = tags.iter().map(|(t, _)| namespace.tag_key(t)).collect();
+                let clock = namespace.tag_clock();
+                let stamping = gate.store().stamp_tags(&clock, &keys);
+                let Some(stamp) = gate.call("stamp_tags", stamping).await else {
+                    return Replayed::Failed;
+                };
+                let (mut landed, mut covered) = (Vec::with_capacity(tags.len()), 0);
+                let mut pending = owed.lock();
+                for (tag, number) in tags {
+                    if pending.tags.get(&tag) == Some(&number) {
+                        pending.tags.remove(&tag);
+                        landed.push(tag);
+                        covered = covered.max(number.1);
+                    }
+                }
+                drop(pending);
+                // A tag deferred again while the step ran stays owed (and
+                // unreadable here): it is announced when its own stamp lands.
+                // The stamp was asked for after every call it stands for began.
+                if !landed.is_empty() {
+                    (self.announce)(Landed::Tags(stamp, landed, covered));
                 }
             }
             progress = true;

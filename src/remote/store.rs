@@ -74,14 +74,13 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(()) })
     }
 
-    /// Moves the tag clock at `clock` (a decimal number, 0 when absent) on to
-    /// the store's time in microseconds, or one past its value if that is
-    /// later, and writes the new value to `clock` and to each key of `tags`,
-    /// atomically, with no expiry; returns the new value. (A clock based on
-    /// time keeps moving forward if the store loses its data.) The clock and
-    /// the tag keys of a namespace share one hash slot. A store without it (this default) cannot invalidate
-    /// tags: such invalidations stay owed, and the entries carrying them are
-    /// never read from L2 meanwhile.
+    /// Moves the tag clock at `clock` (a decimal number; absent or not a
+    /// number counts as 0) on to the store's time in microseconds, or one past
+    /// its value if that is later, and writes the new value to `clock` and to
+    /// each key of `tags`, atomically, with no expiry; returns the new value.
+    /// (A clock based on time keeps moving forward if the store loses its
+    /// data.) The clock and the tag keys of a namespace share one hash slot.
+    /// Implement it together with [`stamps_tags`](Self::stamps_tags).
     fn stamp_tags<'a>(
         &'a self,
         clock: &'a str,
@@ -89,6 +88,15 @@ pub trait RemoteStore: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<u64, BoxError>> {
         let _ = (clock, tags);
         Box::pin(async { Err("this store cannot stamp tags".into()) })
+    }
+
+    /// Whether [`stamp_tags`](Self::stamp_tags) is implemented. A store
+    /// without it (this default) cannot hold tag stamps: an
+    /// [`invalidate_tag`](crate::TieredCache::invalidate_tag) on it clears the
+    /// whole namespace instead, as
+    /// [`invalidate_all`](crate::TieredCache::invalidate_all) does.
+    fn stamps_tags(&self) -> bool {
+        false
     }
 
     /// Removes `keys`.

@@ -78,6 +78,7 @@ impl<V> fmt::Debug for LoadContext<V> {
 /// let cold: Loaded<String> = Loaded::value("archived".to_owned()).with_ttl(Duration::from_secs(3600));
 /// # let _ = (hot, cold);
 /// ```
+#[derive(Clone)]
 pub struct Loaded<V> {
     pub(crate) answer: Answer<V>,
     /// This entry's TTL in every tier.
@@ -89,6 +90,7 @@ pub struct Loaded<V> {
 }
 
 /// What a [`Loaded`] says about the value.
+#[derive(Clone)]
 pub(crate) enum Answer<V> {
     /// `None`: the key has no value (remembered for the negative TTL).
     Value(Option<V>),

@@ -227,3 +227,207 @@ async fn tags_hold_against_loads_in_flight_without_an_l2() {
     assert_eq!(cache.get(&1).await.unwrap(), Some(3));
     assert_eq!(cache.stats().superseded, 1);
 }
+
+/// `get_many` loads through `load_many_with`: a context loader's tags reach
+/// batch-loaded entries too. (Before, the batch went through `load_many`,
+/// which dropped them: `invalidate_tag` never reached those entries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_loaded_in_a_batch_carry_their_tags() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    let keys = ["user:7:profile".to_owned(), "user:7:orders".to_owned()];
+    let found = a.get_many(&keys).await.unwrap();
+    assert_eq!(found.len(), 2);
+    db.set("user:7:profile", 2);
+    db.set("user:7:orders", 2);
+    a.invalidate_tag("user:7").await;
+    for key in &keys {
+        assert_eq!(get(&a, key).await, Some(2), "{key}");
+    }
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&b, "user:7:orders").await, Some(2), "and in L2");
+}
+
+/// With an L2 but no bus, an instance reads the stamps of every tagged entry
+/// it takes from L2: nothing else tells it of other instances' stamps.
+/// (Before, a stamp it had learned once was trusted for good, and it served
+/// the old entry from L2 until the entry's TTL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_bus_stamps_are_read_with_every_tagged_l2_entry() {
+    let db = Arc::new(Db::default());
+    let store = MemoryStore::new();
+    let unbussed = |store: MemoryStore| {
+        let db = db.clone();
+        TieredCache::<String, u64>::builder("tags-no-bus")
+            .l2(store)
+            .l1_max_entries(0)
+            .loader(loader_with_context_fn(
+                move |key: String, _: LoadContext<u64>| {
+                    let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+                    async move { Ok::<_, BoxError>(Loaded::value(version).with_tags(["user:7"])) }
+                },
+            ))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (unbussed(store.connect()), unbussed(store.connect()));
+    assert_eq!(get(&b, "user:7:profile").await, Some(1)); // B learns the tag's stamp
+    assert_eq!(get(&b, "user:7:profile").await, Some(1)); // from L2
+    db.set("user:7:profile", 2);
+    a.invalidate_tag("user:7").await;
+    assert_eq!(get(&b, "user:7:profile").await, Some(2));
+}
+
+/// A lost tag message that reaches the others as "everything" (unreadable
+/// bytes of this crate, or publishes merged after a long outage): a receiver
+/// forgets the stamps it knew with its L1, and reads them again. (Before, it
+/// cleared L1 only, and served the old tagged entry from L2.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_from_the_bus_makes_the_stamps_be_read_again() {
+    use tiered::Backplane;
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_bus = bus.connect();
+    let a = instance(&db, store.connect(), a_bus.clone());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&b, "user:7:profile").await, Some(1));
+    db.set("user:7:profile", 2);
+    a_bus.lose_next_published(1);
+    a.invalidate_tag("user:7").await;
+    let key = a.l2_key(&"user:7:profile".to_owned()).unwrap();
+    let channel = format!("tiered-bus:{}", &key[..key.len() - "user:7:profile".len()]);
+    // A message of this crate from a newer version: read as "everything".
+    let mut newer = b"TB\x09".to_vec();
+    newer.extend_from_slice(&[0; 17]);
+    bus.connect().publish(&channel, &newer).await.unwrap();
+    until(&b, "user:7:profile", 2).await;
+}
+
+/// A store that cannot stamp tags (one that does not implement `stamp_tags`):
+/// `invalidate_tag` clears the namespace instead, and nothing is left owed.
+/// (Before, the stamp stayed owed for good, and the instance never read L2
+/// again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_stamp_tags_clears_the_namespace_instead() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance_on(&db, NoTags(store.connect()), bus.connect());
+    let b = instance_on(&db, NoTags(store.connect()), bus.connect());
+    assert_eq!(get(&a, "user:8:profile").await, Some(1));
+    assert_eq!(get(&b, "user:7:profile").await, Some(1));
+    db.set("user:7:profile", 2);
+    a.invalidate_tag("user:7").await;
+    assert_eq!(get(&a, "user:7:profile").await, Some(2));
+    until(&b, "user:7:profile", 2).await;
+    let reads = a.stats().l2.hits + a.stats().l2.misses;
+    get(&a, "user:8:profile").await;
+    get(&a, "user:9:profile").await;
+    let stats = a.stats();
+    assert_eq!(
+        stats.l2.hits + stats.l2.misses,
+        reads + 2,
+        "L2 is read again"
+    );
+}
+
+/// A stamp that keeps failing does not hold back the deletions owed with it:
+/// they land first, and the other instance stops reading the deleted key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_deletions_land_while_a_stamp_keeps_failing() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&b, "user:1:x").await, Some(1));
+    a_store.disconnect();
+    a.invalidate_tag("user:7").await;
+    db.set("user:1:x", 2);
+    a.invalidate(&"user:1:x".to_owned()).await;
+    a_store.fail_next(StoreOp::StampTags, 1_000_000);
+    a_store.reconnect();
+    until(&b, "user:1:x", 2).await;
+    let fresh = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&fresh, "user:1:x").await, Some(2));
+}
+
+/// A store without `stamp_tags`.
+#[derive(Debug)]
+struct NoTags(MemoryStore);
+
+impl tiered::RemoteStore for NoTags {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+        self.0.get(key)
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Option<Vec<u8>>>, BoxError>> {
+        self.0.get_many(keys)
+    }
+    fn get_or_reserve<'a>(
+        &'a self,
+        key: &'a str,
+        reservation: &'a [u8],
+        ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+        self.0.get_or_reserve(key, reservation, ttl)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), BoxError>> {
+        self.0.set(key, value, ttl)
+    }
+    fn replace<'a>(
+        &'a self,
+        key: &'a str,
+        expected: &'a [u8],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, BoxError>> {
+        self.0.replace(key, expected, value, ttl)
+    }
+    fn delete<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), BoxError>> {
+        self.0.delete(keys)
+    }
+    fn delete_matching<'a>(
+        &'a self,
+        pattern: &'a str,
+        cursor: tiered::ScanCursor,
+    ) -> futures_util::future::BoxFuture<'a, Result<tiered::ScanStep, BoxError>> {
+        self.0.delete_matching(pattern, cursor)
+    }
+}
+
+fn instance_on(
+    db: &Arc<Db>,
+    store: impl tiered::RemoteStore,
+    bus: MemoryBus,
+) -> TieredCache<String, u64> {
+    let db = db.clone();
+    TieredCache::builder("tags")
+        .l2(store)
+        .bus(bus)
+        .l1_ttl(Duration::from_secs(3600))
+        .l2_ttl(Duration::from_secs(3600))
+        .l2_timeout(Duration::from_millis(100))
+        .loader(loader_with_context_fn(
+            move |key: String, _: LoadContext<u64>| {
+                let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+                let tag = user_of(&key);
+                async move { Ok::<_, BoxError>(Loaded::value(version).with_tags([tag])) }
+            },
+        ))
+        .build()
+        .expect("build")
+}

@@ -1,9 +1,11 @@
 //! A seeded simulation of a fleet: 2 to 4 instances of one cache over one
 //! `MemoryStore` and one `MemoryBus`, each through handles of its own, driven by a
-//! seeded schedule of reads (`get` and `get_many`, in tasks of their own, so
-//! that loads are in flight across the writes: the loader reads the database,
-//! then takes up to 5 ms), writes, cancelled writes (invalidations, inserts and
-//! patterns whose callers give up) and faults (store calls failing, hanging or
+//! seeded schedule of reads (`get`, `get_many`, `get_or_load`, `get_many_with`,
+//! in tasks of their own, so that loads are in flight across the writes: the
+//! loader reads the database, then takes up to 5 ms), writes, cancelled writes
+//! (invalidations, inserts and patterns or tags whose callers give up; on odd
+//! seeds every entry is tagged with its key's group, and groups are invalidated
+//! by tag instead of by pattern) and faults (store calls failing, hanging or
 //! slowed past the L2 timeout, an instance cut off from the store or the bus,
 //! publishes failing, hanging or lost, deliveries held, loads failing or
 //! panicking), on a single-threaded runtime with paused time. A read whose load
@@ -12,7 +14,7 @@
 //! The oracle checks the fleet rules of docs/GUIDE.md:
 //!
 //! 1. An instance reads its own writes: once its `invalidate`, `invalidate_many`,
-//!    `insert_many`, pattern,
+//!    `insert_many`, pattern, tag,
 //!    `invalidate_all` or `insert` returned, its reads that begin after return
 //!    that version or a newer one (whatever faults are on, whatever loads were
 //!    in flight).
@@ -36,7 +38,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use tiered::{BoxError, ManualClock, MemoryBus, MemoryStore, StoreOp, TieredCache};
+use tiered::{
+    loader_with_context_fn, BoxError, LoadContext, Loaded, ManualClock, MemoryBus, MemoryStore,
+    StoreOp, TieredCache,
+};
 
 const KEYS: [&str; 6] = ["a:0", "a:1", "a:2", "b:0", "b:1", "b:2"];
 const STEPS: usize = 80;
@@ -83,11 +88,15 @@ struct Fleet {
     reads: Vec<tokio::task::JoinHandle<()>>,
     /// A message was lost: L1 may keep an old value until its TTL.
     lossy: bool,
+    /// Every entry is tagged with its key's group (`a` or `b`), and groups are
+    /// invalidated by tag instead of by pattern (odd seeds); reads go through
+    /// the configured loader, whose entries are the tagged ones.
+    tagged: bool,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Fleet {
-    fn new(rng: &mut fastrand::Rng) -> Fleet {
+    fn new(rng: &mut fastrand::Rng, tagged: bool) -> Fleet {
         let (db, clock) = (Db::default(), ManualClock::new());
         // The loaders' durations come from the seed too, so that a seed replays.
         let durations = Arc::new(Mutex::new(fastrand::Rng::with_seed(rng.u64(..))));
@@ -136,9 +145,18 @@ impl Fleet {
                     .l1_ttl(L1_TTL)
                     .l2_ttl(Duration::from_secs(3600))
                     .l2_timeout(L2_TIMEOUT)
-                    .loader_fn({
+                    .loader({
                         let load = Arc::clone(&load);
-                        move |key: String| load(key)
+                        loader_with_context_fn(move |key: String, _: LoadContext<u64>| {
+                            let tag = group(&key).filter(|_| tagged);
+                            load(key).map(move |loaded| {
+                                let loaded = Loaded::from(loaded?);
+                                Ok::<_, BoxError>(match tag {
+                                    Some(tag) => loaded.with_tags([tag]),
+                                    None => loaded,
+                                })
+                            })
+                        })
                     })
                     .build()
                     .expect("build");
@@ -158,6 +176,7 @@ impl Fleet {
             instances,
             reads: Vec::new(),
             lossy: false,
+            tagged,
             log: Arc::default(),
         }
     }
@@ -216,10 +235,7 @@ impl Fleet {
                 let written = self.bump(&[key]);
                 let version = written[0].1;
                 self.note(format!("{i}: insert {key} = {version}"));
-                self.instances[i]
-                    .cache
-                    .insert(key.to_owned(), version)
-                    .await;
+                self.insert(i, key, version).await;
                 self.raise(i, written);
             }
             60..=62 => {
@@ -230,18 +246,27 @@ impl Fleet {
                 keys.dedup();
                 let written = self.bump(&keys);
                 self.note(format!("{i}: insert_many {written:?}"));
-                let entries = written.clone();
-                self.instances[i].cache.insert_many(entries).await;
+                if self.tagged {
+                    for (key, version) in &written {
+                        self.insert(i, key, *version).await;
+                    }
+                } else {
+                    let entries = written.clone();
+                    self.instances[i].cache.insert_many(entries).await;
+                }
                 self.raise(i, written);
             }
             63..=67 => {
                 let prefix = &key[..2];
                 let written = self.bump(&matching(prefix));
-                self.note(format!("{i}: invalidate_pattern {prefix}*"));
-                self.instances[i]
-                    .cache
-                    .invalidate_pattern(&format!("{prefix}*"))
-                    .await;
+                let cache = &self.instances[i].cache;
+                if self.tagged {
+                    self.note(format!("{i}: invalidate_tag {}", &key[..1]));
+                    cache.invalidate_tag(&key[..1]).await;
+                } else {
+                    self.note(format!("{i}: invalidate_pattern {prefix}*"));
+                    cache.invalidate_pattern(&format!("{prefix}*")).await;
+                }
                 self.raise(i, written);
             }
             68..=70 => {
@@ -277,8 +302,18 @@ impl Fleet {
                         self.note(format!(
                             "{i}: insert {key} = {version}, cancelled after {after:?}"
                         ));
-                        let _ = tokio::time::timeout(after, cache.insert(key.to_owned(), version))
-                            .await;
+                        let tags = group(key).filter(|_| self.tagged);
+                        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                        let insert = cache.insert_with_tags(key.to_owned(), version, &tags);
+                        let _ = tokio::time::timeout(after, insert).await;
+                    }
+                    _ if self.tagged => {
+                        self.bump(&matching(&key[..2]));
+                        let tag = &key[..1];
+                        self.note(format!(
+                            "{i}: invalidate_tag {tag}, cancelled after {after:?}"
+                        ));
+                        let _ = tokio::time::timeout(after, cache.invalidate_tag(tag)).await;
                     }
                     _ => {
                         let prefix = &key[..2];
@@ -312,7 +347,7 @@ impl Fleet {
         );
         // Half the reads are cache-aside calls with the same query (picked by
         // the start time's parity, so that the schedule draws no more numbers).
-        let aside = after.as_micros() % 2 == 1;
+        let aside = after.as_micros() % 2 == 1 && !self.tagged;
         self.reads.push(tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
@@ -365,6 +400,19 @@ impl Fleet {
         }));
     }
 
+    /// `insert` on instance `i`, tagged with the key's group in tagged mode.
+    async fn insert(&self, i: usize, key: &str, version: u64) {
+        let cache = &self.instances[i].cache;
+        match group(key).filter(|_| self.tagged) {
+            Some(tag) => {
+                cache
+                    .insert_with_tags(key.to_owned(), version, &[&tag])
+                    .await
+            }
+            None => cache.insert(key.to_owned(), version).await,
+        }
+    }
+
     fn raise(&mut self, i: usize, written: Vec<(String, u64)>) {
         let mut floors = self.floors.lock().unwrap();
         for (key, version) in written {
@@ -387,7 +435,7 @@ impl Fleet {
     }
 
     fn fault(&mut self, i: usize, rng: &mut fastrand::Rng) {
-        const OPS: [StoreOp; 7] = [
+        const OPS: [StoreOp; 8] = [
             StoreOp::Get,
             StoreOp::GetMany,
             StoreOp::Reserve,
@@ -395,6 +443,7 @@ impl Fleet {
             StoreOp::Replace,
             StoreOp::Delete,
             StoreOp::Scan,
+            StoreOp::StampTags,
         ];
         let instance = &self.instances[i];
         let op = OPS[rng.usize(..OPS.len())];
@@ -495,6 +544,11 @@ impl Fleet {
     }
 }
 
+/// The tag of a key's group: `a` for `a:0`.
+fn group(key: &str) -> Option<String> {
+    key.split(':').next().map(str::to_owned)
+}
+
 /// The keys that the pattern `{prefix}*` matches.
 fn matching(prefix: &str) -> Vec<&'static str> {
     KEYS.iter()
@@ -505,7 +559,7 @@ fn matching(prefix: &str) -> Vec<&'static str> {
 
 async fn run(seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut fleet = Fleet::new(&mut rng);
+    let mut fleet = Fleet::new(&mut rng, seed % 2 == 1);
     let schedule = {
         let fleet = &mut fleet;
         async move {

@@ -155,6 +155,9 @@ pub(crate) struct Fetched<V> {
     pub(crate) l1_ttl: Option<Duration>,
     /// The tags the entry carries.
     pub(crate) tags: Option<Box<[Box<str>]>>,
+    /// The tag clock at which the value was read, if earlier than the load's
+    /// own start (a "not modified" answer keeps the stale copy's).
+    pub(crate) born: Option<u64>,
 }
 
 impl<V> Fetched<V> {
@@ -165,6 +168,7 @@ impl<V> Fetched<V> {
             ttl: None,
             l1_ttl: None,
             tags: None,
+            born: None,
         }
     }
 }

@@ -82,7 +82,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 }
             }
             let seen = match read {
-                Some(L2Read::Hit(hit, seen)) if !self.tags_hold(hit.tags.as_deref()).await => {
+                Some(L2Read::Hit(hit, seen)) if !self.l2_tags_hold(hit.tags.as_deref()).await => {
                     // An entry a tag invalidation made unreadable: a miss, whose
                     // fill replaces it.
                     Some(seen)
@@ -169,7 +169,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 self.freshness(refreshable),
                 took,
             )
-            .tagged(fetched.tags.map(|names| Tags::new(names, born)));
+            .tagged(fetched.tags.map(|names| {
+                let born = fetched.born.map_or(born, |at| at.min(born));
+                Tags::new(names, born)
+            }));
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
                 if !l2_ttl.is_zero() {
@@ -227,14 +230,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 };
                 let load = loader.load(key, context).map(|r| r.map_err(shared));
                 let loaded = self.timed(1, within(limit, load)).await?;
-                let mut tags = loaded.tags;
+                let (mut tags, mut born) = (loaded.tags, None);
                 let value = match loaded.answer {
                     Answer::Value(value) => value,
                     Answer::NotModified => match fallback {
                         Some(Fallback { entry, .. }) => {
                             self.report.event(Counter::NotModified);
-                            if tags.is_none() {
-                                tags = entry.tags.as_ref().map(|t| t.names.clone());
+                            // The value is the stale copy's: as old, on the
+                            // tag clock, as that copy.
+                            if let Some(stale) = &entry.tags {
+                                born = Some(stale.born);
+                                if tags.is_none() {
+                                    tags = Some(stale.names.clone());
+                                }
                             }
                             entry.value.clone()
                         }
@@ -250,6 +258,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     ttl: loaded.ttl,
                     l1_ttl: loaded.l1_ttl,
                     tags,
+                    born,
                 })
             }
             (None, None) => Ok(Fetched::cached(None)),
@@ -323,18 +332,34 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         match self.tags.check(tags) {
             Check::Valid => true,
             Check::Invalidated => false,
-            Check::Unknown => {
-                let unknown = self.tags.unknown(tags);
-                let Some(remote) = &self.remote else {
-                    return false;
-                };
-                let Some(stamps) = remote.tag_stamps(&unknown).await else {
-                    return false;
-                };
-                self.tags.read(unknown.into_iter().zip(stamps));
-                self.tags.check(tags) == Check::Valid
-            }
+            Check::Unknown => self.read_stamps(tags, self.tags.unknown(tags)).await,
         }
+    }
+
+    /// [`tags_hold`](Self::tags_hold) for an entry read from L2. Without a bus,
+    /// nothing tells this instance of other instances' stamps: they are read
+    /// from L2 for every such entry.
+    async fn l2_tags_hold(&self, tags: Option<&Tags>) -> bool {
+        match tags {
+            Some(tags) if self.bus.is_none() && self.tags.check(tags) != Check::Invalidated => {
+                let names = tags.names.iter().map(|name| &**name).collect();
+                self.read_stamps(tags, names).await
+            }
+            _ => self.tags_hold(tags).await,
+        }
+    }
+
+    /// Reads the stamps of `names` (tags of `tags`) from L2, then checks `tags`.
+    async fn read_stamps(&self, tags: &Tags, names: Vec<&str>) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let epoch = self.tags.epoch();
+        let Some(stamps) = remote.tag_stamps(&names).await else {
+            return false;
+        };
+        self.tags.read(names.into_iter().zip(stamps), epoch);
+        self.tags.check(tags) == Check::Valid
     }
 
     fn count_superseded(&self) {
