@@ -126,7 +126,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// Cache-aside with a `'static` loader: the value of `key` from L1 or L2, or
-    /// else from `load(key)`, with all that the configured loader gets:
+    /// else from `load(key)`, with the freshness the configured loader gets:
     ///
     /// - the flight runs in a task of its own: a caller that gives up (a
     ///   timeout, a dropped request) stops waiting, but the load goes on, fills
@@ -138,9 +138,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     ///
     /// `load` is the closure [`loader_fn`](crate::loader_fn) takes: it is called
     /// on a miss or for a refresh, once per flight, and its future must own what
-    /// it uses (clone an `Arc` or a pool handle into it). A hit allocates
-    /// nothing. Use [`get_with`](Self::get_with) for a load that borrows from
-    /// its caller (it gets none of the above).
+    /// it uses (clone an `Arc` or a pool handle into it). A plain hit allocates
+    /// nothing (one that starts a refresh allocates the shared loader). Use
+    /// [`get_with`](Self::get_with) for a load that borrows from its caller (it
+    /// gets none of the above).
+    ///
+    /// Flights and entries are per key, whatever loads them: a concurrent `get`
+    /// of the same key shares this flight (or this call joins one the
+    /// configured loader runs), and a later hit through `get` refreshes the
+    /// entry with the configured loader; every way the cache loads a key must
+    /// give the same value. The closure answers `Option<V>`: an entry's own
+    /// TTLs, tags or "not modified" need a [`Loader`](crate::Loader) and its
+    /// [`load_with`](crate::Loader::load_with).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -357,8 +366,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// [`insert_with_tags`](Self::insert_with_tags) or a loader's
     /// [`Loaded::with_tags`](crate::Loaded::with_tags)) and was written before
     /// this call unreadable, in every tier and on every instance, with the race
-    /// guarantees of [`invalidate`](Self::invalidate): no load in flight (here
-    /// or elsewhere) that read before this call writes back what it read.
+    /// guarantees of [`invalidate`](Self::invalidate): what a load in flight
+    /// (here or elsewhere) read before this call is never served after it (it
+    /// may still be written to L2, where it is as unreadable as the rest).
     ///
     /// It costs one Redis call however many entries carry the tag: it moves the
     /// namespace's tag clock on and stamps the tag with it; entries record the

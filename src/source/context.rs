@@ -49,7 +49,8 @@ impl<V> LoadContext<V> {
     }
 
     /// How long ago the stale copy stopped being fresh: zero when it is still
-    /// fresh (an early refresh), `None` without a stale copy.
+    /// fresh (an early refresh), `None` without a stale copy. (A copy that
+    /// fail-safe served again counts from the end of its throttle.)
     pub fn stale_for(&self) -> Option<Duration> {
         self.stale.as_ref().map(|stale| stale.stale_for)
     }
