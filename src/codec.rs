@@ -396,7 +396,9 @@ impl Wire {
         }
         // The payload's limit is checked once the tag section is off it; this
         // bounds the whole before anything is parsed.
-        if bytes.len() > ENVELOPE_LEN + MAX_TAG_SECTION + self.max_value_bytes + SEAL_OVERHEAD {
+        let most =
+            (self.max_value_bytes).saturating_add(ENVELOPE_LEN + MAX_TAG_SECTION + SEAL_OVERHEAD);
+        if bytes.len() > most {
             return Err(DecodeError::TooLarge(bytes.len() - ENVELOPE_LEN));
         }
         let (envelope, rest) = bytes.split_at(ENVELOPE_LEN);
@@ -424,7 +426,7 @@ impl Wire {
         } else {
             (None, rest)
         };
-        if payload.len() > self.max_value_bytes + SEAL_OVERHEAD {
+        if payload.len() > self.max_value_bytes.saturating_add(SEAL_OVERHEAD) {
             return Err(DecodeError::TooLarge(payload.len()));
         }
         let authenticated = &bytes[..bytes.len() - payload.len()];

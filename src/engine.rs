@@ -101,7 +101,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
         });
         // With an L2, stamps are read again after the L1 TTL: a lost message
-        // costs what it costs for keys (an L1 TTL of old reads), no more.
+        // costs at most about two L1 TTLs of old reads (see docs/GUIDE.md).
         let tags = TagBook::new(
             settings.remote.is_none(),
             settings.clock.clone(),

@@ -134,7 +134,7 @@ impl Remote {
             .call("stamp_tags", self.gate.store().stamp_tags(&clock, &keys))
             .await?;
         owed.done();
-        self.owed.tags_landed(tags);
+        self.owed.tags_landed(tags, call);
         Some(stamp)
     }
 
@@ -162,15 +162,22 @@ impl Remote {
         self.gate.report()
     }
 
-    /// Runs one store call through the gate, once owed deletions are done.
-    /// `None` when the breaker is open, deletions are still owed, or the call
-    /// failed or timed out (counted).
+    /// Runs one store call through the gate, once owed deletions are done (owed
+    /// tag stamps are left to the background replay). `None` when the breaker
+    /// is open, deletions are still owed, or the call failed or timed out
+    /// (counted).
     async fn call<T, F>(&self, op: &'static str, call: F) -> Option<T>
     where
         F: Future<Output = Result<T, BoxError>>,
     {
-        if self.owed.is_owed() && self.replay().await != owed::Replayed::Done {
-            return None;
+        if self.owed.deletions_owed() {
+            self.replay().await;
+            if self.owed.deletions_owed() {
+                return None;
+            }
+        } else if self.owed.is_owed() {
+            // Only tag stamps are owed: the background replay sends them.
+            self.keep_replaying();
         }
         self.gate.call(op, call).await
     }

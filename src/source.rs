@@ -96,7 +96,8 @@ pub trait Loader<K: CacheKey, V: Send + 'static>: Send + Sync + 'static {
     }
 
     /// Loads several keys as [`load_many`](Loader::load_many) does, each
-    /// answered with a [`Loaded`] (its TTLs, its tags): what
+    /// answered with a [`Loaded`] (its TTLs, its tags; a key missing from the
+    /// map, or answered [`Loaded::absent`], has no value): what
     /// [`get_many`](crate::TieredCache::get_many) and
     /// [`warm`](crate::TieredCache::warm) call. The default wraps
     /// `load_many`'s values (configured TTLs, no tags): a loader whose
@@ -250,8 +251,8 @@ where
                 (self.0)(key.clone(), LoadContext::empty()).map(move |loaded| {
                     let loaded = loaded.map_err(Into::into)?;
                     match loaded.answer {
-                        Answer::Value(Some(_)) => Ok(Some((key.clone(), loaded))),
-                        Answer::Value(None) => Ok(None),
+                        // An absence too: it keeps its tags and TTLs.
+                        Answer::Value(_) => Ok(Some((key.clone(), loaded))),
                         Answer::NotModified => Err(BoxError::from(NOT_MODIFIED_WITHOUT_STALE)),
                     }
                 })

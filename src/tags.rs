@@ -38,22 +38,36 @@ const PLAUSIBLE_AHEAD: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
     /// Its last invalidation's stamp (0: never invalidated), and when the book
-    /// learned it (the cache clock's nanoseconds): with an L2, it is trusted
-    /// for the L1 TTL, then read again (a lost message costs at most that).
+    /// learned it from the store (the cache clock's nanoseconds; [`UNTRUSTED`]
+    /// for a stamp only a message told, a lower bound): with an L2, it is
+    /// trusted for the L1 TTL, then read again (a lost message costs at most
+    /// that, and one more L1 TTL of an entry read from L2 meanwhile).
     Stamp(u64, u64),
     /// Invalidated here, in an L2 change that has not landed yet: every entry
-    /// carrying it is unreadable until it lands and its stamp is known. The
-    /// number is the call's: only the landing of that call, or of a replay
-    /// that covers it, makes it a stamp.
-    Pending(u64),
+    /// carrying it is unreadable until it lands and its stamp is known.
+    Pending {
+        /// The call's number: only the landing of that call, or of a replay
+        /// that covers it, makes it a stamp.
+        call: u64,
+        /// The highest stamp messages told meanwhile.
+        told: u64,
+        /// The book forgot meanwhile: the landed stamp is a lower bound only.
+        forgot: bool,
+    },
 }
+
+/// The learning time of a stamp not learned from the store.
+const UNTRUSTED: u64 = u64::MAX;
 
 /// Whether an entry's tags hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
     Valid,
-    /// A tag was invalidated after the entry's load began (or is pending).
+    /// A tag was invalidated after the entry's load began.
     Invalidated,
+    /// A tag's invalidation by this instance has not landed: nothing carrying
+    /// it can be checked until it does.
+    Pending,
     /// A tag's stamp is not known here: read it from Redis first.
     Unknown,
 }
@@ -132,13 +146,12 @@ impl TagBook {
         let mut check = Check::Valid;
         for name in &*tags.names {
             match known.get(name) {
-                Some(Known::Stamp(_, at))
-                    if !self.authoritative && now.saturating_sub(*at) > self.trust =>
-                {
-                    check = Check::Unknown;
-                }
-                Some(Known::Stamp(stamp, _)) if *stamp <= tags.born => {}
-                Some(_) => return Check::Invalidated,
+                // Invalidated since, whether or not the stamp is trusted (a
+                // later one can only be later still).
+                Some(Known::Stamp(stamp, _)) if *stamp > tags.born => return Check::Invalidated,
+                Some(Known::Stamp(_, at)) if !self.trusted(*at, now) => check = Check::Unknown,
+                Some(Known::Stamp(..)) => {}
+                Some(Known::Pending { .. }) => return Check::Pending,
                 None if self.authoritative => {
                     if self.floor.load(Ordering::Acquire) > tags.born {
                         return Check::Invalidated;
@@ -148,6 +161,11 @@ impl TagBook {
             }
         }
         check
+    }
+
+    /// Whether a stamp learned at `at` is still trusted at `now`.
+    fn trusted(&self, at: u64, now: u64) -> bool {
+        self.authoritative || (at != UNTRUSTED && now.saturating_sub(at) <= self.trust)
     }
 
     /// The names of `tags` whose stamps the book does not know (or no longer
@@ -160,8 +178,8 @@ impl TagBook {
         let now = self.time.now();
         (tags.names.iter())
             .filter(|name| match known.get(&***name) {
-                Some(Known::Stamp(_, at)) => now.saturating_sub(*at) > self.trust,
-                Some(Known::Pending(_)) => false,
+                Some(Known::Stamp(_, at)) => !self.trusted(*at, now),
+                Some(Known::Pending { .. }) => false,
                 None => true,
             })
             .map(|name| &**name)
@@ -200,7 +218,13 @@ impl TagBook {
         let call = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
         let mut known = self.write();
         for name in names {
-            known.insert(name.into(), Known::Pending(call));
+            let told = match known.get(name) {
+                Some(Known::Stamp(stamp, _)) => *stamp,
+                Some(Known::Pending { told, .. }) => *told,
+                None => 0,
+            };
+            let forgot = false;
+            known.insert(name.into(), Known::Pending { call, told, forgot });
         }
         self.seq.fetch_add(1, Ordering::AcqRel);
         call
@@ -220,7 +244,7 @@ impl TagBook {
             return;
         }
         let mut known = self.write();
-        known.retain(|_, k| matches!(k, Known::Pending(_)));
+        forget_all_but_pending(&mut known);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.seq.fetch_add(1, Ordering::AcqRel);
     }
@@ -237,38 +261,53 @@ impl TagBook {
         }
         let plausible = plausible_stamps();
         let now = self.time.now();
+        // A message (another instance's stamp): a lower bound of the tag's
+        // stamp, never trusted as the whole truth (a later stamp's message may
+        // have been lost), and checked for plausibility before it moves the
+        // clock. Reads and this instance's own stamps come from the store.
         let told = call.is_none() && epoch.is_none() && !self.authoritative;
         let mut raised = false;
         let mut highest = 0;
         for (name, stamp) in stamps {
-            if stamp <= plausible || self.authoritative {
+            if !told || stamp <= plausible {
                 highest = highest.max(stamp);
             }
-            let name: Box<str> = name.into();
-            if told && !known.contains_key(&name) {
-                continue;
-            }
-            let slot = known.entry(name).or_insert(Known::Stamp(0, now));
-            // What Redis or this instance's own stamp says is trusted anew;
-            // a message only raises (its tag may have a later stamp whose
-            // message was lost).
+            let fresh = if told { UNTRUSTED } else { now };
+            let slot = known
+                .entry(name.into())
+                .or_insert(Known::Stamp(0, UNTRUSTED));
             match *slot {
                 Known::Stamp(old, at) if old < stamp => {
-                    *slot = Known::Stamp(stamp, if told { at } else { now });
+                    *slot = Known::Stamp(stamp, if told { at } else { fresh });
                     raised = true;
                 }
                 Known::Stamp(old, _) if !told => *slot = Known::Stamp(old, now),
                 Known::Stamp(..) => {}
-                Known::Pending(pending) if call.is_some_and(|c| pending <= c) => {
-                    *slot = Known::Stamp(stamp, now);
+                Known::Pending {
+                    call: pending,
+                    told: lower,
+                    forgot,
+                } if call.is_some_and(|c| pending <= c) => {
+                    let at = if forgot { UNTRUSTED } else { now };
+                    *slot = Known::Stamp(stamp.max(lower), at);
                     raised = true;
                 }
-                Known::Pending(_) => {}
+                Known::Pending {
+                    call,
+                    told: lower,
+                    forgot,
+                } => {
+                    *slot = Known::Pending {
+                        call,
+                        told: lower.max(stamp),
+                        forgot,
+                    };
+                }
             }
         }
         self.clock.fetch_max(highest, Ordering::AcqRel);
         if known.len() > MAX_KNOWN {
-            known.retain(|_, k| matches!(k, Known::Pending(_)));
+            forget_all_but_pending(&mut known);
             if self.authoritative {
                 self.floor.store(self.clock(), Ordering::Release);
             }
@@ -285,7 +324,19 @@ impl TagBook {
     }
 }
 
-/// The highest stamp taken as the tag clock: this machine's time in
+/// Forgets every stamp; pending tags stay pending, marked as having seen
+/// the book forget.
+fn forget_all_but_pending(known: &mut HashMap<Box<str>, Known>) {
+    known.retain(|_, k| match k {
+        Known::Pending { forgot, .. } => {
+            *forgot = true;
+            true
+        }
+        Known::Stamp(..) => false,
+    });
+}
+
+/// The highest stamp a message may move the tag clock to: this machine's time in
 /// microseconds, and [`PLAUSIBLE_AHEAD`] more.
 fn plausible_stamps() -> u64 {
     let ahead = SystemTime::now() + PLAUSIBLE_AHEAD;
@@ -350,36 +401,37 @@ mod tests {
         let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
         book.read([("t", 1)], book.epoch());
         let first = book.pending(["t"]);
-        assert_eq!(book.check(&tags(&["t"], 99)), Check::Invalidated);
+        assert_eq!(book.check(&tags(&["t"], 99)), Check::Pending);
         book.invalidated(["t"], 50, None);
-        assert_eq!(
-            book.check(&tags(&["t"], 99)),
-            Check::Invalidated,
-            "not ours"
-        );
+        assert_eq!(book.check(&tags(&["t"], 99)), Check::Pending, "not ours");
         let second = book.pending(["t"]);
         book.invalidated(["t"], 20, Some(first));
         assert_eq!(
             book.check(&tags(&["t"], 99)),
-            Check::Invalidated,
+            Check::Pending,
             "an older call's stamp leaves the newer call pending"
         );
-        book.invalidated(["t"], 70, Some(second));
-        assert_eq!(book.check(&tags(&["t"], 70)), Check::Valid);
-        assert_eq!(book.check(&tags(&["t"], 69)), Check::Invalidated);
+        book.invalidated(["t"], 45, Some(second));
+        assert_eq!(
+            book.check(&tags(&["t"], 49)),
+            Check::Invalidated,
+            "the landing is at least what a message told meanwhile (50)"
+        );
+        assert_eq!(book.check(&tags(&["t"], 50)), Check::Valid);
         let third = book.pending(["t"]);
         book.forget();
-        assert_eq!(book.check(&tags(&["t"], 99)), Check::Invalidated, "kept");
+        assert_eq!(book.check(&tags(&["t"], 99)), Check::Pending, "kept");
         book.invalidated(["t"], 80, Some(third + 5));
         assert_eq!(
             book.check(&tags(&["t"], 80)),
-            Check::Valid,
-            "a replay that covers it"
+            Check::Unknown,
+            "a replay that covers it, after a forget: a lower bound, read again"
         );
+        assert_eq!(book.check(&tags(&["t"], 79)), Check::Invalidated);
     }
 
     #[test]
-    fn a_message_raises_a_known_stamp_but_teaches_no_new_one() {
+    fn a_message_raises_a_stamp_but_is_not_trusted_alone() {
         let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
         book.invalidated(["t"], 5, None);
         assert_eq!(book.check(&tags(&["t"], 9)), Check::Unknown, "ask Redis");

@@ -186,6 +186,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         if tags.is_empty() {
             return;
         }
+        if self
+            .remote
+            .as_ref()
+            .is_some_and(|remote| !remote.stamps_tags())
+        {
+            tracing::warn!(cache = %self.name, "the L2 store cannot stamp tags: invalidate_tag clears the namespace");
+            return Box::pin(self.invalidate_all()).await;
+        }
         self.begin_invalidation(false).await;
         let Some(remote) = &self.remote else {
             self.tags.invalidate_here(tags.iter().map(String::as_str));
@@ -194,10 +202,6 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             let change = || Landed::Tags(0, tags.clone(), 0);
             return self.finish(true, change, async {}).await;
         };
-        if !remote.stamps_tags() {
-            tracing::warn!(cache = %self.name, "the L2 store cannot stamp tags: invalidate_tag clears the namespace");
-            return Box::pin(self.invalidate_all()).await;
-        }
         // Pending first: a caller cancelled while the stamp is on its way
         // leaves the tags unreadable here until the owed stamp lands.
         let call = self.tags.pending(tags.iter().map(String::as_str));

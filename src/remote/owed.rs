@@ -166,17 +166,31 @@ impl Owed {
         }
     }
 
-    /// Tags were stamped: older stampings of them owed are moot (the new stamp
-    /// is later than any they would give).
-    pub(super) fn tags_landed(&self, tags: &[String]) {
+    /// Tags were stamped, by this instance's invalidation call `call`: owed
+    /// stampings of them for calls up to it are moot (the new stamp is later
+    /// than any they would give); one owed for a later call stays.
+    pub(super) fn tags_landed(&self, tags: &[String], call: u64) {
         let mut pending = self.lock();
         let before = pending.tags.len();
         for tag in tags {
-            pending.tags.remove(tag);
+            if pending.tags.get(tag).is_some_and(|(_, owed)| *owed <= call) {
+                pending.tags.remove(tag);
+            }
         }
         if pending.tags.len() < before && pending.is_empty() {
             self.has_pending.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// Whether deletions (keys, walks) are owed: reads wait for those (they
+    /// could see what was deleted), not for tag stamps (tags pending here
+    /// keep their entries unreadable by themselves).
+    pub(super) fn deletions_owed(&self) -> bool {
+        if !self.is_owed() {
+            return false;
+        }
+        let pending = self.lock();
+        !(pending.keys.is_empty() && pending.patterns.is_empty() && pending.clear.is_none())
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {

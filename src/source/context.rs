@@ -138,7 +138,10 @@ impl<V> Loaded<V> {
     /// The tags this entry carries (at most 64, each under 64 KiB):
     /// [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag) of
     /// any of them makes it unreadable everywhere. With "not modified" and no
-    /// tags set, the entry keeps the stale copy's tags.
+    /// tags set, the entry keeps the stale copy's tags. A [`Loader`](crate::Loader)
+    /// that tags in [`load_with`](crate::Loader::load_with) must tag in
+    /// [`load_many_with`](crate::Loader::load_many_with) too, or the entries
+    /// `get_many` and `warm` load carry no tags.
     ///
     /// ```
     /// use tiered::Loaded;

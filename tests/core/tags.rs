@@ -431,3 +431,40 @@ fn instance_on(
         .build()
         .expect("build")
 }
+
+/// With L2 down past the time a stamp is trusted, a tagged entry cannot be
+/// checked: each read loads once and answers uncached (before, each load was
+/// refused at commit and retried, three loads per read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_that_cannot_be_checked_cost_one_load_per_read() {
+    let clock = tiered::ManualClock::new();
+    let db = Arc::new(Db::default());
+    let store = MemoryStore::with_clock(clock.clone());
+    let loads = db.clone();
+    let cache = TieredCache::<String, u64>::builder("tags-unreadable")
+        .l2(store.clone())
+        .clock(clock.clone())
+        .l1_ttl(Duration::from_secs(60))
+        .l2_timeout(Duration::from_millis(100))
+        .loader(loader_with_context_fn(
+            move |key: String, _: LoadContext<u64>| {
+                loads.loads.fetch_add(1, Ordering::SeqCst);
+                let tag = user_of(&key);
+                async move { Ok::<_, BoxError>(Loaded::value(1).with_tags([tag])) }
+            },
+        ))
+        .build()
+        .unwrap();
+    assert_eq!(get(&cache, "user:7:profile").await, Some(1));
+    store.disconnect();
+    clock.advance(Duration::from_secs(61));
+    for _ in 0..3 {
+        let before = db.loads.load(Ordering::SeqCst);
+        assert_eq!(get(&cache, "user:7:profile").await, Some(1));
+        assert_eq!(
+            db.loads.load(Ordering::SeqCst) - before,
+            1,
+            "one load per read"
+        );
+    }
+}

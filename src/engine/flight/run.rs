@@ -188,6 +188,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 last = Some(entry);
                 continue;
             }
+            // Tags that cannot be checked now (L2 down, this instance's own
+            // invalidation not landed): the value answers this flight's
+            // callers, cached nowhere, and is not loaded again for them.
+            if self.tags_verdict(entry.tags.as_deref(), false).await == Verdict::Unreadable {
+                return Flight::Unkept(entry.value);
+            }
             if self.commit(key, ticket, &entry).await {
                 return Flight::Settled(entry);
             }
@@ -326,40 +332,43 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// they cannot be, the entry is taken as invalidated (safe: it is loaded
     /// again).
     pub(crate) async fn tags_hold(&self, tags: Option<&Tags>) -> bool {
-        let Some(tags) = tags else {
-            return true;
-        };
-        match self.tags.check(tags) {
-            Check::Valid => true,
-            Check::Invalidated => false,
-            Check::Unknown => self.read_stamps(tags, self.tags.unknown(tags)).await,
-        }
+        self.tags_verdict(tags, false).await == Verdict::Hold
     }
 
     /// [`tags_hold`](Self::tags_hold) for an entry read from L2. Without a bus,
     /// nothing tells this instance of other instances' stamps: they are read
     /// from L2 for every such entry.
     async fn l2_tags_hold(&self, tags: Option<&Tags>) -> bool {
-        match tags {
-            Some(tags) if self.bus.is_none() && self.tags.check(tags) != Check::Invalidated => {
-                let names = tags.names.iter().map(|name| &**name).collect();
-                self.read_stamps(tags, names).await
-            }
-            _ => self.tags_hold(tags).await,
-        }
+        self.tags_verdict(tags, self.bus.is_none()).await == Verdict::Hold
     }
 
-    /// Reads the stamps of `names` (tags of `tags`) from L2, then checks `tags`.
-    async fn read_stamps(&self, tags: &Tags, names: Vec<&str>) -> bool {
+    /// What `tags` (if any) come to: `read_all` reads every stamp from L2, not
+    /// only those this instance does not know.
+    async fn tags_verdict(&self, tags: Option<&Tags>, read_all: bool) -> Verdict {
+        let Some(tags) = tags else {
+            return Verdict::Hold;
+        };
+        let names = match self.tags.check(tags) {
+            Check::Invalidated => return Verdict::Invalidated,
+            Check::Pending => return Verdict::Unreadable,
+            Check::Valid if !read_all => return Verdict::Hold,
+            Check::Valid => tags.names.iter().map(|name| &**name).collect(),
+            Check::Unknown if read_all => tags.names.iter().map(|name| &**name).collect(),
+            Check::Unknown => self.tags.unknown(tags),
+        };
         let Some(remote) = &self.remote else {
-            return false;
+            return Verdict::Unreadable;
         };
         let epoch = self.tags.epoch();
         let Some(stamps) = remote.tag_stamps(&names).await else {
-            return false;
+            return Verdict::Unreadable;
         };
         self.tags.read(names.into_iter().zip(stamps), epoch);
-        self.tags.check(tags) == Check::Valid
+        match self.tags.check(tags) {
+            Check::Valid => Verdict::Hold,
+            Check::Invalidated => Verdict::Invalidated,
+            Check::Pending | Check::Unknown => Verdict::Unreadable,
+        }
     }
 
     fn count_superseded(&self) {
@@ -393,6 +402,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .with_observer(|o| o.load(outcome, keys, elapsed));
         result
     }
+}
+
+/// What an entry's tags come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Hold,
+    /// One was invalidated after the entry's load began.
+    Invalidated,
+    /// They cannot be checked now: a stamp cannot be read, or is pending here.
+    Unreadable,
 }
 
 /// What a load produced, as an [`Observer`](crate::Observer) sees it.
