@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::eventually;
 use tiered::{BoxError, ManualClock, TieredCache};
 
 /// A `get_or_load` closure whose loads count themselves, take `delay`, and
@@ -32,19 +33,6 @@ fn counting(
             }
             Ok(Some(format!("v{n}")))
         })
-    }
-}
-
-/// Polls `check` every 10 ms until it holds, failing the test after 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -4,25 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::eventually;
 use tiered::{
     loader_with_context_fn, BoxError, Error, LoadContext, Loaded, ManualClock, MemoryStore,
     TieredCache,
 };
-
-/// Polls `check` every 10 ms until it holds, failing the test after 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Adaptive TTL: the loader gives odd keys 7 s and even keys the configured
 /// 60 s; L2 keeps each entry for its own TTL, and L1 expires it then too.

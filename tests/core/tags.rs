@@ -32,7 +32,11 @@ fn user_of(key: &str) -> String {
     key.split(':').take(2).collect::<Vec<_>>().join(":")
 }
 
-fn instance(db: &Arc<Db>, store: MemoryStore, bus: MemoryBus) -> TieredCache<String, u64> {
+fn instance(
+    db: &Arc<Db>,
+    store: impl tiered::RemoteStore,
+    bus: MemoryBus,
+) -> TieredCache<String, u64> {
     let db = db.clone();
     TieredCache::builder("tags")
         .l2(store)
@@ -312,8 +316,8 @@ async fn a_clear_from_the_bus_makes_the_stamps_be_read_again() {
 async fn a_store_that_cannot_stamp_tags_clears_the_namespace_instead() {
     let db = Arc::new(Db::default());
     let (store, bus) = (MemoryStore::new(), MemoryBus::new());
-    let a = instance_on(&db, NoTags(store.connect()), bus.connect());
-    let b = instance_on(&db, NoTags(store.connect()), bus.connect());
+    let a = instance(&db, NoTags(store.connect()), bus.connect());
+    let b = instance(&db, NoTags(store.connect()), bus.connect());
     assert_eq!(get(&a, "user:8:profile").await, Some(1));
     assert_eq!(get(&b, "user:7:profile").await, Some(1));
     db.set("user:7:profile", 2);
@@ -407,29 +411,6 @@ impl tiered::RemoteStore for NoTags {
     ) -> futures_util::future::BoxFuture<'a, Result<tiered::ScanStep, BoxError>> {
         self.0.delete_matching(pattern, cursor)
     }
-}
-
-fn instance_on(
-    db: &Arc<Db>,
-    store: impl tiered::RemoteStore,
-    bus: MemoryBus,
-) -> TieredCache<String, u64> {
-    let db = db.clone();
-    TieredCache::builder("tags")
-        .l2(store)
-        .bus(bus)
-        .l1_ttl(Duration::from_secs(3600))
-        .l2_ttl(Duration::from_secs(3600))
-        .l2_timeout(Duration::from_millis(100))
-        .loader(loader_with_context_fn(
-            move |key: String, _: LoadContext<u64>| {
-                let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
-                let tag = user_of(&key);
-                async move { Ok::<_, BoxError>(Loaded::value(version).with_tags([tag])) }
-            },
-        ))
-        .build()
-        .expect("build")
 }
 
 /// With L2 down past the time a stamp is trusted, a tagged entry cannot be

@@ -5,23 +5,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::Redis;
+use crate::support::{eventually, Redis};
 use tiered::{loader_with_context_fn, BoxError, LoadContext, Loaded, TieredCache};
-
-/// Polls `check` every 10 ms until it holds, failing the test after 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 fn pttl(redis: &Redis, key: &str) -> Duration {
     let millis: u64 = redis.cli(&["pttl", key]).trim().parse().unwrap();

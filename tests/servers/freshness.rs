@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::support::users::{user_loader, user_row, User};
-use crate::support::{at_once, Postgres, Redis};
+use crate::support::{at_once, eventually, Postgres, Redis};
 use tiered::{BoxError, Error, ManualClock, PgLoader, TieredCache};
 
 /// A loader whose loads return `v1`, `v2`, …; each load waits for a permit of
@@ -28,19 +28,6 @@ fn gated_loader(
             let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
             Ok(Some(format!("v{n}")))
         })
-    }
-}
-
-/// Polls `check` every 10 ms until it holds, failing the test after 10 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

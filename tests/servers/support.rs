@@ -105,5 +105,9 @@ pub fn chown_to(user: &str, dir: &Path) {
 mod at_once;
 pub use self::at_once::at_once;
 
+#[path = "../common/eventually.rs"]
+mod eventually;
+pub use self::eventually::eventually;
+
 #[path = "../common/rewrites.rs"]
 pub mod rewrites;
