@@ -132,7 +132,9 @@ pub use source::{
 /// `skip(pool, self)` (arguments left out of the default key; `self` must be
 /// skipped or named in `key`), `ttl = "30s"` (`ms`, `s`, `m`, `h`, `d`),
 /// `negative = true`, `unless = |v| ...` (values for which it returns `true` are
-/// returned but not cached).
+/// returned but not cached), `tags = ["user:{id}", "users"]` (format strings over
+/// the arguments, as `key`; the entry's tags, for
+/// [`TieredCache::invalidate_tag`]).
 ///
 /// ```
 /// use std::sync::LazyLock;
@@ -149,7 +151,7 @@ pub use source::{
 ///
 /// struct Db;
 ///
-/// #[cached_tier(cache = USERS, key = "user:{id}", skip(db), ttl = "5m")]
+/// #[cached_tier(cache = USERS, key = "user:{id}", skip(db), ttl = "5m", tags = ["team:{id}"])]
 /// async fn user(db: &Db, id: u64) -> Result<User, DbError> {
 ///     let _ = db; // a query would go here
 ///     if id == 0 { return Err(DbError("no user 0".into())); }
@@ -162,6 +164,7 @@ pub use source::{
 /// assert_eq!(user(&Db, 7).await.unwrap().name, "user 7");   // from the cache
 /// assert!(user(&Db, 0).await.is_err());                     // errors are not cached
 /// USERS.invalidate(&"user:7".to_owned()).await;
+/// USERS.invalidate_tag("team:7").await;                     // by tag
 /// # }
 /// ```
 ///

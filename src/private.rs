@@ -23,6 +23,8 @@ pub struct Options<U> {
     pub negative: bool,
     /// `unless = ...`: values for which this returns true are not cached.
     pub unless: U,
+    /// `tags = [...]`: the tags of this call's entry.
+    pub tags: Vec<String>,
 }
 
 /// The cache of a function returning `V`: a type error here means the cache's
@@ -237,7 +239,8 @@ where
                     keep,
                     ttl: options.ttl,
                     l1_ttl: None,
-                    tags: None,
+                    tags: (!options.tags.is_empty())
+                        .then(|| options.tags.iter().map(|t| t.as_str().into()).collect()),
                     born: None,
                 })
             }

@@ -2,9 +2,10 @@
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
-use syn::{Expr, Ident, LitBool, LitStr};
+use syn::{Expr, ExprArray, Ident, Lit, LitBool, LitStr};
 
-/// `#[cached_tier(cache = EXPR, key = "...", skip(a, b), ttl = "30s", negative = true, unless = EXPR)]`
+/// `#[cached_tier(cache = EXPR, key = "...", skip(a, b), ttl = "30s", negative = true,
+/// unless = EXPR, tags = ["user:{id}", ...])]`
 pub(crate) struct Args {
     pub(crate) cache: Expr,
     pub(crate) key: Option<LitStr>,
@@ -12,9 +13,11 @@ pub(crate) struct Args {
     pub(crate) ttl_millis: Option<u64>,
     pub(crate) negative: bool,
     pub(crate) unless: Option<Expr>,
+    /// Format strings over the arguments, as `key`'s.
+    pub(crate) tags: Vec<LitStr>,
 }
 
-const OPTIONS: &str = "`cache`, `key`, `skip`, `ttl`, `negative` or `unless`";
+const OPTIONS: &str = "`cache`, `key`, `skip`, `ttl`, `negative`, `unless` or `tags`";
 
 impl Args {
     pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
@@ -24,6 +27,7 @@ impl Args {
         let mut ttl = None;
         let mut negative = None;
         let mut unless = None;
+        let mut tags = None;
         let parser = syn::meta::parser(|meta| {
             let name = meta
                 .path
@@ -73,6 +77,28 @@ impl Args {
                     }
                     negative = Some(meta.value()?.parse::<LitBool>()?.value);
                 }
+                "tags" => {
+                    if tags.is_some() {
+                        return Err(duplicate());
+                    }
+                    let array = meta.value()?.parse::<ExprArray>()?;
+                    let mut formats = Vec::with_capacity(array.elems.len());
+                    for elem in array.elems {
+                        match elem {
+                            Expr::Lit(syn::ExprLit {
+                                lit: Lit::Str(format),
+                                ..
+                            }) => formats.push(format),
+                            other => {
+                                return Err(syn::Error::new_spanned(
+                                    other,
+                                    "a tag is a string literal, with `{argument}` placeholders as in `key`",
+                                ))
+                            }
+                        }
+                    }
+                    tags = Some(formats);
+                }
                 "unless" => {
                     if unless.is_some() {
                         return Err(duplicate());
@@ -102,6 +128,7 @@ impl Args {
             ttl_millis: ttl,
             negative: negative.unwrap_or(false),
             unless,
+            tags: tags.unwrap_or_default(),
         })
     }
 }

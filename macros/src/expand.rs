@@ -42,7 +42,7 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
     }
     let key = match &args.key {
         Some(format) => {
-            check_placeholders(format, &names, &sig.ident)?;
+            check_placeholders("`key`", format, &names, &sig.ident)?;
             quote!(::std::format!(#format))
         }
         None => {
@@ -108,6 +108,11 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         None => quote!(::std::option::Option::None),
     };
     let negative = args.negative;
+    for tag in &args.tags {
+        check_placeholders("a tag", tag, &names, &sig.ident)?;
+    }
+    let tags = &args.tags;
+    let tags = quote!(::std::vec![#(::std::format!(#tags)),*]);
     let unless = match &args.unless {
         Some(unless) => {
             quote_spanned!(unless.span()=> #krate::__private::unless::<#value, _>(#unless))
@@ -125,7 +130,12 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
             let (__tiered_cache, __tiered_key, __tiered_options, __tiered_body) = (
                 #cache,
                 #key,
-                #krate::__private::Options { ttl: #ttl, negative: #negative, unless: #unless },
+                #krate::__private::Options {
+                    ttl: #ttl,
+                    negative: #negative,
+                    unless: #unless,
+                    tags: #tags,
+                },
                 async move {
                     // Fixes the body's type, so that `?` knows what to convert to.
                     #[allow(unreachable_code, clippy::diverging_sub_expression)]
@@ -178,7 +188,12 @@ fn argument_names(
 }
 
 /// Every `{name}` of the key's format string must be an argument.
-fn check_placeholders(format: &syn::LitStr, names: &[Ident], function: &Ident) -> syn::Result<()> {
+fn check_placeholders(
+    what: &str,
+    format: &syn::LitStr,
+    names: &[Ident],
+    function: &Ident,
+) -> syn::Result<()> {
     let text = format.value();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -192,13 +207,15 @@ fn check_placeholders(format: &syn::LitStr, names: &[Ident], function: &Ident) -
                 if name.is_empty() || name.chars().all(|c| c.is_ascii_digit()) {
                     return Err(Error::new(
                         format.span(),
-                        "each `{}` of `key` must name an argument, e.g. \"user:{id}\"",
+                        format!(
+                            "each `{{}}` of {what} must name an argument, e.g. \"user:{{id}}\""
+                        ),
                     ));
                 }
                 if !names.iter().any(|n| n == name) {
                     return Err(Error::new(
                         format.span(),
-                        format!("`key` names `{name}`, which is not an argument of `{function}`"),
+                        format!("{what} names `{name}`, which is not an argument of `{function}`"),
                     ));
                 }
             }

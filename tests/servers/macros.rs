@@ -286,3 +286,32 @@ async fn a_missing_row_runs_the_body_once_for_all_waiting_callers() {
     assert_eq!(missing_row(0).await, None);
     assert_eq!(MISSING_RUNS.load(Ordering::SeqCst), 2, "None is not cached");
 }
+
+static TAGGED: LazyLock<TieredCache<String, String>> = LazyLock::new(|| cache("tagged"));
+static TAGGED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached_tier(cache = TAGGED, key = "order:{user}:{id}", tags = ["user:{user}", "orders"])]
+async fn order(user: u64, id: u64) -> String {
+    TAGGED_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("order {id} of user {user}")
+}
+
+/// `tags = [...]`: each call's entry carries its tags, formatted from its
+/// arguments, and `invalidate_tag` reaches it.
+#[tokio::test]
+async fn tags_format_from_the_arguments_and_invalidate_tag_reaches_them() {
+    assert_eq!(order(7, 1).await, "order 1 of user 7");
+    order(7, 2).await;
+    order(8, 1).await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 3);
+    order(7, 1).await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 3, "cached");
+    TAGGED.invalidate_tag("user:7").await;
+    order(7, 1).await;
+    order(7, 2).await;
+    order(8, 1).await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 5, "user 7's two again");
+    TAGGED.invalidate_tag("orders").await;
+    order(8, 1).await;
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 6, "every order");
+}

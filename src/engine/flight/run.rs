@@ -189,10 +189,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 continue;
             }
             // Tags that cannot be checked now (L2 down, this instance's own
-            // invalidation not landed): the value answers this flight's
-            // callers, cached nowhere, and is not loaded again for them.
+            // invalidation not landed): the value answers the caller that ran
+            // this flight, cached nowhere, and is not loaded again for it.
+            // Callers that joined the flight fly again (what it read may
+            // predate an invalidation they saw return).
             if self.tags_verdict(entry.tags.as_deref(), false).await == Verdict::Unreadable {
-                return Flight::Unkept(entry.value);
+                return Flight::Superseded(entry);
             }
             if self.commit(key, ticket, &entry).await {
                 return Flight::Settled(entry);
