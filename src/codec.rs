@@ -298,7 +298,9 @@ impl Wire {
         out.extend_from_slice(&times.load_micros.to_le_bytes());
     }
 
-    /// The bytes of an entry stored at `l2_key` (which encryption authenticates).
+    /// The bytes of an untagged entry stored at `l2_key` (which encryption
+    /// authenticates).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn encode<V: Serialize>(
         &self,
         value: Option<&V>,
