@@ -366,9 +366,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// [`insert_with_tags`](Self::insert_with_tags) or a loader's
     /// [`Loaded::with_tags`](crate::Loaded::with_tags)) and was written before
     /// this call unreadable, in every tier and on every instance, with the race
-    /// guarantees of [`invalidate`](Self::invalidate): what a load in flight
-    /// (here or elsewhere) read before this call is never served after it (it
-    /// may still be written to L2, where it is as unreadable as the rest).
+    /// guarantees of [`invalidate`](Self::invalidate): on this instance, what a
+    /// load in flight read before this call is never served after it; on the
+    /// others, not once they have the bus message (a message lost without its
+    /// subscription dropping costs up to about two L1 TTLs, see docs/GUIDE.md).
+    /// What such a load read may still be written to L2, where it is as
+    /// unreadable as the rest.
     ///
     /// It costs one Redis call however many entries carry the tag: it moves the
     /// namespace's tag clock on and stamps the tag with it; entries record the

@@ -97,7 +97,8 @@ pub trait Loader<K: CacheKey, V: Send + 'static>: Send + Sync + 'static {
 
     /// Loads several keys as [`load_many`](Loader::load_many) does, each
     /// answered with a [`Loaded`] (its TTLs, its tags; a key missing from the
-    /// map, or answered [`Loaded::absent`], has no value): what
+    /// map, or answered [`Loaded::absent`], has no value, and only the latter
+    /// carries tags to its cached absence): what
     /// [`get_many`](crate::TieredCache::get_many) and
     /// [`warm`](crate::TieredCache::warm) call. The default wraps
     /// `load_many`'s values (configured TTLs, no tags): a loader whose

@@ -198,9 +198,9 @@ impl TagBook {
     }
 
     /// Tags invalidated at `stamp`, by another instance (`call` is `None`: a
-    /// message, which raises what the book knows but does not teach it a tag
-    /// it does not know: a later stamp's message may have been lost before
-    /// the book last forgot, and only Redis has it), or (`call`) by this
+    /// message, which raises what the book knows as a lower bound, not
+    /// trusted as the whole truth: a later stamp's message may have been lost
+    /// before the book last forgot, and only Redis has it), or (`call`) by this
     /// instance's pending call of that number or, for a replay, of any number
     /// up to it.
     pub(crate) fn invalidated<'a>(
@@ -263,25 +263,33 @@ impl TagBook {
         let now = self.time.now();
         // A message (another instance's stamp): a lower bound of the tag's
         // stamp, never trusted as the whole truth (a later stamp's message may
-        // have been lost), and checked for plausibility before it moves the
-        // clock. Reads and this instance's own stamps come from the store.
+        // have been lost); one past what is plausible is not believed at all.
         let told = call.is_none() && epoch.is_none() && !self.authoritative;
         let mut raised = false;
         let mut highest = 0;
+        // Only a read from the store makes a stamp trusted anew; a message, or
+        // this instance's own landing on a tag no longer pending (the book
+        // forgot meanwhile), raises it as a lower bound.
+        let read = epoch.is_some() || self.authoritative;
         for (name, stamp) in stamps {
-            if !told || stamp <= plausible {
-                highest = highest.max(stamp);
-            }
-            let fresh = if told { UNTRUSTED } else { now };
             let slot = known
                 .entry(name.into())
                 .or_insert(Known::Stamp(0, UNTRUSTED));
-            match *slot {
-                Known::Stamp(old, at) if old < stamp => {
-                    *slot = Known::Stamp(stamp, if told { at } else { fresh });
+            if told && stamp > plausible {
+                // Not believed: the tag's stamp is read from Redis next time.
+                if let Known::Stamp(old, _) = *slot {
+                    *slot = Known::Stamp(old, UNTRUSTED);
                     raised = true;
                 }
-                Known::Stamp(old, _) if !told => *slot = Known::Stamp(old, now),
+                continue;
+            }
+            highest = highest.max(stamp);
+            match *slot {
+                Known::Stamp(old, at) if old < stamp => {
+                    *slot = Known::Stamp(stamp, if read { now } else { at });
+                    raised = true;
+                }
+                Known::Stamp(old, _) if read => *slot = Known::Stamp(old, now),
                 Known::Stamp(..) => {}
                 Known::Pending {
                     call: pending,
@@ -451,12 +459,29 @@ mod tests {
     }
 
     #[test]
-    fn an_implausible_stamp_invalidates_but_is_not_the_clock() {
+    fn an_implausible_message_is_not_believed_but_makes_the_stamp_be_read() {
         let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
         book.read([("t", 1)], book.epoch());
         book.invalidated(["t"], u64::MAX, None);
         assert_eq!(book.clock(), 1);
-        assert_eq!(book.check(&tags(&["t"], u64::MAX - 1)), Check::Invalidated);
+        assert_eq!(
+            book.check(&tags(&["t"], 5)),
+            Check::Unknown,
+            "read it again"
+        );
+    }
+
+    #[test]
+    fn an_own_landing_after_the_book_forgot_is_a_lower_bound() {
+        let book = TagBook::new(false, Clock::system(), Duration::from_secs(60));
+        let call = book.pending(["t"]);
+        book.invalidated(["t"], 9, Some(call)); // landed: trusted
+        assert_eq!(book.check(&tags(&["t"], 9)), Check::Valid);
+        let older = book.pending(["u"]);
+        book.invalidated(["u"], 4, Some(older));
+        book.forget();
+        book.invalidated(["u"], 6, Some(older)); // a slow reply, after the forget
+        assert_eq!(book.check(&tags(&["u"], 7)), Check::Unknown);
     }
 
     #[test]

@@ -131,7 +131,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             };
             if !ran {
                 self.report.event(Counter::Coalesced);
-                if matches!(*flight, Flight::Superseded(_)) && round < MAX_LOAD_ATTEMPTS {
+                // A flight this caller joined may have read before a tag
+                // invalidation this caller saw return (tags do not move the
+                // fence): its value is taken only if its tags still hold.
+                let invalidated = match flight.tags() {
+                    Some(tags) => !self.tags_hold(Some(tags)).await,
+                    None => false,
+                };
+                let superseded = matches!(*flight, Flight::Superseded(_));
+                if (superseded || invalidated) && round < MAX_LOAD_ATTEMPTS {
                     round += 1;
                     continue;
                 }

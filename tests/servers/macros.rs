@@ -315,3 +315,35 @@ async fn tags_format_from_the_arguments_and_invalidate_tag_reaches_them() {
     order(8, 1).await;
     assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 6, "every order");
 }
+
+static LATE: LazyLock<TieredCache<String, String>> = LazyLock::new(|| cache("late"));
+static LATE_ROW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LATE_RUNS: AtomicUsize = AtomicUsize::new(0);
+static LATE_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[cached_tier(cache = LATE, key = "late:{id}", tags = ["late"])]
+async fn late(id: u64) -> Option<String> {
+    let exists = LATE_ROW.load(Ordering::SeqCst); // the query reads first
+    LATE_RUNS.fetch_add(1, Ordering::SeqCst);
+    LATE_GATE.acquire().await.unwrap().forget(); // then takes a while
+    exists.then(|| format!("row {id}"))
+}
+
+/// A caller that joins a flight after an `invalidate_tag` returned does not
+/// take what that flight read before it (tags do not move the key's fence):
+/// it runs its own. (Before, it took the flight's "no row" read before the
+/// row was inserted and the tag invalidated.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_joins_after_invalidate_tag_gets_a_newer_read() {
+    let first = tokio::spawn(late(1));
+    while LATE_RUNS.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    LATE_ROW.store(true, Ordering::SeqCst);
+    LATE.invalidate_tag("late").await;
+    let joined = tokio::spawn(late(1));
+    tokio::time::sleep(Duration::from_millis(50)).await; // it joins the first flight
+    LATE_GATE.add_permits(10);
+    assert_eq!(first.await.unwrap(), None, "its call overlapped the insert");
+    assert_eq!(joined.await.unwrap().as_deref(), Some("row 1"));
+}

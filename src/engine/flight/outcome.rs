@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::refresh::Fallback;
-use crate::entry::Entry;
+use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
@@ -22,7 +22,7 @@ pub(crate) enum Flight<V> {
     /// What a load returned that is not to be cached (`#[cached_tier]`'s `unless`,
     /// or an absence without `negative`): the answer for every caller of this
     /// flight, cached nowhere.
-    Unkept(Option<V>),
+    Unkept(Option<V>, Option<Arc<Tags>>),
     /// Loaded, but invalidated each time before it could be cached, with nothing
     /// to load again with. Only the caller that ran the flight may take this value
     /// (its call overlapped the invalidation); waiters fly again.
@@ -63,8 +63,19 @@ impl<V: Clone> Flight<V> {
             Flight::Settled(entry) | Flight::Superseded(entry) | Flight::Stale(entry) => {
                 Answer::Value(entry.value.clone())
             }
-            Flight::Unkept(value) => Answer::Unkept(value.clone()),
+            Flight::Unkept(value, _) => Answer::Unkept(value.clone()),
             Flight::Failed(failure) => Answer::Failed(failure),
+        }
+    }
+
+    /// The tags of the value this flight ended with, if any.
+    pub(crate) fn tags(&self) -> Option<&Tags> {
+        match self {
+            Flight::Settled(entry) | Flight::Superseded(entry) | Flight::Stale(entry) => {
+                entry.tags.as_deref()
+            }
+            Flight::Unkept(_, tags) => tags.as_deref(),
+            Flight::Failed(_) => None,
         }
     }
 

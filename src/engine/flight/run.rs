@@ -150,9 +150,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     return self.fail_safe(key, fallback, failure).await;
                 }
             };
+            // Where the value was read on the tag clock (a "not modified"
+            // answer keeps the stale copy's).
+            let born = fetched.born.map_or(born, |at| at.min(born));
             if !fetched.keep {
                 self.release(lease).await;
-                return Flight::Unkept(fetched.value);
+                let tags = fetched.tags.map(|names| Tags::new(names, born));
+                return Flight::Unkept(fetched.value, tags);
             }
             let l2_ttl = fetched
                 .ttl
@@ -169,10 +173,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 self.freshness(refreshable),
                 took,
             )
-            .tagged(fetched.tags.map(|names| {
-                let born = fetched.born.map_or(born, |at| at.min(born));
-                Tags::new(names, born)
-            }));
+            .tagged(fetched.tags.map(|names| Tags::new(names, born)));
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
                 if !l2_ttl.is_zero() {
@@ -331,8 +332,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     /// Whether `tags` (if any) hold: none was invalidated after the entry's load
     /// began. Stamps this instance does not know are read from L2 first; if
-    /// they cannot be, the entry is taken as invalidated (safe: it is loaded
-    /// again).
+    /// they cannot be, they do not hold (see [`tags_verdict`](Self::tags_verdict)).
     pub(crate) async fn tags_hold(&self, tags: Option<&Tags>) -> bool {
         self.tags_verdict(tags, false).await == Verdict::Hold
     }
