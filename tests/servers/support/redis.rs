@@ -238,7 +238,19 @@ impl RedisCluster {
     /// Three masters with `replicas` replicas each, every replica in sync.
     pub fn start_with(replicas: usize) -> RedisCluster {
         // Cluster bus ports are port + 10000: keep ports at or below 55535.
-        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| cluster_port()).collect();
+        // Distinct, and none another's bus port: a free port is free until it is
+        // bound, so two picks can give the same one (then the cluster never had
+        // its six nodes and the harness timed out).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 * (1 + replicas) {
+            let port = cluster_port();
+            if !ports
+                .iter()
+                .any(|&p| p == port || p + 10000 == port || port + 10000 == p)
+            {
+                ports.push(port);
+            }
+        }
         let nodes: Vec<Redis> = ports
             .iter()
             .map(|&port| {
