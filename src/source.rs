@@ -110,14 +110,7 @@ pub trait Loader<K: CacheKey, V: Send + 'static>: Send + Sync + 'static {
         &self,
         keys: &[K],
     ) -> impl Future<Output = Result<HashMap<K, Loaded<V>>, BoxError>> + Send {
-        self.load_many(keys).map(|loaded| {
-            loaded.map(|values| {
-                values
-                    .into_iter()
-                    .map(|(key, value)| (key, Loaded::value(value)))
-                    .collect()
-            })
-        })
+        self.load_many(keys).map(|loaded| loaded.map(loaded_values))
     }
 
     /// Loads several keys; keys missing from the map have no value. The default
@@ -262,6 +255,13 @@ where
             .try_filter_map(|found| async move { Ok(found) })
             .try_collect()
     }
+}
+
+/// A batch's values as [`Loaded`] answers (configured TTLs, no tags).
+pub(crate) fn loaded_values<K: CacheKey, V>(values: HashMap<K, V>) -> HashMap<K, Loaded<V>> {
+    (values.into_iter())
+        .map(|(key, value)| (key, Loaded::value(value)))
+        .collect()
 }
 
 /// The error of a "not modified" answer to a load with no stale copy.

@@ -18,24 +18,15 @@ use crate::entry::Entry;
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
 use crate::remote::L2Read;
-use crate::source::{Answer, Loaded, NOT_MODIFIED_WITHOUT_STALE};
+use crate::source::{loaded_values, Loaded, NOT_MODIFIED_WITHOUT_STALE};
 
 /// A key's share of a batch: its value (with its TTLs and tags), or its
 /// absence.
 fn fetched<V: Clone>(loaded: Option<&Loaded<V>>) -> Result<Fetched<V>, Failure> {
-    let Some(loaded) = loaded else {
-        return Ok(Fetched::cached(None));
-    };
-    match &loaded.answer {
-        Answer::Value(value) => Ok(Fetched {
-            value: value.clone(),
-            keep: true,
-            ttl: loaded.ttl,
-            l1_ttl: loaded.l1_ttl,
-            tags: loaded.tags.clone(),
-            born: None,
-        }),
-        Answer::NotModified => Err(shared(NOT_MODIFIED_WITHOUT_STALE.into())),
+    match loaded {
+        None => Ok(Fetched::cached(None)),
+        Some(loaded) => Fetched::from_loaded(loaded.clone(), None)
+            .ok_or_else(|| shared(NOT_MODIFIED_WITHOUT_STALE.into())),
     }
 }
 
@@ -120,13 +111,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         // Polled only if some key still needs loading after L2, by the first such flight.
         let batch = async {
             let load = match (given, loader) {
-                (Some(given), _) => Either::Left(given(to_load.clone()).map(|r| {
-                    r.map(|values| {
-                        (values.into_iter())
-                            .map(|(key, value)| (key, Loaded::value(value)))
-                            .collect::<HashMap<_, _>>()
-                    })
-                })),
+                (Some(given), _) => {
+                    Either::Left(given(to_load.clone()).map(|r| r.map(loaded_values)))
+                }
                 (None, Some(loader)) => Either::Right(loader.load_many(&to_load)),
                 (None, None) => return Ok(Arc::new(HashMap::new())),
             };

@@ -13,7 +13,7 @@ use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
 use crate::remote::L2Read;
-use crate::source::DynLoader;
+use crate::source::{self, DynLoader, Loaded};
 
 /// How one flight ended, as shared with every caller that waited on it.
 #[derive(Clone)]
@@ -181,6 +181,31 @@ impl<V> Fetched<V> {
             tags: None,
             born: None,
         }
+    }
+}
+
+impl<V: Clone> Fetched<V> {
+    /// What a loader's answer comes to: "not modified" takes `stale`'s value,
+    /// its tags (unless the loader set its own) and its birth on the tag clock;
+    /// `None` without a stale copy.
+    pub(crate) fn from_loaded(loaded: Loaded<V>, stale: Option<&Entry<V>>) -> Option<Self> {
+        let (value, tags, born) = match loaded.answer {
+            source::Answer::Value(value) => (value, loaded.tags, None),
+            source::Answer::NotModified => {
+                let stale = stale?;
+                let stale_tags = stale.tags.as_deref();
+                let tags = loaded.tags.or_else(|| stale_tags.map(|t| t.names.clone()));
+                (stale.value.clone(), tags, stale_tags.map(|t| t.born))
+            }
+        };
+        Some(Fetched {
+            value,
+            keep: true,
+            ttl: loaded.ttl,
+            l1_ttl: loaded.l1_ttl,
+            tags,
+            born,
+        })
     }
 }
 

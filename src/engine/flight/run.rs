@@ -239,36 +239,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 };
                 let load = loader.load(key, context).map(|r| r.map_err(shared));
                 let loaded = self.timed(1, within(limit, load)).await?;
-                let (mut tags, mut born) = (loaded.tags, None);
-                let value = match loaded.answer {
-                    Answer::Value(value) => value,
-                    Answer::NotModified => match fallback {
-                        Some(Fallback { entry, .. }) => {
+                let not_modified = matches!(loaded.answer, Answer::NotModified);
+                match Fetched::from_loaded(loaded, fallback.map(|stale| &stale.entry)) {
+                    Some(fetched) => {
+                        if not_modified {
                             self.report.event(Counter::NotModified);
-                            // The value is the stale copy's: as old, on the
-                            // tag clock, as that copy.
-                            if let Some(stale) = &entry.tags {
-                                born = Some(stale.born);
-                                if tags.is_none() {
-                                    tags = Some(stale.names.clone());
-                                }
-                            }
-                            entry.value.clone()
                         }
-                        None => {
-                            self.report.count(Counter::LoadErrors);
-                            return Err(shared(NOT_MODIFIED_WITHOUT_STALE.into()));
-                        }
-                    },
-                };
-                Ok(Fetched {
-                    value,
-                    keep: true,
-                    ttl: loaded.ttl,
-                    l1_ttl: loaded.l1_ttl,
-                    tags,
-                    born,
-                })
+                        Ok(fetched)
+                    }
+                    None => {
+                        self.report.count(Counter::LoadErrors);
+                        Err(shared(NOT_MODIFIED_WITHOUT_STALE.into()))
+                    }
+                }
             }
             (None, None) => Ok(Fetched::cached(None)),
         }
