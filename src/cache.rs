@@ -394,10 +394,48 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.core.invalidate_tags(tags).await;
     }
 
-    /// Removes every entry of this cache from every tier (in L2: every key of its
-    /// namespace, by `SCAN` + `UNLINK`) and every instance, with the guarantees of
-    /// [`invalidate`](Self::invalidate).
+    /// Makes every entry of this cache unreadable, in every tier and on every
+    /// instance, with the race guarantees of
+    /// [`invalidate_tag`](Self::invalidate_tag): it is the invalidation of a
+    /// tag that every entry in L2 carries (the namespace epoch). It costs one
+    /// Redis call and one bus message however many entries the cache holds:
+    /// L1s are emptied, and entries in L2 written before the call are dropped
+    /// when read (a miss), or expire at their TTL. Use
+    /// [`invalidate_all_and_reclaim`](Self::invalidate_all_and_reclaim) to
+    /// delete them from Redis now.
+    ///
+    /// Without a bus, or with an L2 store that cannot stamp tags (see
+    /// [`RemoteStore::stamps_tags`](crate::RemoteStore::stamps_tags)), this is
+    /// `invalidate_all_and_reclaim`. Entries written by a version of `tiered`
+    /// without the epoch were born at 0: any epoch makes them unreadable; but
+    /// such a version does not know the epoch, so during a rolling upgrade
+    /// from one, use `invalidate_all_and_reclaim` (see docs/GUIDE.md, "Tags").
+    ///
+    /// ```
+    /// # use tiered::TieredCache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::<u64, String>::builder("orders").build().unwrap();
+    /// cache.insert(1, "one".into()).await;
+    /// cache.invalidate_all().await;
+    /// assert_eq!(cache.get(&1).await.unwrap(), None);
+    /// # }
+    /// ```
     pub async fn invalidate_all(&self) {
         self.core.invalidate_all().await;
+    }
+
+    /// Removes every entry of this cache from every tier and every instance,
+    /// with the guarantees of [`invalidate`](Self::invalidate), deleting them
+    /// from L2 now: every key of the cache's namespace, by `SCAN` + `UNLINK`
+    /// (one batch per call, every master of a cluster), so it takes time in
+    /// proportion to the namespace's size and loads Redis meanwhile. For when
+    /// Redis memory must be given back at once (or the fleet runs a version
+    /// without the namespace epoch); otherwise
+    /// [`invalidate_all`](Self::invalidate_all) is the O(1) form. If Redis
+    /// cannot be reached, the walk is owed, and this instance does not read L2
+    /// until it lands.
+    pub async fn invalidate_all_and_reclaim(&self) {
+        self.core.invalidate_all_and_reclaim().await;
     }
 }

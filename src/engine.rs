@@ -18,6 +18,7 @@ use tokio::runtime::Handle;
 
 use crate::bus::{Backplane, Bus};
 use crate::clock::Clock;
+use crate::entry::{Entry, Tags};
 use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
@@ -151,6 +152,24 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             &self.freshness
         } else {
             &self.unrefreshed
+        }
+    }
+
+    /// Whether this cache keeps a namespace epoch: its L2 store stamps tags.
+    /// Then every entry in L2 carries its birth, and is unreadable once the
+    /// namespace's own tag ([`ALL_TAG`](crate::namespace::ALL_TAG)) is stamped later.
+    pub(crate) fn epochs(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|remote| remote.stamps_tags())
+    }
+
+    /// The tag section `entry` is written to L2 with: its tags, or, untagged,
+    /// only its birth (for the namespace epoch).
+    pub(crate) fn l2_tags(&self, entry: &Entry<V>) -> Option<Arc<Tags>> {
+        match &entry.tags {
+            Some(tags) => Some(Arc::clone(tags)),
+            None => self.epochs().then(|| Tags::new(Box::default(), entry.born)),
         }
     }
 

@@ -32,6 +32,10 @@ pub(crate) struct Entry<V> {
     pub(crate) load_nanos: u64,
     /// The tags it carries, if any.
     pub(crate) tags: Option<Arc<Tags>>,
+    /// Where its load began on the tag clock (a lower bound; 0: unknown, older
+    /// than every invalidation): what the namespace epoch and, for a tagged
+    /// entry, its tags' stamps are compared with.
+    pub(crate) born: u64,
 }
 
 /// The tags an entry carries, and where its load began on the tag clock: an
@@ -83,12 +87,15 @@ impl<V> Entry<V> {
             expires: now.saturating_add(saturating_nanos(lifetime.keep)),
             load_nanos: saturating_nanos(load),
             tags: None,
+            born: 0,
         }
     }
 
-    /// This entry, carrying `tags`.
-    pub(crate) fn tagged(mut self, tags: Option<Arc<Tags>>) -> Self {
-        self.tags = tags;
+    /// This entry, born at `born` on the tag clock, carrying `tags` (born
+    /// then too).
+    pub(crate) fn tagged(mut self, born: u64, tags: Option<Arc<Tags>>) -> Self {
+        debug_assert!(tags.as_ref().is_none_or(|t| t.born == born));
+        (self.born, self.tags) = (born, tags);
         self
     }
 
@@ -101,6 +108,7 @@ impl<V> Entry<V> {
             expires: 0,
             load_nanos: 0,
             tags: None,
+            born: 0,
         }
     }
 
@@ -150,6 +158,7 @@ impl<V> Entry<V> {
             expires: self.expires,
             load_nanos: self.load_nanos,
             tags: self.tags.clone(),
+            born: self.born,
         }
     }
 }

@@ -62,7 +62,11 @@ impl Namespace {
     /// digest of the base, so that no character of the name can move it), so
     /// that one script can stamp several at once on a Redis Cluster; they are
     /// outside the namespace's glob, so walks never delete them.
+    /// The namespace's own tag (its epoch, [`ALL_TAG`]) is `…#all`.
     pub(crate) fn tag_key(&self, tag: &str) -> String {
+        if tag == ALL_TAG {
+            return format!("{}#all", self.tag_base());
+        }
         format!("{}#tag:{tag}", self.tag_base())
     }
 
@@ -94,6 +98,12 @@ impl Namespace {
         format!("tiered-bus:{}", self.base)
     }
 }
+
+/// The namespace's own tag, which every entry in L2 carries without naming
+/// it: stamping it is `invalidate_all` (the namespace epoch: entries whose
+/// load began before are unreadable). Its store key is `…#all`; a user tag of
+/// the same name is the same tag.
+pub(crate) const ALL_TAG: &str = "\0all";
 
 /// FNV-1a over `bytes`: the same on every instance, build and platform (for
 /// what instances must agree on: schema fingerprints, tag keys).

@@ -10,12 +10,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join;
 use tokio::runtime::Handle;
 
 use crate::bus::Message;
 use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::key::{CacheKey, CacheValue};
+use crate::namespace::ALL_TAG;
 use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
 use crate::remote::Landed;
@@ -38,14 +40,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.start_bus(false).await;
         self.report.event(Counter::Inserts);
         let now = self.clock.now();
-        let tags = tags.map(|names| Tags::new(names, self.tags.clock()));
-        let entry =
-            Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO).tagged(tags);
+        let born = self.tags.clock();
+        let tags = tags.map(|names| Tags::new(names, born));
+        let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO)
+            .tagged(born, tags);
         let landed = match &self.remote {
             Some(remote) => {
                 let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
-                let (value, tags) = (entry.value.as_ref(), entry.tags.as_deref());
-                remote.set(&remote.key(&key), value, lifetime, tags).await
+                let tags = self.l2_tags(&entry);
+                let value = entry.value.as_ref();
+                remote
+                    .set(&remote.key(&key), value, lifetime, tags.as_deref())
+                    .await
             }
             None => true,
         };
@@ -81,13 +87,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let now = self.clock.now();
+            let born = self.tags.clock();
             let batch: Vec<(K, Entry<V>, Duration)> = entries
                 .by_ref()
                 .take(BATCH)
                 .map(|(key, value)| {
                     let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
                     let entry =
-                        Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO);
+                        Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO)
+                            .tagged(born, None);
                     (key, entry, l2_ttl)
                 })
                 .collect();
@@ -96,11 +104,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             let landed = match &self.remote {
                 Some(remote) => {
+                    let births: Vec<_> = batch.iter().map(|(_, e, _)| self.l2_tags(e)).collect();
                     let writes: Vec<_> = batch
                         .iter()
-                        .map(|(key, entry, l2_ttl)| {
+                        .zip(&births)
+                        .map(|((key, entry, l2_ttl), tags)| {
                             let lifetime = self.freshness.lifetime(*l2_ttl, Duration::ZERO);
-                            (remote.key(key), entry.value.as_ref(), lifetime, None)
+                            (
+                                remote.key(key),
+                                entry.value.as_ref(),
+                                lifetime,
+                                tags.as_deref(),
+                            )
                         })
                         .collect();
                     remote.set_many(&writes).await
@@ -214,8 +229,34 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.finish(stamp.is_some(), change, async {}).await;
     }
 
-    /// Removes every entry of this cache from every tier and instance.
+    /// Makes every entry of this cache unreadable in every tier and instance.
+    /// With a bus and a store that stamps tags, that is the namespace epoch:
+    /// one stamp of the namespace's own tag, which every entry in L2 carries,
+    /// and one message; the entries stay in L2 until their TTL (or
+    /// [`invalidate_all_and_reclaim`](Self::invalidate_all_and_reclaim)). Otherwise, the walk.
     pub(crate) async fn invalidate_all(self: &Arc<Self>) {
+        let Some(remote) = (self.remote.as_ref()).filter(|_| self.bus.is_some() && self.epochs())
+        else {
+            return self.invalidate_all_and_reclaim().await;
+        };
+        self.begin_invalidation(true).await;
+        // Pending first: from here until the stamp lands (or its owed replay
+        // does, if this call is cancelled or L2 cannot be reached), nothing
+        // this instance reads from L2 is served. So L1 is emptied meanwhile.
+        // Both start in this poll: the stamp is owed as soon as it is pending.
+        let tags = vec![ALL_TAG.to_owned()];
+        let call = self.tags.pending([ALL_TAG]);
+        let (stamp, ()) = join(remote.stamp_tags(&tags, call), self.empty_l1()).await;
+        if let Some(stamp) = stamp {
+            self.tags.invalidated([ALL_TAG], stamp, Some(call));
+        }
+        let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone(), call);
+        self.finish(stamp.is_some(), change, async {}).await;
+    }
+
+    /// Removes every entry of this cache from every tier and instance: in L2,
+    /// every key of its namespace, by a walk (`SCAN` + `UNLINK`).
+    pub(crate) async fn invalidate_all_and_reclaim(self: &Arc<Self>) {
         self.begin_invalidation(true).await;
         let landed = match &self.remote {
             Some(remote) => remote.clear().await,
@@ -267,6 +308,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Message::Tags(stamp, tags) => {
                 // Another instance's invalidation, whose stamp may be older than
                 // one of this instance's own still pending.
+                if tags.iter().any(|t| t == ALL_TAG) {
+                    self.empty_l1().await;
+                }
                 self.tags_invalidated(&tags, stamp, None);
                 return;
             }
@@ -299,7 +343,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Landed::All => self.clear_l1().await,
-            Landed::Tags(stamp, tags, call) => self.tags_invalidated(&tags, stamp, Some(call)),
+            Landed::Tags(stamp, tags, call) => {
+                if tags.iter().any(|t| t == ALL_TAG) {
+                    self.empty_l1().await;
+                }
+                self.tags_invalidated(&tags, stamp, Some(call));
+            }
         }
     }
 
@@ -343,6 +392,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// them, whose old entries are still in L2), so they are read again.
     async fn clear_l1(&self) {
         self.tags.forget();
+        self.empty_l1().await;
+    }
+
+    /// Empties L1 through the fence (the tag book stays).
+    async fn empty_l1(&self) {
         self.fence.supersede_all(|| self.l1.invalidate_all()).await;
     }
 

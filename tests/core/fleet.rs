@@ -407,7 +407,7 @@ async fn a_pattern_owed_behind_a_clear_is_not_lost() {
     let writer = instance(&db, writer_store.clone(), bus.connect());
     assert_eq!(writer.get(&key("user:1")).await.unwrap(), Some(1));
     writer_store.fail_next(StoreOp::Scan, 2);
-    writer.invalidate_all().await; // owed: a clear from the start
+    writer.invalidate_all_and_reclaim().await; // owed: a clear from the start
     assert_eq!(writer.get(&key("user:2")).await.unwrap(), Some(1)); // L2 skipped
     writer.invalidate_pattern("user:*").await; // owed too
     eventually("the owed walks land", || store.keys().is_empty()).await;

@@ -13,6 +13,7 @@ mod conformance;
 mod adaptive;
 mod breaker;
 mod cache_aside;
+mod epoch;
 mod fleet;
 mod load_context;
 mod read_path;

@@ -358,7 +358,7 @@ async fn owed_deletions_land_while_a_stamp_keeps_failing() {
 
 /// A store without `stamp_tags`.
 #[derive(Debug)]
-struct NoTags(MemoryStore);
+pub(crate) struct NoTags(pub(crate) MemoryStore);
 
 impl tiered::RemoteStore for NoTags {
     fn get<'a>(

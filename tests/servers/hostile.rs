@@ -326,7 +326,7 @@ mod encrypted {
 }
 
 /// A key in the cache's namespace that is not UTF-8 (written by another client)
-/// is removed by a pattern and by `invalidate_all` like any other; before, every
+/// is removed by a pattern and by `invalidate_all_and_reclaim` like any other; before, every
 /// walk failed on it (SCAN's reply was read as strings) and stayed owed forever.
 #[tokio::test]
 async fn keys_that_are_not_utf8_do_not_stop_a_walk() {
@@ -366,11 +366,11 @@ async fn keys_that_are_not_utf8_do_not_stop_a_walk() {
         1,
         "and only what it matches"
     );
-    cache.invalidate_all().await;
+    cache.invalidate_all_and_reclaim().await;
     assert_eq!(
         exists(foreign(b"q\xc3")).await,
         0,
-        "invalidate_all removed it"
+        "invalidate_all_and_reclaim removed it"
     );
     assert_eq!(cache.stats().l2_errors, 0);
 }

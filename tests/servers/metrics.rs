@@ -87,7 +87,7 @@ async fn every_event_moves_its_metric() {
     // bus_publish_errors: the deletion lands, its message does not (kept).
     cache.invalidate(&"warm".into()).await;
     redis.cli(&["ACL", "SETUSER", "default", "-scan"]);
-    cache.invalidate_all().await; // the walk is owed (published when it lands)
+    cache.invalidate_all_and_reclaim().await; // the walk is owed (published when it lands)
     redis.cli(&["ACL", "SETUSER", "default", "+publish", "+scan"]);
     cache.get(&"after".into()).await.unwrap(); // the owed walk: l2_namespace_clears
     redis.restart(); // bus_resubscribes

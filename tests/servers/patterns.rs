@@ -133,11 +133,11 @@ async fn invalidate_pattern_removes_exactly_the_matching_keys_in_each_tier() {
     }
 }
 
-/// `invalidate_all` with 1M unrelated keys in Redis: each `SCAN` step is its own
+/// `invalidate_all_and_reclaim` with 1M unrelated keys in Redis: each `SCAN` step is its own
 /// call under the default 100 ms timeout, so it finishes, and only this cache's
 /// keys go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalidate_all_walks_a_large_database_in_steps() {
+async fn invalidate_all_and_reclaim_walks_a_large_database_in_steps() {
     let redis = Redis::start_own(&["--enable-debug-command", "yes"]);
     redis.cli(&["debug", "populate", "1000000", "unrelated"]);
     let cache = TieredCache::<String, u64>::builder("big")
@@ -148,7 +148,7 @@ async fn invalidate_all_walks_a_large_database_in_steps() {
         cache.insert(format!("k{i}"), i).await;
     }
     assert_eq!(redis.cli(&["dbsize"]).trim(), "1000500");
-    cache.invalidate_all().await;
+    cache.invalidate_all_and_reclaim().await;
     let stats = cache.stats();
     assert_eq!(stats.l2_errors, 0, "{stats:?}");
     assert_eq!(

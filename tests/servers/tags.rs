@@ -75,6 +75,24 @@ async fn until(cache: &TieredCache<String, u64>, key: &str, want: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_tag_racing_loads_on_two_instances_never_brings_an_old_value_back() {
     let redis = Redis::start();
+    racing_loads(&redis, false).await;
+}
+
+/// The same race with `invalidate_all` (the namespace epoch): the old values
+/// stay in Redis (no walk), and are never served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_racing_loads_on_two_instances_never_brings_an_old_value_back() {
+    let redis = Redis::start_own(&[]);
+    racing_loads(&redis, true).await;
+    let stats = redis.cli(&["info", "commandstats"]);
+    assert!(!stats.contains("cmdstat_scan"), "no walk: {stats}");
+    let epoch = redis.cli(&["keys", "*#all"]);
+    assert_eq!(epoch.lines().count(), 1, "the epoch's key: {epoch}");
+}
+
+/// Readers on A and B without pause while A bumps user 7's rows and
+/// invalidates them (`all`: everything, else the tag), 30 times.
+async fn racing_loads(redis: &Redis, all: bool) {
     let db = Arc::new(Db::default());
     let (a, b) = (instance(&db, redis.url()), instance(&db, redis.url()));
     let keys = ["user:7:profile", "user:7:orders", "user:7:cart"];
@@ -95,7 +113,11 @@ async fn invalidate_tag_racing_loads_on_two_instances_never_brings_an_old_value_
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..5))).await;
         let written: Vec<(&str, u64)> = keys.iter().map(|k| (*k, db.bump(k))).collect();
-        a.invalidate_tag("user:7").await;
+        if all {
+            a.invalidate_all().await;
+        } else {
+            a.invalidate_tag("user:7").await;
+        }
         let fresh = instance(&db, redis.url());
         for (key, version) in &written {
             assert!(get(&a, key).await >= *version, "{key} on A");

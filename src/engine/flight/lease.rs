@@ -107,6 +107,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         refreshable: bool,
     ) -> Option<Leased<V>> {
         let hit = remote.peek::<V>(l2_key).await?;
+        if !self.l2_tags_hold(hit.tags.as_deref()).await {
+            return None;
+        }
         let entry = self.entry_from_l2(hit, self.clock.now(), refreshable);
         if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
             return None;

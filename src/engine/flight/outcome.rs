@@ -195,7 +195,7 @@ impl<V: Clone> Fetched<V> {
                 let stale = stale?;
                 let stale_tags = stale.tags.as_deref();
                 let tags = loaded.tags.or_else(|| stale_tags.map(|t| t.names.clone()));
-                (stale.value.clone(), tags, stale_tags.map(|t| t.born))
+                (stale.value.clone(), tags, Some(stale.born))
             }
         };
         Some(Fetched {

@@ -20,6 +20,7 @@ use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
+use crate::namespace::ALL_TAG;
 use crate::observe::{Counter, LoadOutcome};
 use crate::remote::{Filled, L2Read};
 use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
@@ -173,14 +174,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 self.freshness(refreshable),
                 took,
             )
-            .tagged(fetched.tags.map(|names| Tags::new(names, born)));
+            .tagged(born, fetched.tags.map(|names| Tags::new(names, born)));
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
                 if !l2_ttl.is_zero() {
                     let lifetime = self.freshness.lifetime(l2_ttl, took);
                     let l2_key = remote.key(key);
-                    let (value, tags) = (entry.value.as_ref(), entry.tags.as_deref());
-                    filled = remote.fill(&l2_key, seen, value, lifetime, tags).await;
+                    let (value, tags) = (entry.value.as_ref(), self.l2_tags(&entry));
+                    filled = (remote.fill(&l2_key, seen, value, lifetime, tags.as_deref())).await;
                 }
             }
             self.release(lease).await;
@@ -284,7 +285,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64, refreshable: bool) -> Entry<V> {
         let l1_ttl = self.ttl.l1_for(&hit.value).min(hit.fresh);
         let freshness = self.freshness(refreshable);
-        let mut entry = Entry::new(hit.value, now, l1_ttl, freshness, hit.load).tagged(hit.tags);
+        // Its birth stays with it (a "not modified" answer keeps it); only
+        // tags with names are checked on L1 hits.
+        let born = hit.tags.as_ref().map_or(0, |tags| tags.born);
+        let tags = hit.tags.filter(|tags| !tags.names.is_empty());
+        let mut entry = Entry::new(hit.value, now, l1_ttl, freshness, hit.load).tagged(born, tags);
         if hit.fresh.is_zero() {
             // Stale in L2: since when (what stale-while-revalidate's window and
             // a loader's context count from).
@@ -320,11 +325,25 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.tags_verdict(tags, false).await == Verdict::Hold
     }
 
-    /// [`tags_hold`](Self::tags_hold) for an entry read from L2. Without a bus,
-    /// nothing tells this instance of other instances' stamps: they are read
-    /// from L2 for every such entry.
-    async fn l2_tags_hold(&self, tags: Option<&Tags>) -> bool {
-        self.tags_verdict(tags, self.bus.is_none()).await == Verdict::Hold
+    /// [`tags_hold`](Self::tags_hold) for an entry read from L2 (`tags`: its
+    /// tag section), with the namespace's own tag (the epoch of
+    /// `invalidate_all`), which every entry in L2 carries: an entry without a
+    /// birth (written by a version without epochs) was born at 0. Without a
+    /// bus, nothing tells this instance of other instances' stamps: those of
+    /// the entry's named tags are read from L2 for every such entry (the
+    /// epoch's is trusted as long as a stamp is, as L1 is).
+    pub(crate) async fn l2_tags_hold(&self, tags: Option<&Tags>) -> bool {
+        let named = tags.is_some_and(|tags| !tags.names.is_empty());
+        let read_all = named && self.bus.is_none();
+        if !self.epochs() {
+            return self.tags_verdict(tags, read_all).await == Verdict::Hold;
+        }
+        let born = tags.map_or(0, |tags| tags.born);
+        let names = tags.iter().flat_map(|tags| tags.names.iter().cloned());
+        let names = names.chain([Box::from(ALL_TAG)]).collect();
+        self.tags_verdict(Some(&Tags::new(names, born)), read_all)
+            .await
+            == Verdict::Hold
     }
 
     /// What `tags` (if any) come to: `read_all` reads every stamp from L2, not

@@ -1,0 +1,246 @@
+//! `invalidate_all` as the namespace epoch, on the in-memory doubles: one
+//! stamp and one message however many entries the cache holds; the entries
+//! stay in L2 but are never served again, to this instance, to the others, to
+//! an instance started later; against a load in flight, a lost message, an
+//! owed stamp, and entries written without a birth.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tiered::{BoxError, ManualClock, MemoryBus, MemoryStore, StoreOp, TieredCache};
+
+use crate::support::eventually;
+use crate::tags::NoTags;
+
+/// The service's database: a version per key (1 until set), and a load count.
+#[derive(Debug, Default)]
+struct Db {
+    rows: Mutex<HashMap<String, u64>>,
+    loads: AtomicU64,
+    /// Loads wait here for a permit (when armed).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Db {
+    fn set(&self, key: &str, version: u64) {
+        self.rows.lock().unwrap().insert(key.to_owned(), version);
+    }
+
+    fn loads(&self) -> u64 {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+/// An instance of cache "epoch" (untagged entries), with its own clock.
+fn instance_at(
+    db: &Arc<Db>,
+    store: impl tiered::RemoteStore,
+    bus: MemoryBus,
+    clock: &ManualClock,
+) -> TieredCache<String, u64> {
+    let db = db.clone();
+    TieredCache::builder("epoch")
+        .l2(store)
+        .bus(bus)
+        .clock(clock.clone())
+        .l1_ttl(Duration::from_secs(60))
+        .l2_ttl(Duration::from_secs(3600))
+        .l2_timeout(Duration::from_millis(100))
+        .loader_fn(move |key: String| {
+            db.loads.fetch_add(1, Ordering::SeqCst);
+            // The query reads the row first, then takes a while.
+            let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+            let gate = db.gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    gate.acquire().await?.forget();
+                }
+                Ok::<_, BoxError>(Some(version))
+            }
+        })
+        .build()
+        .expect("build")
+}
+
+fn instance(
+    db: &Arc<Db>,
+    store: impl tiered::RemoteStore,
+    bus: MemoryBus,
+) -> TieredCache<String, u64> {
+    instance_at(db, store, bus, &ManualClock::new())
+}
+
+async fn get(cache: &TieredCache<String, u64>, key: &str) -> Option<u64> {
+    cache.get(&key.to_owned()).await.unwrap()
+}
+
+/// Reads `key` until it is `want` (failing after 10 s).
+async fn until(cache: &TieredCache<String, u64>, key: &str, want: u64) {
+    eventually(&format!("{key} becomes {want}"), || async {
+        get(cache, key).await == Some(want)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_is_one_stamp_and_one_message_whatever_the_cache_holds() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let (a_store, a_bus) = (store.connect(), bus.connect());
+    let a = instance(&db, a_store.clone(), a_bus.clone());
+    let b = instance(&db, store.connect(), bus.connect());
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        assert_eq!(get(&a, key).await, Some(1));
+        assert_eq!(get(&b, key).await, Some(1), "from L2");
+    }
+    assert_eq!(db.loads(), 300);
+    let in_l2 = store.keys().len();
+    let published = a_bus.published();
+    for key in &keys {
+        db.set(key, 2);
+    }
+    a.invalidate_all().await;
+    assert_eq!(a_store.calls(StoreOp::StampTags), 1, "one store call");
+    assert_eq!(a_store.calls(StoreOp::Scan), 0, "no walk");
+    assert_eq!(a_bus.published() - published, 1, "one message");
+    assert!(
+        store.keys().len() >= in_l2,
+        "the entries stay in L2 until their TTL"
+    );
+    for key in &keys {
+        assert_eq!(get(&a, key).await, Some(2), "at once, here");
+    }
+    for key in &keys {
+        until(&b, key, 2).await;
+    }
+    // An instance started after the call reads the epoch before it trusts
+    // an entry in L2.
+    let c = instance(&db, store.connect(), bus.connect());
+    for key in &keys {
+        assert_eq!(get(&c, key).await, Some(2));
+    }
+    assert_eq!(db.loads(), 600, "each key loaded once more, by a");
+}
+
+/// A load that read the row before another instance's update and
+/// `invalidate_all`, and ends after them: what it writes to L2 is born before
+/// the epoch, so no instance ever serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_in_flight_across_invalidate_all_is_served_nowhere_after_it() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let db = Arc::new(Db {
+        gate: Some(gate.clone()),
+        ..Db::default()
+    });
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    let reading = tokio::spawn({
+        let b = b.clone();
+        async move { get(&b, "k").await }
+    });
+    while db.loads() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    db.set("k", 2);
+    a.invalidate_all().await;
+    gate.add_permits(1000);
+    assert!(reading.await.unwrap().is_some());
+    let c = instance(&db, store.connect(), bus.connect());
+    for cache in [&a, &b, &c] {
+        assert_eq!(get(cache, "k").await, Some(2));
+    }
+}
+
+/// B's copy of the message is lost (its subscription stays up): B trusts the
+/// epoch it read for its L1 TTL, then reads it again, and no longer serves
+/// what L2 holds from before the call, nor what its L1 held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_message_is_made_up_for_by_reading_the_epoch_again() {
+    let clock = ManualClock::new();
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::with_clock(clock.clone()), MemoryBus::new());
+    let a = instance_at(&db, store.connect(), bus.connect(), &clock);
+    let b_bus = bus.connect();
+    let b = instance_at(&db, store.connect(), b_bus.clone(), &clock);
+    assert_eq!(get(&a, "in-l1").await, Some(1));
+    assert_eq!(get(&a, "in-l2").await, Some(1));
+    assert_eq!(
+        get(&b, "in-l1").await,
+        Some(1),
+        "from L2: b reads the epoch"
+    );
+    db.set("in-l1", 2);
+    db.set("in-l2", 2);
+    b_bus.lose_next_received(1);
+    a.invalidate_all().await;
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(get(&b, "in-l2").await, Some(2), "the epoch is read again");
+    assert_eq!(get(&b, "in-l1").await, Some(2));
+}
+
+/// With the stamp owed (the store refuses it), the epoch is pending here:
+/// nothing this instance reads from L2 is served, every read loads; the
+/// other instances hear of it when the replay lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_epoch_keeps_l2_unreadable_here_until_it_lands() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&b, "k").await, Some(1));
+    db.set("k", 2);
+    a_store.fail_next(StoreOp::StampTags, 1_000_000);
+    a.invalidate_all().await;
+    assert_eq!(get(&a, "k").await, Some(2), "not the old entry in L2");
+    assert_eq!(get(&b, "k").await, Some(1), "not told yet");
+    a_store.clear_faults();
+    until(&b, "k", 2).await;
+}
+
+/// An entry without a birth (written by a store that cannot stamp, as a
+/// version without the epoch writes them) is read as born at 0: readable
+/// until the first epoch, unreadable after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_without_a_birth_are_older_than_any_epoch() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let old = instance(&db, NoTags(store.connect()), bus.connect());
+    assert_eq!(get(&old, "k").await, Some(1));
+    db.set("k", 2);
+    let a = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&a, "k").await, Some(1), "no epoch yet: served");
+    assert_eq!(db.loads(), 1);
+    let b = instance(&db, store.connect(), bus.connect());
+    b.invalidate_all().await;
+    let c = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&c, "k").await, Some(2));
+}
+
+/// The walk, on request: every key of the namespace is deleted from L2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_all_and_reclaim_deletes_the_entries_from_l2() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    for i in 0..50 {
+        assert_eq!(get(&a, &format!("k{i}")).await, Some(1));
+    }
+    let entry = a.l2_key(&"k0".to_owned()).unwrap();
+    assert!(store.keys().contains(&entry));
+    a.invalidate_all().await;
+    assert!(store.keys().contains(&entry), "the epoch leaves it");
+    a.invalidate_all_and_reclaim().await;
+    let prefix = &entry[..entry.len() - 2];
+    assert!(
+        !store.keys().iter().any(|k| k.starts_with(prefix)),
+        "{:?}",
+        store.keys()
+    );
+    db.set("k0", 2);
+    assert_eq!(get(&a, "k0").await, Some(2));
+}
