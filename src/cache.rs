@@ -13,10 +13,12 @@ use crate::engine::{shared, Core, Fetched, Given, Job, Lookup, Source};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Stats;
-use crate::policy::Ttl;
+use crate::policy::{EntryOptions, Plan};
 
+mod options;
 mod warm;
 
+pub use self::options::WithOptions;
 pub use self::warm::Warmed;
 
 /// A three-tier cache: L1 in process, then L2 (shared), then the loader, with one
@@ -174,13 +176,29 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError>,
     {
+        self.get_or_load_planned(key, load, None).await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) under the call's `plan`.
+    pub(crate) async fn get_or_load_planned<F, Fut, E>(
+        &self,
+        key: &K,
+        load: F,
+        plan: Option<&Arc<Plan>>,
+    ) -> Result<Option<V>, Error>
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
         let mut source = Given::new(load);
-        let job = match self.core.lookup_from(key, &mut source).await {
+        let job = match self.core.lookup_from(key, &mut source, plan).await {
             Lookup::Hit(entry) => return Ok(entry.value),
             miss => miss.into_job(),
         };
         let job = Job {
             loader: source.given(),
+            plan: plan.cloned(),
             ..job
         };
         Box::pin(self.core.fly(key, None::<std::future::Ready<_>>, job)).await
@@ -233,8 +251,23 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         Fut: Future<Output = Result<HashMap<K, V>, E>>,
         E: Into<BoxError>,
     {
+        self.get_many_with_planned(keys, load, None).await
+    }
+
+    /// [`get_many_with`](Self::get_many_with) under the call's `plan`.
+    pub(crate) async fn get_many_with_planned<F, Fut, E>(
+        &self,
+        keys: &[K],
+        load: F,
+        plan: Option<&Arc<Plan>>,
+    ) -> Result<HashMap<K, V>, Error>
+    where
+        F: Fn(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: Into<BoxError>,
+    {
         let load = |keys| load(keys).map(|loaded| loaded.map_err(Into::into));
-        self.core.get_many_from(keys, Some(&load)).await
+        self.core.get_many_from(keys, Some(&load), plan).await
     }
 
     /// Writes `value` for `key` in every tier, with the default TTLs, and tells
@@ -242,20 +275,15 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// flight (on any instance) will not overwrite it. If Redis cannot be reached,
     /// its old entry is deleted later instead, before this instance reads it again.
     pub async fn insert(&self, key: K, value: V) {
-        let ttl = self.core.ttl();
-        let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
-        self.core.write(key, value, (l1_ttl, l2_ttl), None).await;
+        self.insert_many_planned(vec![(key, value)], None).await;
     }
 
     /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
     /// jitter) in each; a `ttl` past [`Ttl::MAX`](crate::Ttl::MAX) is shortened to
     /// it. A zero `ttl` removes the key instead.
     pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
-        if ttl.is_zero() {
-            return self.invalidate(&key).await;
-        }
-        let ttl = ttl.min(Ttl::MAX);
-        self.core.write(key, value, (ttl, ttl), None).await;
+        let options = EntryOptions::new().ttl(ttl);
+        self.with_options(&options).insert(key, value).await;
     }
 
     /// Writes `value` for `key` as [`insert`](Self::insert) does, carrying
@@ -277,10 +305,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn insert_with_tags(&self, key: K, value: V, tags: &[&str]) {
-        let ttl = self.core.ttl();
-        let ttls = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
-        let tags = tags.iter().map(|t| Box::from(*t)).collect();
-        self.core.write(key, value, ttls, Some(tags)).await;
+        let options = EntryOptions::new().tags(tags.iter().copied());
+        self.with_options(&options).insert(key, value).await;
     }
 
     /// Writes every `(key, value)` as [`insert`](Self::insert) does, with the same
@@ -303,7 +329,19 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) {
-        self.core.write_many(entries.into_iter().collect()).await;
+        self.insert_many_planned(entries.into_iter().collect(), None)
+            .await;
+    }
+
+    /// [`insert_many`](Self::insert_many) under the call's `plan`: a zero TTL
+    /// invalidates the keys instead.
+    pub(crate) async fn insert_many_planned(&self, entries: Vec<(K, V)>, plan: Option<&Arc<Plan>>) {
+        let plan = self.core.plan(plan);
+        if plan.ttl.l2.is_zero() {
+            let keys: Vec<K> = entries.into_iter().map(|(key, _)| key).collect();
+            return self.invalidate_many(&keys).await;
+        }
+        self.core.write_many(entries, plan).await;
     }
 
     /// Removes `key` from every tier, and from every other instance's L1. Once

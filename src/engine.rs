@@ -23,7 +23,7 @@ use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
 use crate::observe::{Observer, Report, Stats};
-use crate::policy::{Freshness, L1Eviction, TtlPolicy};
+use crate::policy::{Freshness, L1Eviction, Plan, Skip, TtlPolicy};
 use crate::remote::{Announce, Remote, RemoteParts};
 use crate::source::DynLoader;
 use crate::tags::TagBook;
@@ -37,7 +37,7 @@ mod write;
 
 use self::flight::coalesce::Flights;
 pub(crate) use self::flight::outcome::{shared, Answer, Failure, Fetched, Job};
-pub(crate) use self::lookup::{Given, Lookup, Source};
+pub(crate) use self::lookup::{Configured, Given, Lookup, Source};
 
 /// Everything a cache is made from, as the builder validated it.
 pub(crate) struct Settings<K, V> {
@@ -63,17 +63,15 @@ pub(crate) struct Core<K, V> {
     remote: Option<Arc<Remote>>,
     bus: Option<Arc<Bus>>,
     loader: Option<Arc<dyn DynLoader<K, V>>>,
-    ttl: TtlPolicy,
     clock: Clock,
     fence: Arc<Fence>,
     /// What this instance knows of tags' invalidations.
     tags: TagBook,
     report: Arc<Report>,
     flights: Flights<K, V>,
-    /// Early refresh, stale-while-revalidate, fail-safe, loader timeouts.
-    freshness: Freshness,
-    /// `freshness` without early refresh: for entries no loader can refresh.
-    unrefreshed: Freshness,
+    /// TTLs, early refresh, stale-while-revalidate, fail-safe, loader
+    /// timeouts: the plan of calls without options of their own.
+    plan: Arc<Plan>,
     lease: Option<Duration>,
 }
 
@@ -123,16 +121,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             bus,
             name: settings.name,
             loader: settings.loader,
-            ttl: settings.ttl,
             clock: settings.clock,
             fence,
             report,
             flights: Flights::default(),
-            unrefreshed: Freshness {
-                early_beta: None,
-                ..settings.freshness.clone()
-            },
-            freshness: settings.freshness,
+            plan: Plan::new(settings.freshness, settings.ttl, Skip::default(), None),
             lease: settings.lease,
         }
     }
@@ -142,17 +135,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     pub(crate) fn ttl(&self) -> &TtlPolicy {
-        &self.ttl
+        &self.plan.ttl
     }
 
-    /// The freshness of an entry that a loader can refresh (`refreshable`:
-    /// with an early-refresh window) or not.
-    pub(crate) fn freshness(&self, refreshable: bool) -> &Freshness {
-        if refreshable {
-            &self.freshness
-        } else {
-            &self.unrefreshed
-        }
+    /// The cache's own plan (its settings), for calls without options.
+    pub(crate) fn defaults(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// What a call runs with: its own `plan`, else the cache's.
+    pub(crate) fn plan<'a>(&'a self, plan: Option<&'a Arc<Plan>>) -> &'a Plan {
+        plan.unwrap_or(&self.plan)
     }
 
     /// Whether this cache keeps a namespace epoch: its L2 store stamps tags.

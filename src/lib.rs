@@ -90,7 +90,7 @@ pub use builder::{
     DEFAULT_L2_FILL_WINDOW, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
 };
 pub use bus::{Backplane, Delivery};
-pub use cache::{TieredCache, Warmed};
+pub use cache::{TieredCache, Warmed, WithOptions};
 pub use clock::{Clock, ManualClock};
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
@@ -104,7 +104,8 @@ pub use observe::metrics::MetricsObserver;
 pub use observe::{BreakerState, LoadOutcome, Observer, Stats, Tier, TierStats};
 pub use pattern::{escape_glob, Pattern};
 pub use policy::{
-    L1Eviction, Ttl, DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_LEASE_TTL,
+    EntryOptions, L1Eviction, Ttl, DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE,
+    DEFAULT_LEASE_TTL,
 };
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;

@@ -3,6 +3,7 @@
 
 mod eviction;
 pub(crate) mod freshness;
+mod options;
 mod ttl;
 
 pub use self::eviction::L1Eviction;
@@ -10,5 +11,7 @@ pub(crate) use self::freshness::{Freshness, Lifetime};
 pub use self::freshness::{
     DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_LEASE_TTL,
 };
+pub use self::options::EntryOptions;
+pub(crate) use self::options::{Plan, Skip};
 pub use self::ttl::Ttl;
 pub(crate) use self::ttl::TtlPolicy;

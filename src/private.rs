@@ -6,25 +6,24 @@ use std::fmt::{Display, Write};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use futures_util::FutureExt;
 
 use crate::cache::TieredCache;
 use crate::engine::{Answer, Failure, Fetched, Job, Lookup};
 use crate::key::CacheValue;
+use crate::policy::EntryOptions;
 
 /// The per-function options of the attribute.
 #[derive(Debug)]
 pub struct Options<U> {
-    /// `ttl = "..."`: this entry's TTL in every tier.
-    pub ttl: Option<Duration>,
+    /// `options = ...`, with `ttl = "..."` and `tags = [...]` over them: the
+    /// call's entry options.
+    pub entry: EntryOptions,
     /// `negative = true`: cache `None` as absence.
     pub negative: bool,
     /// `unless = ...`: values for which this returns true are not cached.
     pub unless: U,
-    /// `tags = [...]`: the tags of this call's entry.
-    pub tags: Vec<String>,
 }
 
 /// The cache of a function returning `V`: a type error here means the cache's
@@ -217,13 +216,23 @@ where
     F: Future<Output = Result<Option<T>, E>>,
 {
     let core = cache.core();
-    let fallback = match core.lookup(&key).await {
+    // A body cannot refresh its entry early: the cache's settings serve the
+    // lookup, and the call's options (laid over them only on a miss) the
+    // flight.
+    let lookup = match options.entry.skips_l1_reads() {
+        true => Lookup::Miss,
+        false => core.lookup(&key).await,
+    };
+    let fallback = match lookup {
         Lookup::Hit(entry) if entry.value.is_some() || options.negative => {
             return Ok(entry.value);
         }
         Lookup::Stale(fallback) => Some(fallback),
         _ => None,
     };
+    let defaults = core.defaults();
+    let plan = (options.entry != EntryOptions::default())
+        .then(|| options.entry.plan(&defaults.freshness, &defaults.ttl));
     let slot = Mutex::new(Some(body));
     let take = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     let first = async {
@@ -235,13 +244,8 @@ where
                     None => options.negative,
                 };
                 Ok(Fetched {
-                    value,
                     keep,
-                    ttl: options.ttl,
-                    l1_ttl: None,
-                    tags: (!options.tags.is_empty())
-                        .then(|| options.tags.iter().map(|t| t.as_str().into()).collect()),
-                    born: None,
+                    ..Fetched::cached(value)
                 })
             }
             Err(error) => Err(Failure::Foreign {
@@ -256,6 +260,7 @@ where
     let job = Job {
         fallback,
         time_limit: false,
+        plan,
         ..Job::default()
     };
     let (shared, answered) = match core.fly_raw(&key, Some(first), job).await {

@@ -5,7 +5,7 @@ use syn::parse::Parser;
 use syn::{Expr, ExprArray, Ident, Lit, LitBool, LitStr};
 
 /// `#[cached_tier(cache = EXPR, key = "...", skip(a, b), ttl = "30s", negative = true,
-/// unless = EXPR, tags = ["user:{id}", ...])]`
+/// unless = EXPR, tags = ["user:{id}", ...], options = EXPR)]`
 pub(crate) struct Args {
     pub(crate) cache: Expr,
     pub(crate) key: Option<LitStr>,
@@ -15,9 +15,12 @@ pub(crate) struct Args {
     pub(crate) unless: Option<Expr>,
     /// Format strings over the arguments, as `key`'s.
     pub(crate) tags: Vec<LitStr>,
+    /// An `EntryOptions` expression, evaluated per call (`ttl` and `tags` go
+    /// over it).
+    pub(crate) options: Option<Expr>,
 }
 
-const OPTIONS: &str = "`cache`, `key`, `skip`, `ttl`, `negative`, `unless` or `tags`";
+const OPTIONS: &str = "`cache`, `key`, `skip`, `ttl`, `negative`, `unless`, `tags` or `options`";
 
 impl Args {
     pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Args> {
@@ -28,6 +31,7 @@ impl Args {
         let mut negative = None;
         let mut unless = None;
         let mut tags = None;
+        let mut options = None;
         let parser = syn::meta::parser(|meta| {
             let name = meta
                 .path
@@ -105,6 +109,12 @@ impl Args {
                     }
                     unless = Some(meta.value()?.parse::<Expr>()?);
                 }
+                "options" => {
+                    if options.is_some() {
+                        return Err(duplicate());
+                    }
+                    options = Some(meta.value()?.parse::<Expr>()?);
+                }
                 _ => {
                     return Err(meta.error(format!(
                         "unknown option `{}`: expected {OPTIONS}",
@@ -129,6 +139,7 @@ impl Args {
             negative: negative.unwrap_or(false),
             unless,
             tags: tags.unwrap_or_default(),
+            options,
         })
     }
 }

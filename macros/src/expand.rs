@@ -103,16 +103,25 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
     };
     let cache = &args.cache;
     let cache = quote_spanned!(cache.span()=> #krate::__private::typed_cache::<#value>(&#cache));
-    let ttl = match args.ttl_millis {
-        Some(ms) => quote!(::std::option::Option::Some(::std::time::Duration::from_millis(#ms))),
-        None => quote!(::std::option::Option::None),
+    // The entry's options: `options = ...` (else none), then `ttl` and
+    // `tags` over them.
+    let mut entry = match &args.options {
+        Some(options) => {
+            quote_spanned!(options.span()=> ::std::convert::identity::<#krate::EntryOptions>(#options))
+        }
+        None => quote!(#krate::EntryOptions::new()),
     };
-    let negative = args.negative;
+    if let Some(ms) = args.ttl_millis {
+        entry = quote!(#entry.ttl(::std::time::Duration::from_millis(#ms)));
+    }
     for tag in &args.tags {
         check_placeholders("a tag", tag, &names, &sig.ident)?;
     }
-    let tags = &args.tags;
-    let tags = quote!(::std::vec![#(::std::format!(#tags)),*]);
+    if !args.tags.is_empty() {
+        let tags = &args.tags;
+        entry = quote!(#entry.tags([#(::std::format!(#tags)),*]));
+    }
+    let negative = args.negative;
     let unless = match &args.unless {
         Some(unless) => {
             quote_spanned!(unless.span()=> #krate::__private::unless::<#value, _>(#unless))
@@ -131,10 +140,9 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
                 #cache,
                 #key,
                 #krate::__private::Options {
-                    ttl: #ttl,
+                    entry: #entry,
                     negative: #negative,
                     unless: #unless,
-                    tags: #tags,
                 },
                 async move {
                     // Fixes the body's type, so that `?` knows what to convert to.

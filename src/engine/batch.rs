@@ -12,11 +12,12 @@ use futures_util::future::{join_all, Either};
 use futures_util::FutureExt;
 
 use crate::engine::flight::outcome::{shared, Failure, Fetched, Job};
-use crate::engine::lookup::Lookup;
+use crate::engine::lookup::{Configured, Lookup};
 use crate::engine::Core;
 use crate::entry::Entry;
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
+use crate::policy::Plan;
 use crate::remote::L2Read;
 use crate::source::{loaded_values, Loaded, NOT_MODIFIED_WITHOUT_STALE};
 
@@ -37,17 +38,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// The values of `keys` that exist (duplicates looked up once), loaded with
     /// the configured loader.
     pub(crate) async fn get_many(self: &Arc<Self>, keys: &[K]) -> Result<HashMap<K, V>, Error> {
-        self.get_many_from(keys, None::<&NoBatch<K, V>>).await
+        self.get_many_from(keys, None::<&NoBatch<K, V>>, None).await
     }
 
     /// The values of `keys` that exist (duplicates looked up once), loaded with
     /// `given` (the caller's batch load) if there is one, else with the
     /// configured loader. A key L2 answered stale, which must load after all,
-    /// is loaded on its own with a batch of one.
+    /// is loaded on its own with a batch of one. `plan`: the call's options
+    /// (`None`: the cache's settings).
     pub(crate) async fn get_many_from<B, Fut>(
         self: &Arc<Self>,
         keys: &[K],
         given: Option<&B>,
+        plan: Option<&Arc<Plan>>,
     ) -> Result<HashMap<K, V>, Error>
     where
         B: Fn(Vec<K>) -> Fut,
@@ -61,7 +64,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             if !seen.insert(key) {
                 continue;
             }
-            match self.lookup(key).await {
+            match self.lookup_from(key, Configured, plan).await {
                 Lookup::Hit(Entry { value: Some(v), .. }) => {
                     found.insert(key.clone(), v);
                 }
@@ -83,14 +86,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let tickets: Vec<_> = missing.iter().map(|k| self.fence.ticket(k)).collect();
         // Where the batch's loads begin on the tag clock (read with the tickets).
         let born = self.tags.clock();
+        // As a flight reads (see `run.rs`): no read when the call skips both
+        // L2 reads and writes, no reservations when it skips writes, and a
+        // hit it skips is loaded in the batch.
+        let skip = self.plan(plan).skip;
         let from_l2: Vec<Option<L2Read<V>>> = match &self.remote {
-            Some(remote) => {
+            Some(remote) if !(skip.l2_reads && skip.l2_writes) => {
                 let l2_keys: Vec<String> = missing.iter().map(|k| remote.key(k)).collect();
-                let can_load = given.is_some() || self.loader.is_some();
-                let reads = remote.get_many(&l2_keys, can_load).await;
+                let reserve = (given.is_some() || self.loader.is_some()) && !skip.l2_writes;
+                let reads = remote.get_many(&l2_keys, reserve).await;
                 reads.into_iter().map(Some).collect()
             }
-            None => missing.iter().map(|_| None).collect(),
+            _ => missing.iter().map(|_| None).collect(),
         };
         let loader = self.loader.as_deref();
         let can_load = given.is_some() || loader.is_some();
@@ -100,7 +107,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         // found" for them would be cached as an absence.
         let in_batch: Vec<bool> = from_l2
             .iter()
-            .map(|read| !matches!(read, Some(L2Read::Hit(..))))
+            .map(|read| skip.l2_reads || !matches!(read, Some(L2Read::Hit(..))))
             .collect();
         let to_load: Vec<K> = missing
             .iter()
@@ -145,6 +152,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     own_load: !in_batch,
                     fallback,
                     born: Some(born),
+                    plan: plan.cloned(),
                     ..Job::default()
                 };
                 self.fly(key, first, job)

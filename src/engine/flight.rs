@@ -80,7 +80,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let can_load = first.is_some() || job.loader.is_some() || self.loader.is_some();
         let detach = first.is_none() && self.can_refresh(job.loader.is_some());
         // A stale copy this caller takes at the soft timeout (detached loads only).
-        let soft = (self.freshness.soft_timeout.filter(|_| detach))
+        let soft = (self.plan(job.plan.as_ref()).freshness.soft_timeout)
+            .filter(|_| detach)
             .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
         let mut round = 1;
         loop {
@@ -90,7 +91,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 Joined::Runner(runner) => {
                     // A flight that ended just before this one began left its
                     // value in L1: this caller got another caller's load.
-                    if let Some(entry) = self.fresh_in_l1(key).await {
+                    let skips_l1 = self.plan(job.plan.as_ref()).skip.l1_reads;
+                    if let Some(entry) = self.fresh_in_l1(key).await.filter(|_| !skips_l1) {
                         self.report.event(Counter::Coalesced);
                         runner.finish(Arc::new(Flight::Settled(entry.clone())));
                         return Ok(entry);
@@ -99,6 +101,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         prepared: job.prepared.take(),
                         fallback: job.fallback.clone(),
                         loader: job.loader.clone(),
+                        plan: job.plan.clone(),
                         ..job
                     };
                     if !detach {
@@ -184,14 +187,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         // Only stale-while-revalidate commits an entry that is already stale (an
         // entry that went stale since its commit was fresh when it was read).
         let now = self.clock.now();
-        let freshness = &self.freshness;
+        let freshness = &self.plan(job.plan.as_ref()).freshness;
         if !freshness.stale_while_revalidate.is_zero()
             && entry.expires != 0
             && !entry.is_fresh(now)
             && entry.revalidates(freshness, now)
         {
             self.report.event(Counter::StaleServed);
-            self.refresh(key, entry, job.loader.clone()).await;
+            self.refresh(key, entry, job.loader.clone(), job.plan.clone())
+                .await;
         }
         result
     }

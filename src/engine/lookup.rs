@@ -10,6 +10,7 @@ use crate::engine::Core;
 use crate::entry::Entry;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::{Counter, Tier};
+use crate::policy::Plan;
 use crate::source::{DynLoader, FnLoader, Loader};
 
 /// What L1 holds for a key.
@@ -97,18 +98,23 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// entry's early-refresh window costs one clock read and one comparison.
     #[inline]
     pub(crate) async fn lookup(self: &Arc<Self>, key: &K) -> Lookup<V> {
-        self.lookup_from(key, Configured).await
+        self.lookup_from(key, Configured, None).await
     }
 
     /// [`lookup`](Self::lookup), where a refresh a hit starts loads from
     /// `source` (passed by value: the configured loader's is zero-sized, so a
-    /// plain `get`'s future does not grow).
+    /// plain `get`'s future does not grow), under the call's `plan` (`None`:
+    /// the cache's). A call that skips L1 reads does not look up.
     #[inline]
     pub(crate) async fn lookup_from<S: Source<K, V>>(
         self: &Arc<Self>,
         key: &K,
         mut source: S,
+        plan: Option<&Arc<Plan>>,
     ) -> Lookup<V> {
+        if plan.is_some_and(|plan| plan.skip.l1_reads) {
+            return Lookup::Miss;
+        }
         // A fixed L1's read is moka's own future, awaited here with no state
         // machine around it: on the hottest path every byte of a future is moved
         // and every state dropped (measured with `scripts/callgrind-l1-hit`). An
@@ -128,12 +134,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 // Before the early-refresh window, or in it with a draw that
                 // starts nothing: a plain hit, with no allocation.
                 if now < entry.early_from
-                    || (entry.is_fresh(now) && !entry.refresh_early(&self.freshness, now))
+                    || (entry.is_fresh(now)
+                        && !entry.refresh_early(&self.plan(plan).freshness, now))
                 {
                     self.count_hit(&entry);
                     return Lookup::Hit(entry);
                 }
-                Box::pin(self.late(key, entry, now, &mut source)).await
+                Box::pin(self.late(key, entry, now, &mut source, plan)).await
             }
             None => {
                 self.report.tier(Tier::L1, false);
@@ -163,18 +170,21 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         entry: Entry<V>,
         now: u64,
         source: &mut dyn Source<K, V>,
+        plan: Option<&Arc<Plan>>,
     ) -> Lookup<V> {
         if entry.is_fresh(now) {
             self.count_hit(&entry);
-            self.refresh(key, &entry, source.given()).await;
+            self.refresh(key, &entry, source.given(), plan.cloned())
+                .await;
             return Lookup::Hit(entry);
         }
         if !entry.is_expired(now) {
             let given = source.given();
-            if entry.revalidates(&self.freshness, now) && self.can_refresh(given.is_some()) {
+            let freshness = &self.plan(plan).freshness;
+            if entry.revalidates(freshness, now) && self.can_refresh(given.is_some()) {
                 self.count_hit(&entry);
                 self.report.event(Counter::StaleServed);
-                self.refresh(key, &entry, given).await;
+                self.refresh(key, &entry, given, plan.cloned()).await;
                 return Lookup::Hit(entry);
             }
             self.report.tier(Tier::L1, false);

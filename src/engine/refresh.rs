@@ -14,6 +14,7 @@ use crate::entry::Entry;
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
+use crate::policy::Plan;
 use crate::source::DynLoader;
 
 /// A stale copy a flight may fall back on, with a ticket taken while it was
@@ -58,13 +59,14 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     /// Starts a background refresh of `key` (whose L1 entry is `seen`) with the
-    /// `given` loader (else the configured one), unless a flight of the key is
-    /// already on. Returns at once.
+    /// `given` loader (else the configured one), under the `plan` of the call
+    /// that read it, unless a flight of the key is already on. Returns at once.
     pub(crate) async fn refresh(
         self: &Arc<Self>,
         key: &K,
         seen: &Entry<V>,
         given: Option<Arc<dyn DynLoader<K, V>>>,
+        plan: Option<Arc<Plan>>,
     ) {
         if !self.can_refresh(given.is_some()) || self.flights.flying(key) {
             return;
@@ -74,6 +76,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             fallback,
             refresh_after: Some(seen.fresh_until),
             loader: given,
+            plan,
             ..Job::default()
         };
         if self.launch(key, job) {

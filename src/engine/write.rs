@@ -20,6 +20,7 @@ use crate::key::{CacheKey, CacheValue};
 use crate::namespace::ALL_TAG;
 use crate::observe::Counter;
 use crate::pattern::{escape_glob, Pattern};
+use crate::policy::Plan;
 use crate::remote::Landed;
 
 /// How many keys of an `invalidate_many` or `insert_many` go in one store call
@@ -27,64 +28,32 @@ use crate::remote::Landed;
 const BATCH: usize = 1000;
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
-    /// Writes `value` for `key` in every tier, fresh for `l1_ttl` in L1 and
-    /// `l2_ttl` in L2, carrying `tags`, and tells the other instances to drop
-    /// their copy.
-    pub(crate) async fn write(
-        self: &Arc<Self>,
-        key: K,
-        value: V,
-        (l1_ttl, l2_ttl): (Duration, Duration),
-        tags: Option<Box<[Box<str>]>>,
-    ) {
-        self.start_bus(false).await;
-        self.report.event(Counter::Inserts);
-        let now = self.clock.now();
-        let born = self.tags.clock();
-        let tags = tags.map(|names| Tags::new(names, born));
-        let entry = Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO)
-            .tagged(born, tags);
-        let landed = match &self.remote {
-            Some(remote) => {
-                let lifetime = self.freshness.lifetime(l2_ttl, Duration::ZERO);
-                let tags = self.l2_tags(&entry);
-                let value = entry.value.as_ref();
-                remote
-                    .set(&remote.key(&key), value, lifetime, tags.as_deref())
-                    .await
-            }
-            None => true,
-        };
-        let l1_write = async {
-            if self.l1.enabled() {
-                self.l1.insert(key.clone(), entry).await;
-            }
-        };
-        let change = || Landed::Key(key.to_key_string());
-        self.finish(landed, change, self.fence.supersede(&key, l1_write))
-            .await;
-    }
-
-    /// Writes each `(key, value)` in every tier with the default TTLs (jittered
-    /// per entry), in batches of [`BATCH`]: the store writes of a batch go out
-    /// together under one timeout, and one bus message tells the other
-    /// instances to drop their copies of the batch.
-    pub(crate) async fn write_many(self: &Arc<Self>, entries: Vec<(K, V)>) {
+    /// Writes each `(key, value)` in the tiers the call's `plan` writes, with
+    /// its TTLs (jittered per entry unless the call set them) and tags, in
+    /// batches of [`BATCH`]: the store writes of a batch go out together under
+    /// one timeout, and one bus message tells the other instances to drop their
+    /// copies of the batch. A tier the plan skips has the keys dropped instead
+    /// (it must not keep an older value than the others).
+    pub(crate) async fn write_many(self: &Arc<Self>, entries: Vec<(K, V)>, plan: &Plan) {
         if entries.is_empty() {
             return;
         }
         // A key given twice takes its last value, in every tier (the writes of
         // a batch land in no set order).
-        let mut seen = std::collections::HashSet::with_capacity(entries.len());
-        let mut entries: Vec<(K, V)> = entries
-            .into_iter()
-            .rev()
-            .filter(|(key, _)| seen.insert(key.clone()))
-            .collect();
-        entries.reverse();
+        let mut entries = if entries.len() == 1 {
+            entries
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(entries.len());
+            let mut kept: Vec<(K, V)> = (entries.into_iter().rev())
+                .filter(|(key, _)| seen.insert(key.clone()))
+                .collect();
+            kept.reverse();
+            kept
+        }
+        .into_iter()
+        .peekable();
         self.start_bus(false).await;
-        let ttl = self.ttl();
-        let mut entries = entries.into_iter().peekable();
+        let ttl = &plan.ttl;
         while entries.peek().is_some() {
             let now = self.clock.now();
             let born = self.tags.clock();
@@ -93,9 +62,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 .take(BATCH)
                 .map(|(key, value)| {
                     let (l1_ttl, l2_ttl) = (ttl.jittered(ttl.l1), ttl.jittered(ttl.l2));
+                    let tags = plan.tags.clone().map(|names| Tags::new(names, born));
                     let entry =
-                        Entry::new(Some(value), now, l1_ttl, &self.freshness, Duration::ZERO)
-                            .tagged(born, None);
+                        Entry::new(Some(value), now, l1_ttl, &plan.freshness, Duration::ZERO)
+                            .tagged(born, tags);
                     (key, entry, l2_ttl)
                 })
                 .collect();
@@ -103,13 +73,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 self.report.event(Counter::Inserts);
             }
             let landed = match &self.remote {
+                Some(remote) if plan.skip.l2_writes => {
+                    (remote.delete_many(batch.iter().map(|(k, ..)| remote.key(k)).collect())).await
+                }
                 Some(remote) => {
                     let births: Vec<_> = batch.iter().map(|(_, e, _)| self.l2_tags(e)).collect();
                     let writes: Vec<_> = batch
                         .iter()
                         .zip(&births)
                         .map(|((key, entry, l2_ttl), tags)| {
-                            let lifetime = self.freshness.lifetime(*l2_ttl, Duration::ZERO);
+                            let lifetime = plan.freshness.lifetime(*l2_ttl, Duration::ZERO);
                             (
                                 remote.key(key),
                                 entry.value.as_ref(),
@@ -122,11 +95,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 }
                 None => true,
             };
-            let change = || Landed::Keys(batch.iter().map(|(k, ..)| k.to_key_string()).collect());
+            let change = || match &batch[..] {
+                [(key, ..)] => Landed::Key(key.to_key_string()),
+                batch => Landed::Keys(batch.iter().map(|(k, ..)| k.to_key_string()).collect()),
+            };
             let l1 = async {
                 for (key, entry, _) in &batch {
                     let write = async {
-                        if self.l1.enabled() {
+                        if !self.l1.enabled() {
+                        } else if plan.skip.l1_writes {
+                            self.l1.invalidate(key).await;
+                        } else {
                             self.l1.insert(key.clone(), entry.clone()).await;
                         }
                     };

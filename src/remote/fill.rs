@@ -50,20 +50,6 @@ impl Remote {
         }
     }
 
-    /// Overwrites the entry of `key` (an explicit insert). Returns whether it
-    /// landed; if not (or if this call is cancelled), the old entry is deleted
-    /// later instead, before the store is read again.
-    pub(crate) async fn set<V: Serialize>(
-        &self,
-        key: &str,
-        value: Option<&V>,
-        lifetime: Lifetime,
-        tags: Option<&Tags>,
-    ) -> bool {
-        self.set_many(&[(key.to_owned(), value, lifetime, tags)])
-            .await
-    }
-
     /// Overwrites the entries of several keys (an explicit `insert_many`): their
     /// writes (and the deletion of the old entries of values that do not
     /// encode) go out together, under one timeout (a multiplexed connection

@@ -16,6 +16,7 @@ mod cache_aside;
 mod epoch;
 mod fleet;
 mod load_context;
+mod options;
 mod read_path;
 mod tags;
 mod write_path;

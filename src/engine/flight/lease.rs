@@ -15,6 +15,7 @@ use crate::entry::Entry;
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::observe::Counter;
+use crate::policy::Plan;
 use crate::remote::{Lease, Remote};
 
 /// The first and the longest pause between polls of a waiting flight.
@@ -43,6 +44,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         ticket: Ticket,
         refresh_after: Option<u64>,
         refreshable: bool,
+        plan: &Plan,
     ) -> Leased<V> {
         let Some(ttl) = self.lease else {
             return Leased::Free;
@@ -62,7 +64,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 // waited for may have filled and let go since its last look.
                 Some(Ok(lease)) if waited => {
                     return match self
-                        .filled(key, remote, &l2_key, ticket, refresh_after, refreshable)
+                        .filled(
+                            key,
+                            remote,
+                            &l2_key,
+                            ticket,
+                            refresh_after,
+                            refreshable,
+                            plan,
+                        )
                         .await
                     {
                         Some(leased) => {
@@ -86,7 +96,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             polls.wait().await;
             if let Some(leased) = self
-                .filled(key, remote, &l2_key, ticket, refresh_after, refreshable)
+                .filled(
+                    key,
+                    remote,
+                    &l2_key,
+                    ticket,
+                    refresh_after,
+                    refreshable,
+                    plan,
+                )
                 .await
             {
                 return leased;
@@ -105,16 +123,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         ticket: Ticket,
         refresh_after: Option<u64>,
         refreshable: bool,
+        plan: &Plan,
     ) -> Option<Leased<V>> {
         let hit = remote.peek::<V>(l2_key).await?;
         if !self.l2_tags_hold(hit.tags.as_deref()).await {
             return None;
         }
-        let entry = self.entry_from_l2(hit, self.clock.now(), refreshable);
+        let entry = self.entry_from_l2(hit, self.clock.now(), refreshable, plan);
         if refresh_after.is_some_and(|after| entry.fresh_until <= after) {
             return None;
         }
-        Some(if self.commit(key, ticket, &entry).await {
+        Some(if self.commit(key, ticket, &entry, plan).await {
             Leased::Filled(entry)
         } else {
             Leased::Superseded(entry)

@@ -12,6 +12,7 @@ use crate::entry::{Entry, Tags};
 use crate::error::{BoxError, Error, SharedError};
 use crate::fence::Ticket;
 use crate::key::CacheKey;
+use crate::policy::Plan;
 use crate::remote::L2Read;
 use crate::source::{self, DynLoader, Loaded};
 
@@ -135,6 +136,8 @@ pub(crate) struct Job<K, V> {
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
     /// The tag clock read with the ticket of `prepared`.
     pub(crate) born: Option<u64>,
+    /// The call's options over the cache's settings (`None`: the cache's).
+    pub(crate) plan: Option<Arc<Plan>>,
 }
 
 impl<K, V> Default for Job<K, V> {
@@ -147,6 +150,7 @@ impl<K, V> Default for Job<K, V> {
             time_limit: true,
             loader: None,
             born: None,
+            plan: None,
         }
     }
 }

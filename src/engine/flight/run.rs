@@ -22,6 +22,7 @@ use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
 use crate::namespace::ALL_TAG;
 use crate::observe::{Counter, LoadOutcome};
+use crate::policy::Plan;
 use crate::remote::{Filled, L2Read};
 use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
 use crate::tags::Check;
@@ -52,6 +53,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let own = first.is_some() && job.own_load;
         let loader = loader.filter(|_| !own);
         let mut fallback = job.fallback.take();
+        let plan = job.plan.clone();
+        let plan = self.plan(plan.as_ref());
         let mut last = None;
         for _ in 0..MAX_LOAD_ATTEMPTS {
             let (ticket, born, read) = match job.prepared.take() {
@@ -63,11 +66,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     let ticket = self.fence.ticket(key);
                     // Where this attempt's load begins on the tag clock.
                     let born = self.tags.clock();
-                    // Only a read that will load leaves a fill reservation.
-                    let reserve = first.is_some() || loader.is_some();
+                    // Only a read that will load, and fill, leaves a fill
+                    // reservation. A call that skips both L2 reads and writes
+                    // does not read (one that skips reads only still does,
+                    // for its fill's compare-and-set).
+                    let reserve = (first.is_some() || loader.is_some()) && !plan.skip.l2_writes;
                     let read = match &self.remote {
-                        Some(remote) => Some(remote.get::<V>(&remote.key(key), reserve).await),
-                        None => None,
+                        Some(remote) if !(plan.skip.l2_reads && plan.skip.l2_writes) => {
+                            Some(remote.get::<V>(&remote.key(key), reserve).await)
+                        }
+                        _ => None,
                     };
                     (ticket, born, read)
                 }
@@ -83,6 +91,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 }
             }
             let seen = match read {
+                // Not this call's answer: a miss, whose fill replaces it.
+                Some(L2Read::Hit(_, seen)) if plan.skip.l2_reads => Some(seen),
                 Some(L2Read::Hit(hit, seen)) if !self.l2_tags_hold(hit.tags.as_deref()).await => {
                     // An entry a tag invalidation made unreadable: a miss, whose
                     // fill replaces it.
@@ -90,17 +100,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 }
                 Some(L2Read::Hit(hit, seen)) => {
                     let now = self.clock.now();
-                    let entry = self.entry_from_l2(hit, now, refreshable);
+                    let entry = self.entry_from_l2(hit, now, refreshable, plan);
                     let newer = job
                         .refresh_after
                         .is_none_or(|after| entry.fresh_until > after.saturating_add(MILLI));
                     let revalidate = job.refresh_after.is_none()
-                        && entry.revalidates(&self.freshness, now)
+                        && entry.revalidates(&plan.freshness, now)
                         && refreshable;
                     if (entry.is_fresh(now) && newer) || revalidate {
                         // Fresh, or stale within stale-while-revalidate (served
                         // now; the caller starts the refresh).
-                        if self.commit(key, ticket, &entry).await {
+                        if self.commit(key, ticket, &entry, plan).await {
                             return Flight::Settled(entry);
                         }
                         self.count_superseded();
@@ -124,7 +134,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             let lease = match (&seen, &self.remote) {
                 (Some(_), Some(remote)) if self.lease.is_some() && job.own_load => {
                     match self
-                        .lease(key, remote, ticket, job.refresh_after, refreshable)
+                        .lease(key, remote, ticket, job.refresh_after, refreshable, plan)
                         .await
                     {
                         Leased::Held(lease) => Some(lease),
@@ -148,37 +158,38 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 Ok(fetched) => fetched,
                 Err(failure) => {
                     self.release(lease).await;
-                    return self.fail_safe(key, fallback, failure).await;
+                    return self.fail_safe(key, fallback, failure, plan).await;
                 }
             };
             // Where the value was read on the tag clock (a "not modified"
             // answer keeps the stale copy's).
             let born = fetched.born.map_or(born, |at| at.min(born));
+            let tags = plan.tags_with(fetched.tags);
             if !fetched.keep {
                 self.release(lease).await;
-                let tags = fetched.tags.map(|names| Tags::new(names, born));
+                let tags = tags.map(|names| Tags::new(names, born));
                 return Flight::Unkept(fetched.value, tags);
             }
             let l2_ttl = fetched
                 .ttl
-                .unwrap_or_else(|| self.ttl.l2_for(&fetched.value));
+                .unwrap_or_else(|| plan.ttl.l2_for(&fetched.value));
             let l1_ttl = match (fetched.l1_ttl, fetched.ttl) {
                 (Some(l1), _) => l1.min(l2_ttl),
                 (None, Some(ttl)) => ttl,
-                (None, None) => self.ttl.l1_for(&fetched.value),
+                (None, None) => plan.ttl.l1_for(&fetched.value).min(l2_ttl),
             };
             let entry = Entry::new(
                 fetched.value,
                 self.clock.now(),
                 l1_ttl,
-                self.freshness(refreshable),
+                plan.freshness(refreshable),
                 took,
             )
-            .tagged(born, fetched.tags.map(|names| Tags::new(names, born)));
+            .tagged(born, tags.map(|names| Tags::new(names, born)));
             let mut filled = Filled::Unknown;
             if let (Some(remote), Some(seen)) = (&self.remote, &seen) {
-                if !l2_ttl.is_zero() {
-                    let lifetime = self.freshness.lifetime(l2_ttl, took);
+                if !l2_ttl.is_zero() && !plan.skip.l2_writes {
+                    let lifetime = plan.freshness.lifetime(l2_ttl, took);
                     let l2_key = remote.key(key);
                     let (value, tags) = (entry.value.as_ref(), self.l2_tags(&entry));
                     filled = (remote.fill(&l2_key, seen, value, lifetime, tags.as_deref())).await;
@@ -198,7 +209,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             if self.tags_verdict(entry.tags.as_deref(), false).await == Verdict::Unreadable {
                 return Flight::Superseded(entry);
             }
-            if self.commit(key, ticket, &entry).await {
+            if self.commit(key, ticket, &entry, plan).await {
                 return Flight::Settled(entry);
             }
             self.count_superseded();
@@ -223,7 +234,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     where
         F: Future<Output = Result<Fetched<V>, Failure>>,
     {
-        let limit = self.freshness.hard_timeout.filter(|_| job.time_limit);
+        let limit =
+            (self.plan(job.plan.as_ref()).freshness.hard_timeout).filter(|_| job.time_limit);
         match (first, loader) {
             (Some(first), _) if job.own_load => self.timed(1, within(limit, first)).await,
             (Some(share), _) => within(limit, share).await,
@@ -265,12 +277,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         key: &K,
         fallback: Option<Fallback<V>>,
         failure: Failure,
+        plan: &Plan,
     ) -> Flight<V> {
         let now = self.clock.now();
         if let Some(Fallback { entry, ticket }) = fallback {
             if !entry.is_expired(now) {
-                let throttled = entry.throttled(now, self.freshness.throttle);
-                if self.commit(key, ticket, &throttled).await {
+                let throttled = entry.throttled(now, plan.freshness.throttle);
+                if self.commit(key, ticket, &throttled, plan).await {
                     tracing::warn!(cache = %self.name, "load failed: serving a stale copy (fail-safe)");
                     self.report.event(Counter::FailSafe);
                     return Flight::Stale(throttled);
@@ -280,11 +293,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         Flight::Failed(failure)
     }
 
-    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL, with an
-    /// early refresh window if the flight's loader can refresh it.
-    pub(crate) fn entry_from_l2(&self, hit: Decoded<V>, now: u64, refreshable: bool) -> Entry<V> {
-        let l1_ttl = self.ttl.l1_for(&hit.value).min(hit.fresh);
-        let freshness = self.freshness(refreshable);
+    /// The L1 entry of what L2 holds: fresh for at most the L1 TTL (of the
+    /// call's `plan`), with an early refresh window if the flight's loader can
+    /// refresh it.
+    pub(crate) fn entry_from_l2(
+        &self,
+        hit: Decoded<V>,
+        now: u64,
+        refreshable: bool,
+        plan: &Plan,
+    ) -> Entry<V> {
+        let l1_ttl = plan.ttl.l1_for(&hit.value).min(hit.fresh);
+        let freshness = plan.freshness(refreshable);
         // Its birth stays with it (a "not modified" answer keeps it); only
         // tags with names are checked on L1 hits.
         let born = hit.tags.as_ref().map_or(0, |tags| tags.born);
@@ -305,13 +325,20 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     /// Writes `entry` to L1 unless `key` was invalidated since `ticket`, or one
     /// of its tags since its load began. Returns whether it went through (also
-    /// when L1 is off).
-    pub(crate) async fn commit(&self, key: &K, ticket: Ticket, entry: &Entry<V>) -> bool {
+    /// when L1 is off, or the call's `plan` skips L1 writes).
+    pub(crate) async fn commit(
+        &self,
+        key: &K,
+        ticket: Ticket,
+        entry: &Entry<V>,
+        plan: &Plan,
+    ) -> bool {
         if !self.tags_hold(entry.tags.as_deref()).await {
             return false;
         }
         let write = async {
-            if self.l1.enabled() && !entry.is_expired(self.clock.now()) {
+            let writes = self.l1.enabled() && !plan.skip.l1_writes;
+            if writes && !entry.is_expired(self.clock.now()) {
                 self.l1.insert(key.clone(), entry.clone()).await;
             }
         };
