@@ -10,6 +10,7 @@
 //! - `refresh.rs`: background refreshes and the stale copies flights fall back on.
 //! - `write.rs`: inserts and invalidations, here and on the other instances.
 //! - `listen.rs`: applying the other instances' invalidations.
+//! - `tag_checks.rs`: whether tags and the namespace epoch still hold.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub(crate) mod flight;
 mod listen;
 pub(crate) mod lookup;
 pub(crate) mod refresh;
+mod tag_checks;
 mod write;
 
 use self::flight::coalesce::Flights;
@@ -67,6 +69,8 @@ pub(crate) struct Core<K, V> {
     fence: Arc<Fence>,
     /// What this instance knows of tags' invalidations.
     tags: TagBook,
+    /// Held while the tag clock is read (see `sync_tag_clock`).
+    syncing: tokio::sync::Mutex<()>,
     report: Arc<Report>,
     flights: Flights<K, V>,
     /// TTLs, early refresh, stale-while-revalidate, fail-safe, loader
@@ -108,6 +112,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         );
         Core {
             tags,
+            syncing: tokio::sync::Mutex::new(()),
             l1: L1::new(
                 &settings.name,
                 settings.capacity,

@@ -29,7 +29,7 @@ use crate::clock::Clock;
 use crate::codec::Wire;
 use crate::error::BoxError;
 use crate::key::CacheKey;
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, ALL_TAG};
 use crate::observe::{BreakerState, Report};
 
 mod fill;
@@ -142,8 +142,24 @@ impl Remote {
     /// is done; `None` if they cannot be read (or one does not parse).
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Option<Vec<u64>> {
         let keys: Vec<String> = tags.iter().map(|t| self.namespace.tag_key(t)).collect();
+        self.read_numbers(&keys).await
+    }
+
+    /// The namespace's tag clock and the stamp of its own tag (the epoch of
+    /// `invalidate_all`), in one read (their keys share a slot).
+    pub(crate) async fn tag_clock(&self) -> Option<(u64, u64)> {
+        let keys = [self.namespace.tag_clock(), self.namespace.tag_key(ALL_TAG)];
+        match self.read_numbers(&keys).await?[..] {
+            [clock, epoch] => Some((clock, epoch)),
+            _ => None,
+        }
+    }
+
+    /// Numbers kept in the store under `keys` (0 for a key that is not
+    /// there); `None` if they cannot be read, or one does not parse.
+    async fn read_numbers(&self, keys: &[String]) -> Option<Vec<u64>> {
         let read = self
-            .call("tag_stamps", self.gate.store().get_many(&keys))
+            .call("tag_stamps", self.gate.store().get_many(keys))
             .await?;
         read.into_iter()
             .map(|bytes| match bytes {

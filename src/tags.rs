@@ -95,6 +95,9 @@ pub(crate) struct TagBook {
     /// The cache's clock, and how long (nanoseconds) a stamp learned is trusted.
     time: Clock,
     trust: u64,
+    /// When `clock` was last read from the store (the cache clock's
+    /// nanoseconds; [`UNTRUSTED`]: never, or the book forgot since).
+    synced: AtomicU64,
 }
 
 impl TagBook {
@@ -111,6 +114,40 @@ impl TagBook {
             calls: AtomicU64::new(0),
             time,
             trust: saturating_nanos(trust),
+            synced: AtomicU64::new(UNTRUSTED),
+        }
+    }
+
+    /// Whether the clock should be read from the store before a birth is
+    /// taken: never read, forgotten since, or read longer ago than a stamp is
+    /// trusted. Never without an L2 (the book is the clock).
+    pub(crate) fn needs_sync(&self) -> bool {
+        let at = self.synced.load(Ordering::Acquire);
+        !self.authoritative && !self.trusted(at, self.time.now())
+    }
+
+    /// The clock read from the store (`None`: the read failed), by a read
+    /// that began at `epoch`. The clock is learned whatever happened since (a
+    /// value it had before a load began is a birth no later than the load's);
+    /// it is not read again for a trust period unless the book forgot since.
+    pub(crate) fn synced(&self, clock: Option<u64>, epoch: u64) {
+        let _known = self.write();
+        if let Some(clock) = clock {
+            self.clock.fetch_max(clock, Ordering::AcqRel);
+        }
+        if epoch == self.epoch.load(Ordering::Acquire) {
+            self.synced.store(self.time.now(), Ordering::Release);
+        }
+    }
+
+    /// Whether `name` was invalidated after `born`, or is pending here, as
+    /// far as the book knows (a stamp it does not know is not read).
+    pub(crate) fn stamped_after(&self, name: &str, born: u64) -> bool {
+        let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+        match known.get(name) {
+            Some(Known::Stamp(stamp, _)) => *stamp > born,
+            Some(Known::Pending { .. }) => true,
+            None => self.authoritative && self.floor.load(Ordering::Acquire) > born,
         }
     }
 
@@ -247,6 +284,7 @@ impl TagBook {
         forget_all_but_pending(&mut known);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.seq.fetch_add(1, Ordering::AcqRel);
+        self.synced.store(UNTRUSTED, Ordering::Release);
     }
 
     fn learn(

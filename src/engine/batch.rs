@@ -83,6 +83,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             return Ok(found);
         }
         self.start_bus(true).await;
+        self.sync_tag_clock().await;
         let tickets: Vec<_> = missing.iter().map(|k| self.fence.ticket(k)).collect();
         // Where the batch's loads begin on the tag clock (read with the tickets).
         let born = self.tags.clock();

@@ -52,7 +52,8 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let ticket = self.fence.settled_ticket(key).await;
         let again = self.l1.get(key).await?;
         let same = again.fresh_until == seen.fresh_until && again.expires == seen.expires;
-        same.then_some(Fallback {
+        let invalidated = self.known_invalidated(again.born, again.tags.as_deref());
+        (same && !invalidated).then_some(Fallback {
             entry: again,
             ticket,
         })

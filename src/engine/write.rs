@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join;
 use tokio::runtime::Handle;
 
 use crate::bus::Message;
@@ -53,6 +52,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         .into_iter()
         .peekable();
         self.start_bus(false).await;
+        self.sync_tag_clock().await;
         let ttl = &plan.ttl;
         while entries.peek().is_some() {
             let now = self.clock.now();
@@ -219,18 +219,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             return self.invalidate_all_and_reclaim().await;
         };
         self.begin_invalidation(true).await;
-        // Pending first: from here until the stamp lands (or its owed replay
-        // does, if this call is cancelled or L2 cannot be reached), nothing
-        // this instance reads from L2 is served. So L1 is emptied meanwhile.
-        // Both start in this poll: the stamp is owed as soon as it is pending.
+        // Pending first, and the stamp owed in the same poll: from here until
+        // the stamp lands (or its owed replay does, if this call is cancelled
+        // or L2 cannot be reached), nothing this instance reads from L2 is
+        // served.
         let tags = vec![ALL_TAG.to_owned()];
         let call = self.tags.pending([ALL_TAG]);
-        let (stamp, ()) = join(remote.stamp_tags(&tags, call), self.empty_l1()).await;
-        if let Some(stamp) = stamp {
-            self.tags.invalidated([ALL_TAG], stamp, Some(call));
-        }
-        let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone(), call);
-        self.finish(stamp.is_some(), change, async {}).await;
+        let Some(stamp) = remote.stamp_tags(&tags, call).await else {
+            // Owed: its landing empties L1 again, and is published.
+            return self.empty_l1().await;
+        };
+        self.tags.invalidated([ALL_TAG], stamp, Some(call));
+        let change = || Landed::Tags(stamp, tags.clone(), call);
+        self.finish(true, change, self.empty_l1()).await;
     }
 
     /// Removes every entry of this cache from every tier and instance: in L2,
@@ -287,10 +288,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Message::Tags(stamp, tags) => {
                 // Another instance's invalidation, whose stamp may be older than
                 // one of this instance's own still pending.
+                // The stamp first: a load that takes its ticket after the
+                // stamp is known checks what it reads from L2 against it; one
+                // that took it before is refused by the L1 change.
+                self.tags_invalidated(&tags, stamp, None);
                 if tags.iter().any(|t| t == ALL_TAG) {
                     self.empty_l1().await;
                 }
-                self.tags_invalidated(&tags, stamp, None);
                 return;
             }
         })
@@ -323,10 +327,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Landed::Pattern(glob) => self.remove_matching(Pattern::new(glob)).await,
             Landed::All => self.clear_l1().await,
             Landed::Tags(stamp, tags, call) => {
+                self.tags_invalidated(&tags, stamp, Some(call));
                 if tags.iter().any(|t| t == ALL_TAG) {
                     self.empty_l1().await;
                 }
-                self.tags_invalidated(&tags, stamp, Some(call));
             }
         }
     }

@@ -244,3 +244,101 @@ async fn invalidate_all_and_reclaim_deletes_the_entries_from_l2() {
     db.set("k0", 2);
     assert_eq!(get(&a, "k0").await, Some(2));
 }
+
+/// An instance started after an `invalidate_all` that only writes (an
+/// importer: it never reads an entry from L2, where it would learn the
+/// epoch) reads the tag clock before its first write: what it writes is
+/// born after the epoch, and readable everywhere. (Before, its entries were
+/// born at 0, and unreadable to every instance for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_writes_entries_born_after_the_epoch() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    a.insert("old".to_owned(), 1).await;
+    a.invalidate_all().await;
+    let importer = instance(&db, store.connect(), bus.connect());
+    importer.insert("new".to_owned(), 7).await;
+    importer.insert_many([("many".to_owned(), 8)]).await;
+    let reader = TieredCache::<String, u64>::builder("epoch")
+        .l2(store.connect())
+        .bus(bus.connect())
+        .build()
+        .unwrap();
+    assert_eq!(get(&reader, "new").await, Some(7));
+    assert_eq!(get(&reader, "many").await, Some(8));
+    assert_eq!(get(&reader, "old").await, None, "the epoch holds");
+}
+
+/// B lost the message, its database is down, and B has a stale copy kept for
+/// fail-safe: once B reads the epoch again (its trust ran out), the copy is
+/// not served, not even as a fail-safe fallback. (Before, the L2 entry was
+/// dropped but the copy from before the call was served, and put back in L1
+/// for the throttle, again and again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_does_not_serve_a_copy_from_before_the_epoch() {
+    let clock = ManualClock::new();
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::with_clock(clock.clone()), MemoryBus::new());
+    let a = instance_at(&db, store.connect(), bus.connect(), &clock);
+    let b_bus = bus.connect();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = {
+        let failing = failing.clone();
+        TieredCache::<String, u64>::builder("epoch")
+            .l2(store.connect())
+            .bus(b_bus.clone())
+            .clock(clock.clone())
+            .l1_ttl(Duration::from_secs(60))
+            .l2_ttl(Duration::from_secs(3600))
+            .fail_safe(Duration::from_secs(3600))
+            .loader_fn(move |_key: String| {
+                let failing = failing.load(Ordering::SeqCst);
+                async move {
+                    if failing {
+                        return Err::<Option<u64>, BoxError>("down".into());
+                    }
+                    Ok(Some(1))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    assert_eq!(get(&b, "k").await, Some(1));
+    b_bus.lose_next_received(1);
+    a.invalidate_all().await;
+    failing.store(true, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(61));
+    let read = b.get(&"k".to_owned()).await;
+    assert!(read.is_err(), "the old copy was served: {read:?}");
+    assert_eq!(b.stats().fail_safe, 0);
+}
+
+/// A caller that gives up while the stamp is on its way leaves it owed: the
+/// replay lands it, publishes it, and this instance reads L2 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_invalidate_all_still_lands_and_is_published() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    let b = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&b, "k").await, Some(1));
+    db.set("k", 2);
+    a_store.hang_next(StoreOp::StampTags, 1);
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), a.invalidate_all()).await;
+    assert!(cancelled.is_err(), "given up while the stamp hung");
+    until(&b, "k", 2).await;
+    assert_eq!(get(&a, "k").await, Some(2));
+    let c = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&c, "k").await, Some(2));
+    let hits = a.stats().l2.hits;
+    assert_eq!(get(&a, "other").await, Some(1));
+    assert_eq!(get(&c, "other").await, Some(1));
+    assert_eq!(
+        c.stats().l2.hits,
+        2,
+        "c reads what a wrote: the epoch is not pending"
+    );
+    assert_eq!(a.stats().l2.hits, hits);
+}

@@ -347,3 +347,49 @@ async fn a_caller_that_joins_after_invalidate_tag_gets_a_newer_read() {
     assert_eq!(first.await.unwrap(), None, "its call overlapped the insert");
     assert_eq!(joined.await.unwrap().as_deref(), Some("row 1"));
 }
+
+/// A service whose lookups skip writing L2 and are tagged by id, through
+/// `options = ...` (evaluated per call, so it may use the arguments), with
+/// the attribute's `ttl` over it.
+struct Opted {
+    cache: TieredCache<String, u64>,
+    runs: AtomicUsize,
+}
+
+impl Opted {
+    #[cached_tier(
+        cache = self.cache,
+        key = "opted:{id}",
+        skip(self),
+        ttl = "1m",
+        options = tiered::EntryOptions::new().skip_l2_writes().tags([format!("id:{id}")])
+    )]
+    async fn find(&self, id: u64) -> u64 {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        id * 10
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_apply_per_call_with_the_attribute_ttl_over_them() {
+    let redis = Redis::start_own(&[]);
+    let opted = Opted {
+        cache: TieredCache::builder("opted")
+            .l2_redis(redis.url())
+            .build()
+            .unwrap(),
+        runs: AtomicUsize::new(0),
+    };
+    assert_eq!(opted.find(7).await, 70);
+    assert_eq!(opted.find(7).await, 70);
+    assert_eq!(opted.runs.load(Ordering::SeqCst), 1, "L1 kept it");
+    let l2_key = opted.cache.l2_key(&"opted:7".to_owned()).unwrap();
+    assert_eq!(redis.cli(&["exists", &l2_key]).trim(), "0", "not in L2");
+    opted.cache.invalidate_tag("id:7").await;
+    assert_eq!(opted.find(7).await, 70);
+    assert_eq!(opted.runs.load(Ordering::SeqCst), 2, "tagged by its id");
+    assert_eq!(opted.find(8).await, 80);
+    opted.cache.invalidate_tag("id:7").await;
+    assert_eq!(opted.find(8).await, 80);
+    assert_eq!(opted.runs.load(Ordering::SeqCst), 3, "8 kept");
+}

@@ -64,15 +64,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 // waited for may have filled and let go since its last look.
                 Some(Ok(lease)) if waited => {
                     return match self
-                        .filled(
-                            key,
-                            remote,
-                            &l2_key,
-                            ticket,
-                            refresh_after,
-                            refreshable,
-                            plan,
-                        )
+                        .filled(key, remote, ticket, refresh_after, refreshable, plan)
                         .await
                     {
                         Some(leased) => {
@@ -96,15 +88,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             polls.wait().await;
             if let Some(leased) = self
-                .filled(
-                    key,
-                    remote,
-                    &l2_key,
-                    ticket,
-                    refresh_after,
-                    refreshable,
-                    plan,
-                )
+                .filled(key, remote, ticket, refresh_after, refreshable, plan)
                 .await
             {
                 return leased;
@@ -119,13 +103,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         &self,
         key: &K,
         remote: &Remote,
-        l2_key: &str,
         ticket: Ticket,
         refresh_after: Option<u64>,
         refreshable: bool,
         plan: &Plan,
     ) -> Option<Leased<V>> {
-        let hit = remote.peek::<V>(l2_key).await?;
+        let hit = remote.peek::<V>(&remote.key(key)).await?;
         if !self.l2_tags_hold(hit.tags.as_deref()).await {
             return None;
         }

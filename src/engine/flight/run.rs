@@ -16,16 +16,15 @@ use crate::engine::flight::lease::Leased;
 use crate::engine::flight::outcome::{shared, Failure, Fetched, Flight, Job};
 use crate::engine::flight::MAX_LOAD_ATTEMPTS;
 use crate::engine::refresh::Fallback;
+use crate::engine::tag_checks::Verdict;
 use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
-use crate::namespace::ALL_TAG;
 use crate::observe::{Counter, LoadOutcome};
 use crate::policy::Plan;
 use crate::remote::{Filled, L2Read};
 use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
-use crate::tags::Check;
 
 /// One millisecond in clock nanoseconds: L2 times are kept in milliseconds.
 const MILLI: u64 = 1_000_000;
@@ -63,6 +62,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     (ticket, born, Some(read))
                 }
                 None => {
+                    self.sync_tag_clock().await;
                     let ticket = self.fence.ticket(key);
                     // Where this attempt's load begins on the tag clock.
                     let born = self.tags.clock();
@@ -85,6 +85,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             // answer may bring back.
             if let Some(stale) = &fallback {
                 if self.fence.changed_between(key, &stale.ticket, &ticket)
+                    || self.known_invalidated(stale.entry.born, None)
                     || !self.tags_hold(stale.entry.tags.as_deref()).await
                 {
                     fallback = None;
@@ -345,63 +346,6 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         self.fence.commit(key, ticket, write).await
     }
 
-    /// Whether `tags` (if any) hold: none was invalidated after the entry's load
-    /// began. Stamps this instance does not know are read from L2 first; if
-    /// they cannot be, they do not hold (see [`tags_verdict`](Self::tags_verdict)).
-    pub(crate) async fn tags_hold(&self, tags: Option<&Tags>) -> bool {
-        self.tags_verdict(tags, false).await == Verdict::Hold
-    }
-
-    /// [`tags_hold`](Self::tags_hold) for an entry read from L2 (`tags`: its
-    /// tag section), with the namespace's own tag (the epoch of
-    /// `invalidate_all`), which every entry in L2 carries: an entry without a
-    /// birth (written by a version without epochs) was born at 0. Without a
-    /// bus, nothing tells this instance of other instances' stamps: those of
-    /// the entry's named tags are read from L2 for every such entry (the
-    /// epoch's is trusted as long as a stamp is, as L1 is).
-    pub(crate) async fn l2_tags_hold(&self, tags: Option<&Tags>) -> bool {
-        let named = tags.is_some_and(|tags| !tags.names.is_empty());
-        let read_all = named && self.bus.is_none();
-        if !self.epochs() {
-            return self.tags_verdict(tags, read_all).await == Verdict::Hold;
-        }
-        let born = tags.map_or(0, |tags| tags.born);
-        let names = tags.iter().flat_map(|tags| tags.names.iter().cloned());
-        let names = names.chain([Box::from(ALL_TAG)]).collect();
-        self.tags_verdict(Some(&Tags::new(names, born)), read_all)
-            .await
-            == Verdict::Hold
-    }
-
-    /// What `tags` (if any) come to: `read_all` reads every stamp from L2, not
-    /// only those this instance does not know.
-    async fn tags_verdict(&self, tags: Option<&Tags>, read_all: bool) -> Verdict {
-        let Some(tags) = tags else {
-            return Verdict::Hold;
-        };
-        let names = match self.tags.check(tags) {
-            Check::Invalidated => return Verdict::Invalidated,
-            Check::Pending => return Verdict::Unreadable,
-            Check::Valid if !read_all => return Verdict::Hold,
-            Check::Valid => tags.names.iter().map(|name| &**name).collect(),
-            Check::Unknown if read_all => tags.names.iter().map(|name| &**name).collect(),
-            Check::Unknown => self.tags.unknown(tags),
-        };
-        let Some(remote) = &self.remote else {
-            return Verdict::Unreadable;
-        };
-        let epoch = self.tags.epoch();
-        let Some(stamps) = remote.tag_stamps(&names).await else {
-            return Verdict::Unreadable;
-        };
-        self.tags.read(names.into_iter().zip(stamps), epoch);
-        match self.tags.check(tags) {
-            Check::Valid => Verdict::Hold,
-            Check::Invalidated => Verdict::Invalidated,
-            Check::Pending | Check::Unknown => Verdict::Unreadable,
-        }
-    }
-
     fn count_superseded(&self) {
         self.report.event(Counter::Superseded);
     }
@@ -433,16 +377,6 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             .with_observer(|o| o.load(outcome, keys, elapsed));
         result
     }
-}
-
-/// What an entry's tags come to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    Hold,
-    /// One was invalidated after the entry's load began.
-    Invalidated,
-    /// They cannot be checked now: a stamp cannot be read, or is pending here.
-    Unreadable,
 }
 
 /// What a load produced, as an [`Observer`](crate::Observer) sees it.
