@@ -39,8 +39,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use tiered::{
-    loader_with_context_fn, BoxError, LoadContext, Loaded, ManualClock, MemoryBus, MemoryStore,
-    StoreOp, TieredCache,
+    loader_with_context_fn, BoxError, EntryOptions, LoadContext, Loaded, ManualClock, MemoryBus,
+    MemoryStore, StoreOp, TieredCache,
 };
 
 const KEYS: [&str; 6] = ["a:0", "a:1", "a:2", "b:0", "b:1", "b:2"];
@@ -279,7 +279,12 @@ impl Fleet {
                 // A caller that gives up: no promise to it, but nothing is lost.
                 let after = Duration::from_millis(rng.u64(0..3));
                 let cache = &self.instances[i].cache;
-                match rng.u32(..4) {
+                match rng.u32(..5) {
+                    4 => {
+                        self.bump(&KEYS);
+                        self.note(format!("{i}: invalidate_all, cancelled after {after:?}"));
+                        let _ = tokio::time::timeout(after, cache.invalidate_all()).await;
+                    }
                     0 => {
                         self.bump(&[key]);
                         self.note(format!("{i}: invalidate {key}, cancelled after {after:?}"));
@@ -348,14 +353,22 @@ impl Fleet {
         // Half the reads are cache-aside calls with the same query (picked by
         // the start time's parity, so that the schedule draws no more numbers).
         let aside = after.as_micros() % 2 == 1 && !self.tagged;
+        // A quarter of the plain single-key reads skip L1, a quarter skip L2's
+        // answer (a forced reload that still fills L2).
+        let options = match (after.as_micros() / 2) % 4 {
+            0 => Some(EntryOptions::new().skip_l1_reads()),
+            1 => Some(EntryOptions::new().skip_l2_reads()),
+            _ => None,
+        };
         self.reads.push(tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let floor: HashMap<String, u64> = floors.lock().unwrap()[i].clone();
             let got = match (&keys[..], aside) {
-                ([key], false) => cache
-                    .get(key)
-                    .await
-                    .map(|v| v.map(|v| (key.clone(), v)).into_iter().collect()),
+                ([key], false) => match &options {
+                    Some(options) => cache.with_options(options).get(key).await,
+                    None => cache.get(key).await,
+                }
+                .map(|v| v.map(|v| (key.clone(), v)).into_iter().collect()),
                 ([key], true) => cache
                     .get_or_load(key, move |key| load(key))
                     .await
@@ -374,6 +387,7 @@ impl Fleet {
                 }
             };
             let call = match (keys.len(), aside) {
+                (1, false) if options.is_some() => "get (with options)",
                 (1, false) => "get",
                 (1, true) => "get_or_load",
                 (_, false) => "get_many",
@@ -407,6 +421,15 @@ impl Fleet {
             Some(tag) => {
                 cache
                     .insert_with_tags(key.to_owned(), version, &[&tag])
+                    .await
+            }
+            // A third of the untagged inserts skip L2 (its old entry is
+            // deleted instead).
+            None if version % 3 == 0 => {
+                let no_l2 = EntryOptions::new().skip_l2_writes();
+                cache
+                    .with_options(&no_l2)
+                    .insert(key.to_owned(), version)
                     .await
             }
             None => cache.insert(key.to_owned(), version).await,
