@@ -3,9 +3,11 @@
 //!    dropped its L1 copy (each instance on its own `RedisStore`, as two processes
 //!    would be), next to a bare `PUBLISH` → subscriber round trip;
 //! 2. a group of 10k, 100k and 1M keys with 1M unrelated keys in Redis, dropped
-//!    by `invalidate_pattern` and, tagged, by `invalidate_tag`: how long each
-//!    takes, and another client's `GET` latency meanwhile, next to the same
-//!    `GET`s with nothing else running.
+//!    by `invalidate_pattern` and, tagged, by `invalidate_tag`, and the whole
+//!    cache dropped by `invalidate_all` (the namespace epoch) and by
+//!    `invalidate_all_and_reclaim` (the walk): how long each takes, and another
+//!    client's `GET` latency meanwhile, next to the same `GET`s with nothing
+//!    else running.
 //!
 //! Run: `cargo bench --bench fleet` (add `-- --quick` for 1k/10k keys).
 
@@ -117,6 +119,8 @@ async fn bus_latency(url: &str) {
 enum Group {
     Pattern,
     Tag,
+    All,
+    Reclaim,
 }
 
 async fn group(url: &str, keys: u64, how: Group) {
@@ -133,8 +137,8 @@ async fn group(url: &str, keys: u64, how: Group) {
             let cache = cache.clone();
             async move {
                 match how {
-                    Group::Pattern => cache.insert(i, i).await,
                     Group::Tag => cache.insert_with_tags(i, i, &["group"]).await,
+                    _ => cache.insert(i, i).await,
                 }
             }
         })
@@ -173,6 +177,8 @@ async fn group(url: &str, keys: u64, how: Group) {
     match how {
         Group::Pattern => cache.invalidate_pattern("*").await,
         Group::Tag => cache.invalidate_tag("group").await,
+        Group::All => cache.invalidate_all().await,
+        Group::Reclaim => cache.invalidate_all_and_reclaim().await,
     }
     let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -206,6 +212,14 @@ async fn group(url: &str, keys: u64, how: Group) {
             assert!(left >= keys, "nothing was deleted: {left} keys");
             ("invalidate_tag", "the tag invalidation")
         }
+        Group::All => {
+            assert!(left >= keys, "nothing was deleted: {left} keys");
+            ("invalidate_all", "the epoch's stamp")
+        }
+        Group::Reclaim => {
+            assert_eq!(left, 0, "every key of the namespace went");
+            ("invalidate_all_and_reclaim", "the namespace walk")
+        }
     };
     println!(
         "{name} of {keys} keys among 1,000,000 unrelated: {:.6} s",
@@ -233,7 +247,8 @@ async fn main() {
         &[10_000, 100_000, 1_000_000]
     };
     for &keys in sizes {
-        group(&server.url, keys, Group::Pattern).await;
-        group(&server.url, keys, Group::Tag).await;
+        for how in [Group::Pattern, Group::Tag, Group::All, Group::Reclaim] {
+            group(&server.url, keys, how).await;
+        }
     }
 }

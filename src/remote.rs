@@ -116,6 +116,21 @@ impl Remote {
         self.namespace.key(key)
     }
 
+    /// Owes the deletion of `keys` (store keys) unless the guard is marked
+    /// done: for a write whose store call comes after an await, so that a
+    /// caller cancelled before it still has the keys' old entries deleted
+    /// (and announced) later.
+    pub(crate) fn deleting_unless_done(&self, keys: Vec<String>) -> owed::UntilDone<'_> {
+        self.until_done(owed::Work::Keys(keys))
+    }
+
+    /// Owes the stamping of `tags` (this instance's call `call`) unless the
+    /// guard is marked done: for an invalidation that does other work before
+    /// its stamp (see [`stamp_tags`](Self::stamp_tags)).
+    pub(crate) fn stamping_unless_done(&self, tags: &[String], call: u64) -> owed::UntilDone<'_> {
+        self.until_done(owed::Work::Tags(tags.to_vec(), call))
+    }
+
     /// Whether the store can stamp tags.
     pub(crate) fn stamps_tags(&self) -> bool {
         self.gate.store().stamps_tags()

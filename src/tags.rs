@@ -34,6 +34,10 @@ const MAX_KNOWN: usize = 1 << 20;
 /// but later loads do not take it as their birth.
 const PLAUSIBLE_AHEAD: Duration = Duration::from_secs(3600);
 
+/// How soon a failed read of the tag clock is tried again (until it
+/// succeeds, births are older than they could be).
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+
 /// What the book knows of a tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Known {
@@ -95,9 +99,9 @@ pub(crate) struct TagBook {
     /// The cache's clock, and how long (nanoseconds) a stamp learned is trusted.
     time: Clock,
     trust: u64,
-    /// When `clock` was last read from the store (the cache clock's
-    /// nanoseconds; [`UNTRUSTED`]: never, or the book forgot since).
-    synced: AtomicU64,
+    /// Until when `clock`, as last read from the store, is trusted (the cache
+    /// clock's nanoseconds; 0: never read, or the book forgot since).
+    synced_until: AtomicU64,
 }
 
 impl TagBook {
@@ -114,7 +118,7 @@ impl TagBook {
             calls: AtomicU64::new(0),
             time,
             trust: saturating_nanos(trust),
-            synced: AtomicU64::new(UNTRUSTED),
+            synced_until: AtomicU64::new(0),
         }
     }
 
@@ -122,21 +126,26 @@ impl TagBook {
     /// taken: never read, forgotten since, or read longer ago than a stamp is
     /// trusted. Never without an L2 (the book is the clock).
     pub(crate) fn needs_sync(&self) -> bool {
-        let at = self.synced.load(Ordering::Acquire);
-        !self.authoritative && !self.trusted(at, self.time.now())
+        !self.authoritative && self.time.now() >= self.synced_until.load(Ordering::Acquire)
     }
 
     /// The clock read from the store (`None`: the read failed), by a read
     /// that began at `epoch`. The clock is learned whatever happened since (a
     /// value it had before a load began is a birth no later than the load's);
-    /// it is not read again for a trust period unless the book forgot since.
+    /// it is trusted for a trust period unless the book forgot since. A failed
+    /// read is tried again after [`SYNC_RETRY`].
     pub(crate) fn synced(&self, clock: Option<u64>, epoch: u64) {
         let _known = self.write();
-        if let Some(clock) = clock {
-            self.clock.fetch_max(clock, Ordering::AcqRel);
-        }
+        let now = self.time.now();
+        let until = match clock {
+            Some(clock) => {
+                self.clock.fetch_max(clock, Ordering::AcqRel);
+                now.saturating_add(self.trust)
+            }
+            None => now.saturating_add(saturating_nanos(SYNC_RETRY)),
+        };
         if epoch == self.epoch.load(Ordering::Acquire) {
-            self.synced.store(self.time.now(), Ordering::Release);
+            self.synced_until.store(until, Ordering::Release);
         }
     }
 
@@ -284,7 +293,7 @@ impl TagBook {
         forget_all_but_pending(&mut known);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.seq.fetch_add(1, Ordering::AcqRel);
-        self.synced.store(UNTRUSTED, Ordering::Release);
+        self.synced_until.store(0, Ordering::Release);
     }
 
     fn learn(

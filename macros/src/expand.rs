@@ -112,7 +112,9 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         None => quote!(#krate::EntryOptions::new()),
     };
     if let Some(ms) = args.ttl_millis {
-        entry = quote!(#entry.ttl(::std::time::Duration::from_millis(#ms)));
+        // For values and, with `negative = true`, absences alike.
+        let ttl = quote!(::std::time::Duration::from_millis(#ms));
+        entry = quote!(#entry.ttl(#ttl).negative_ttl(#ttl));
     }
     for tag in &args.tags {
         check_placeholders("a tag", tag, &names, &sig.ident)?;

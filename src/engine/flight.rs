@@ -82,7 +82,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         // A stale copy this caller takes at the soft timeout (detached loads only).
         let soft = (self.plan(job.plan.as_ref()).freshness.soft_timeout)
             .filter(|_| detach)
-            .zip(job.fallback.as_ref().map(|f| f.entry.clone()));
+            .zip(job.fallback.clone());
         let mut round = 1;
         loop {
             let (waiting, ran, overtaken) = match self.flights.join(&self.fence, key, can_load) {
@@ -116,13 +116,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             };
             let flight = match &soft {
                 Some((after, stale)) => {
-                    match tokio::time::timeout(*after, coalesce::outcome(waiting)).await {
+                    let mut waiting = std::pin::pin!(coalesce::outcome(waiting));
+                    match tokio::time::timeout(*after, &mut waiting).await {
                         Ok(flight) => flight,
-                        Err(_) => {
+                        // The copy, unless it was invalidated while this
+                        // caller waited (then it waits on).
+                        Err(_) if self.still_valid(key, stale).await => {
                             self.report.event(Counter::SoftTimeouts);
-                            let flight = Arc::new(Flight::Stale(stale.clone()));
+                            let flight = Arc::new(Flight::Stale(stale.entry.clone()));
                             return self.served(key, Err(flight), &job).await;
                         }
+                        Err(_) => waiting.await,
                     }
                 }
                 None => coalesce::outcome(waiting).await,

@@ -178,7 +178,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 .await;
             return Lookup::Hit(entry);
         }
-        if !entry.is_expired(now) {
+        // A stale copy from before an invalidation this instance has learned
+        // of since (a lost message made up for by reading L2) is not served.
+        if !entry.is_expired(now) && !self.known_invalidated(entry.born, entry.tags.as_deref()) {
             let given = source.given();
             let freshness = &self.plan(plan).freshness;
             if entry.revalidates(freshness, now) && self.can_refresh(given.is_some()) {

@@ -59,6 +59,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         })
     }
 
+    /// Whether a stale copy taken earlier may still be served: its key was not
+    /// invalidated since, nor (as far as this instance knows, and can read)
+    /// its tags or the namespace epoch.
+    pub(crate) async fn still_valid(&self, key: &K, stale: &Fallback<V>) -> bool {
+        let now = self.fence.ticket(key);
+        !self.fence.changed_between(key, &stale.ticket, &now)
+            && !self.known_invalidated(stale.entry.born, stale.entry.tags.as_deref())
+            && self.tags_hold(stale.entry.tags.as_deref()).await
+    }
+
     /// Starts a background refresh of `key` (whose L1 entry is `seen`) with the
     /// `given` loader (else the configured one), under the `plan` of the call
     /// that read it, unless a flight of the key is already on. Returns at once.

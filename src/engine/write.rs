@@ -39,7 +39,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         }
         // A key given twice takes its last value, in every tier (the writes of
         // a batch land in no set order).
-        let mut entries = if entries.len() == 1 {
+        let entries = if entries.len() == 1 {
             entries
         } else {
             let mut seen = std::collections::HashSet::with_capacity(entries.len());
@@ -48,11 +48,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 .collect();
             kept.reverse();
             kept
-        }
-        .into_iter()
-        .peekable();
+        };
         self.start_bus(false).await;
+        // Reading the tag clock comes before the store writes: a caller
+        // cancelled there has the keys' old entries deleted instead.
+        let mut owed = (self.remote.as_ref()).map(|remote| {
+            let keys = entries.iter().map(|(key, _)| remote.key(key)).collect();
+            remote.deleting_unless_done(keys)
+        });
         self.sync_tag_clock().await;
+        if let Some(owed) = &mut owed {
+            owed.done();
+        }
+        let mut entries = entries.into_iter().peekable();
         let ttl = &plan.ttl;
         while entries.peek().is_some() {
             let now = self.clock.now();
@@ -219,15 +227,19 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             return self.invalidate_all_and_reclaim().await;
         };
         self.begin_invalidation(true).await;
-        // Pending first, and the stamp owed in the same poll: from here until
-        // the stamp lands (or its owed replay does, if this call is cancelled
-        // or L2 cannot be reached), nothing this instance reads from L2 is
-        // served.
+        // Pending first, and the stamp owed at once: from here until the
+        // stamp lands (or its owed replay does, if this call is cancelled or
+        // L2 cannot be reached), nothing this instance reads from L2 is
+        // served. So L1 is emptied first (whatever becomes of the call); the
+        // landing, or its replay, empties it again and is published.
         let tags = vec![ALL_TAG.to_owned()];
         let call = self.tags.pending([ALL_TAG]);
-        let Some(stamp) = remote.stamp_tags(&tags, call).await else {
-            // Owed: its landing empties L1 again, and is published.
-            return self.empty_l1().await;
+        let mut owed = remote.stamping_unless_done(&tags, call);
+        self.empty_l1().await;
+        let stamp = remote.stamp_tags(&tags, call).await;
+        owed.done();
+        let Some(stamp) = stamp else {
+            return; // owed by `stamp_tags`
         };
         self.tags.invalidated([ALL_TAG], stamp, Some(call));
         let change = || Landed::Tags(stamp, tags.clone(), call);

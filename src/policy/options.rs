@@ -137,7 +137,9 @@ impl EntryOptions {
         self
     }
 
-    /// No fail-safe for this call: a failed load is the caller's error.
+    /// No fail-safe for this call: a failed load is the caller's error, even
+    /// with a stale copy at hand (one kept for the cache's fail-safe or
+    /// stale-while-revalidate), and its entry is not kept for fail-safe.
     pub fn no_fail_safe(mut self) -> Self {
         self.fail_safe = Some(None);
         self
@@ -197,13 +199,18 @@ impl EntryOptions {
         self
     }
 
-    /// Tags for what this call loads or inserts (with the loader's own, for a
-    /// load); see [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag).
+    /// Adds tags for what this call loads or inserts (with the loader's own,
+    /// for a load); see [`TieredCache::invalidate_tag`](crate::TieredCache::invalidate_tag).
+    /// A later refresh of the entry by a call without these options (a plain
+    /// `get` whose hit starts one) does not carry them: tag what a key always
+    /// needs in its loader ([`Loaded::with_tags`](crate::Loaded::with_tags)).
     pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
-        self.tags = tags
-            .into_iter()
-            .map(|t| t.into().into_boxed_str())
-            .collect();
+        for tag in tags {
+            let tag = tag.into().into_boxed_str();
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
         self
     }
 
@@ -234,8 +241,9 @@ impl EntryOptions {
             freshness.early_beta = beta;
         }
         let mut ttl = ttl.clone();
-        if self.ttl.is_some() || self.l1_ttl.is_some() || self.negative_ttl.is_some() {
-            // A TTL the call sets is exact: no jitter on any.
+        if self.ttl.is_some() {
+            // The call's TTL is exact (an L1 or negative TTL alone is
+            // jittered as the cache's are).
             ttl.jitter = 0.0;
         }
         if let Some(l2) = self.ttl {
@@ -249,7 +257,13 @@ impl EntryOptions {
             ttl.negative = negative;
         }
         let tags = (!self.tags.is_empty()).then(|| self.tags.clone().into_boxed_slice());
-        Plan::new(freshness, ttl, self.skip, tags)
+        let mut plan = Plan::new(freshness, ttl, self.skip, tags);
+        if self.fail_safe == Some(None) {
+            if let Some(plan) = Arc::get_mut(&mut plan) {
+                plan.serves_stale = false;
+            }
+        }
+        plan
     }
 }
 
@@ -265,6 +279,9 @@ pub(crate) struct Plan {
     pub(crate) skip: Skip,
     /// Tags for every entry the call loads or writes.
     pub(crate) tags: Option<Box<[Box<str>]>>,
+    /// Whether a failed load may answer with a stale copy (fail-safe); false
+    /// for a call that turned fail-safe off.
+    pub(crate) serves_stale: bool,
 }
 
 impl Plan {
@@ -283,6 +300,7 @@ impl Plan {
             ttl,
             skip,
             tags,
+            serves_stale: true,
         })
     }
 
@@ -350,6 +368,8 @@ mod tests {
             (plan.ttl.l1, plan.ttl.l2, plan.ttl.jitter),
             (five, five, 0.0)
         );
+        let l1_only = EntryOptions::new().l1_ttl(five).plan(&freshness, &ttl);
+        assert_eq!((l1_only.ttl.l1, l1_only.ttl.jitter), (five, ttl.jitter));
         let plan = EntryOptions::new()
             .l1_ttl(Ttl::VERY_LONG)
             .plan(&freshness, &ttl);
@@ -381,7 +401,10 @@ mod tests {
     #[test]
     fn a_call_tags_join_the_loader_tags_once() {
         let (freshness, ttl) = defaults();
-        let plan = EntryOptions::new().tags(["a", "b"]).plan(&freshness, &ttl);
+        let plan = EntryOptions::new()
+            .tags(["a"])
+            .tags(["b", "a"])
+            .plan(&freshness, &ttl);
         let loader: Box<[Box<str>]> = Box::new(["b".into(), "c".into()]);
         let all = plan.tags_with(Some(loader)).unwrap();
         assert_eq!(&*all, &["b".into(), "c".into(), "a".into()] as &[Box<str>]);

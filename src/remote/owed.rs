@@ -114,14 +114,14 @@ pub(super) struct Owed {
 /// Owes its work when dropped before [`done`](Self::done): a change whose call
 /// failed, timed out or was cancelled (its caller's future dropped) is replayed
 /// later, never lost.
-pub(super) struct UntilDone<'a> {
+pub(crate) struct UntilDone<'a> {
     remote: &'a Remote,
     work: Option<Work>,
 }
 
 impl UntilDone<'_> {
     /// The work landed: nothing is owed.
-    pub(super) fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         self.work = None;
     }
 

@@ -342,3 +342,164 @@ async fn a_cancelled_invalidate_all_still_lands_and_is_published() {
     );
     assert_eq!(a.stats().l2.hits, hits);
 }
+
+/// An instance of cache "epoch" on its own bus handle, with `settings` over
+/// a loader that reads `db` after `delay`.
+fn tuned(
+    db: &Arc<Db>,
+    store: &MemoryStore,
+    bus: &MemoryBus,
+    clock: &ManualClock,
+    delay: Duration,
+    settings: impl FnOnce(
+        tiered::TieredCacheBuilder<String, u64>,
+    ) -> tiered::TieredCacheBuilder<String, u64>,
+) -> TieredCache<String, u64> {
+    let db = db.clone();
+    let builder = TieredCache::builder("epoch")
+        .l2(store.connect())
+        .bus(bus.clone())
+        .clock(clock.clone())
+        .l1_ttl(Duration::from_secs(60))
+        .l2_ttl(Duration::from_secs(3600))
+        .loader_fn(move |key: String| {
+            let version = *db.rows.lock().unwrap().get(&key).unwrap_or(&1);
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, BoxError>(Some(version))
+            }
+        });
+    settings(builder).build().unwrap()
+}
+
+/// B lost the message and holds a stale copy; its load is slow. At the soft
+/// timeout, the copy is served only if it still holds: here the flight has
+/// read the epoch meanwhile, so B waits for the load. (Before, the copy taken
+/// when the read began was served.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_timeout_does_not_serve_a_copy_from_before_the_epoch() {
+    let clock = ManualClock::new();
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::with_clock(clock.clone()), MemoryBus::new());
+    let a = instance_at(&db, store.connect(), bus.connect(), &clock);
+    let b_bus = bus.connect();
+    let b = tuned(
+        &db,
+        &store,
+        &b_bus,
+        &clock,
+        Duration::from_millis(200),
+        |b| {
+            b.fail_safe(Duration::from_secs(3600))
+                .soft_timeout(Duration::from_millis(50))
+        },
+    );
+    assert_eq!(get(&b, "k").await, Some(1));
+    b_bus.lose_next_received(1);
+    db.set("k", 2);
+    a.invalidate_all().await;
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(get(&b, "k").await, Some(2));
+}
+
+/// B lost the message, then learned the epoch by reading L2 for another key:
+/// its stale copy of `k` is not served by stale-while-revalidate. (Before, it
+/// was, and again on every read while refreshes failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_does_not_serve_a_copy_from_before_a_known_epoch() {
+    let clock = ManualClock::new();
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::with_clock(clock.clone()), MemoryBus::new());
+    let a = instance_at(&db, store.connect(), bus.connect(), &clock);
+    let b_bus = bus.connect();
+    let b = tuned(&db, &store, &b_bus, &clock, Duration::ZERO, |b| {
+        b.stale_while_revalidate(Duration::from_secs(3600))
+    });
+    assert_eq!(get(&b, "k").await, Some(1));
+    b_bus.lose_next_received(1);
+    db.set("k", 2);
+    a.invalidate_all().await;
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        get(&b, "other").await,
+        Some(1),
+        "a flight: b reads the epoch"
+    );
+    assert_eq!(get(&b, "k").await, Some(2));
+}
+
+/// A caller that gives up while the stamp hangs: this instance's L1 was
+/// emptied already (the stamp is pending: L2 is not served here meanwhile),
+/// so it reads the new value. (Before, L1 kept the old one until the owed
+/// stamp landed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_invalidate_all_empties_l1_at_once() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a_store = store.connect();
+    let a = instance(&db, a_store.clone(), bus.connect());
+    assert_eq!(get(&a, "k").await, Some(1));
+    db.set("k", 2);
+    a_store.hang_next(StoreOp::StampTags, 1_000_000);
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), a.invalidate_all()).await;
+    assert!(cancelled.is_err());
+    assert_eq!(get(&a, "k").await, Some(2));
+}
+
+/// A fresh instance's insert given up while it reads the tag clock (before
+/// any store write): the key's old entry is deleted later all the same, as for
+/// any cancelled insert. (Before, nothing was owed: the old entry stayed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_given_up_while_the_clock_is_read_still_deletes_the_old_entry() {
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let a = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&a, "k").await, Some(1));
+    let w_store = store.connect();
+    let w = instance(&db, w_store.clone(), bus.connect());
+    db.set("k", 2);
+    w_store.hang_next(StoreOp::GetMany, 1);
+    let insert = tokio::time::timeout(Duration::from_millis(20), w.insert("k".to_owned(), 2));
+    assert!(insert.await.is_err(), "given up while the clock read hung");
+    until(&a, "k", 2).await;
+    let c = instance(&db, store.connect(), bus.connect());
+    assert_eq!(get(&c, "k").await, Some(2));
+}
+
+/// A fresh importer whose first read of the tag clock fails tries again a
+/// second later, not a whole L1 TTL later: its later writes are born after
+/// the epoch. (Before, they were born at 0 for the whole L1 TTL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_of_the_clock_is_tried_again_soon() {
+    let clock = ManualClock::new();
+    let db = Arc::new(Db::default());
+    let (store, bus) = (MemoryStore::with_clock(clock.clone()), MemoryBus::new());
+    let a = instance_at(&db, store.connect(), bus.connect(), &clock);
+    a.invalidate_all().await;
+    let (w_store, w_bus) = (store.connect(), bus.connect());
+    let w = instance_at(&db, w_store.clone(), w_bus.clone(), &clock);
+    // Subscribed first (its first subscription makes the book forget, which
+    // would hide what this test is about).
+    w.invalidate(&"unrelated".to_owned()).await;
+    eventually("w subscribed", || async { w_bus.subscriptions() == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    w_store.fail_next(StoreOp::GetMany, 1);
+    w.insert("first".to_owned(), 7).await;
+    clock.advance(Duration::from_secs(2));
+    w.insert("second".to_owned(), 8).await;
+    let reader = TieredCache::<String, u64>::builder("epoch")
+        .l2(store.connect())
+        .bus(bus.connect())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let got = get(&reader, "second").await;
+    assert_eq!(
+        got,
+        Some(8),
+        "{:?}\n{:?}\n{:?}",
+        reader.stats(),
+        w.stats(),
+        store.keys()
+    );
+}

@@ -316,3 +316,116 @@ async fn batches_take_the_options_too() {
         assert!(stored_for(&fleet, &cache, k, Duration::from_secs(5)), "{k}");
     }
 }
+
+/// A cache without L2 (so that staleness follows the test's clock), with
+/// `settings` over a loader of the fleet's database.
+fn local(
+    fleet: &Fleet,
+    settings: impl FnOnce(
+        tiered::TieredCacheBuilder<String, u64>,
+    ) -> tiered::TieredCacheBuilder<String, u64>,
+) -> TieredCache<String, u64> {
+    let db = fleet.db.clone();
+    let builder = TieredCache::builder("options-local")
+        .clock(fleet.clock.clone())
+        .l1_ttl(Duration::from_secs(60))
+        .jitter(0.0)
+        .loader_fn(move |key: String| {
+            let db = db.clone();
+            async move {
+                db.loads.fetch_add(1, Ordering::SeqCst);
+                if db.failing.load(Ordering::SeqCst) {
+                    return Err::<Option<u64>, BoxError>("the database is down".into());
+                }
+                let row = db.rows.lock().unwrap().get(&key).copied();
+                Ok(row.unwrap_or(Some(key.len() as u64)))
+            }
+        });
+    settings(builder).build().unwrap()
+}
+
+/// `no_fail_safe()` on a cache with fail-safe: a failed load is the error,
+/// not the stale copy. (Before, the copy was served.)
+#[tokio::test]
+async fn no_fail_safe_makes_a_failed_load_the_callers_error() {
+    let fleet = Fleet::new();
+    let cache = local(&fleet, |b| b.fail_safe(Duration::from_secs(3600)));
+    assert_eq!(cache.get(&key("abc")).await.unwrap(), Some(3));
+    fleet.clock.advance(Duration::from_secs(61));
+    fleet.db.failing.store(true, Ordering::SeqCst);
+    let strict = cache.with_options(&EntryOptions::new().no_fail_safe());
+    let read = strict.get(&key("abc")).await;
+    assert!(matches!(read, Err(Error::Load { .. })), "{read:?}");
+    assert_eq!(
+        cache.get(&key("abc")).await.unwrap(),
+        Some(3),
+        "plain: fail-safe"
+    );
+}
+
+/// A zero TTL caches nothing, not even for stale-while-revalidate. (Before,
+/// the entry was kept stale, and the next read served it.)
+#[tokio::test]
+async fn a_zero_ttl_load_caches_nothing() {
+    let fleet = Fleet::new();
+    let cache = local(&fleet, |b| {
+        b.stale_while_revalidate(Duration::from_secs(3600))
+    });
+    let once = cache.with_options(&EntryOptions::new().ttl(Duration::ZERO));
+    assert_eq!(once.get(&key("abc")).await.unwrap(), Some(3));
+    fleet.db.set("abc", Some(4));
+    assert_eq!(cache.get(&key("abc")).await.unwrap(), Some(4));
+    assert_eq!(fleet.db.loads(), 2);
+}
+
+/// A load that skips L1 writes drops the key's older L1 copy (as an insert
+/// that skips L1 does). (Before, the old copy kept answering.)
+#[tokio::test]
+async fn a_load_that_skips_l1_writes_drops_an_older_l1_copy() {
+    let fleet = Fleet::new();
+    let cache = fleet.instance();
+    assert_eq!(cache.get(&key("abc")).await.unwrap(), Some(3));
+    fleet.db.set("abc", Some(4));
+    let reload = cache.with_options(&EntryOptions::new().skip_l1().skip_l2_reads());
+    assert_eq!(reload.get(&key("abc")).await.unwrap(), Some(4));
+    assert_eq!(cache.get(&key("abc")).await.unwrap(), Some(4));
+}
+
+/// Fleet single flight: a call that skips L2's answer does not wait on
+/// another instance's lease (the holder's fill is an answer from L2; before,
+/// it took the old entry the holder had not replaced yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_skips_l2_reads_does_not_wait_on_a_lease() {
+    let fleet = Fleet::new();
+    let leased = |fleet: &Fleet| {
+        let db = fleet.db.clone();
+        TieredCache::<String, u64>::builder("options-leased")
+            .l2(fleet.store.connect())
+            .bus(fleet.bus.connect())
+            .fleet_single_flight(Duration::from_secs(5))
+            .loader_fn(move |key: String| {
+                let db = db.clone();
+                async move {
+                    let row = db.rows.lock().unwrap().get(&key).copied();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, BoxError>(row.unwrap_or(Some(1)))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let (a, b, c) = (leased(&fleet), leased(&fleet), leased(&fleet));
+    assert_eq!(c.get(&key("k")).await.unwrap(), Some(1));
+    fleet.db.set("k", Some(2));
+    let reload = EntryOptions::new().skip_l1_reads().skip_l2_reads();
+    let holder = tokio::spawn({
+        let a = a.with_options(&reload);
+        async move { a.get(&key("k")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        b.with_options(&reload).get(&key("k")).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(holder.await.unwrap().unwrap(), Some(2));
+}

@@ -350,7 +350,8 @@ async fn a_caller_that_joins_after_invalidate_tag_gets_a_newer_read() {
 
 /// A service whose lookups skip writing L2 and are tagged by id, through
 /// `options = ...` (evaluated per call, so it may use the arguments), with
-/// the attribute's `ttl` over it.
+/// the attribute's `ttl` over it and its `tags` added (before, they replaced
+/// the options' tags, and `invalidate_tag("id:7")` reached nothing).
 struct Opted {
     cache: TieredCache<String, u64>,
     runs: AtomicUsize,
@@ -362,6 +363,7 @@ impl Opted {
         key = "opted:{id}",
         skip(self),
         ttl = "1m",
+        tags = ["opted"],
         options = tiered::EntryOptions::new().skip_l2_writes().tags([format!("id:{id}")])
     )]
     async fn find(&self, id: u64) -> u64 {
@@ -392,4 +394,31 @@ async fn options_apply_per_call_with_the_attribute_ttl_over_them() {
     opted.cache.invalidate_tag("id:7").await;
     assert_eq!(opted.find(8).await, 80);
     assert_eq!(opted.runs.load(Ordering::SeqCst), 3, "8 kept");
+}
+
+static ABSENT_CLOCK: LazyLock<tiered::ManualClock> = LazyLock::new(tiered::ManualClock::new);
+static ABSENT: LazyLock<TieredCache<String, String>> = LazyLock::new(|| {
+    TieredCache::builder("absent")
+        .clock(ABSENT_CLOCK.clone())
+        .build()
+        .expect("valid settings")
+});
+static ABSENT_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached_tier(cache = ABSENT, key = "absent:{id}", negative = true, ttl = "1s")]
+async fn absent(id: u64) -> Option<String> {
+    ABSENT_RUNS.fetch_add(1, Ordering::SeqCst);
+    (id == 0).then(|| "zero".to_owned())
+}
+
+/// `ttl` with `negative = true` applies to absences too (before, an absence
+/// took the cache's negative TTL, 30 s, instead of the declared 1 s).
+#[tokio::test]
+async fn the_attribute_ttl_applies_to_remembered_absences() {
+    assert_eq!(absent(7).await, None);
+    assert_eq!(absent(7).await, None);
+    assert_eq!(ABSENT_RUNS.load(Ordering::SeqCst), 1, "remembered");
+    ABSENT_CLOCK.advance(Duration::from_secs(2));
+    assert_eq!(absent(7).await, None);
+    assert_eq!(ABSENT_RUNS.load(Ordering::SeqCst), 2, "for 1 s only");
 }

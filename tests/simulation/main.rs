@@ -425,7 +425,7 @@ impl Fleet {
             }
             // A third of the untagged inserts skip L2 (its old entry is
             // deleted instead).
-            None if version % 3 == 0 => {
+            None if version.is_multiple_of(3) => {
                 let no_l2 = EntryOptions::new().skip_l2_writes();
                 cache
                     .with_options(&no_l2)

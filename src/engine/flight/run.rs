@@ -132,8 +132,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             }
             // A share of a `get_many` batch takes no lease: the batch loads
             // every key it holds anyway.
+            // Nor does a call that skips L2's answer (a holder's fill is an
+            // answer from L2) or L2 writes (it would fill nothing for the
+            // waiters).
+            let leases = !plan.skip.l2_reads && !plan.skip.l2_writes;
             let lease = match (&seen, &self.remote) {
-                (Some(_), Some(remote)) if self.lease.is_some() && job.own_load => {
+                (Some(_), Some(remote)) if self.lease.is_some() && job.own_load && leases => {
                     match self
                         .lease(key, remote, ticket, job.refresh_after, refreshable, plan)
                         .await
@@ -166,14 +170,16 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             // answer keeps the stale copy's).
             let born = fetched.born.map_or(born, |at| at.min(born));
             let tags = plan.tags_with(fetched.tags);
-            if !fetched.keep {
+            let l2_ttl = fetched
+                .ttl
+                .unwrap_or_else(|| plan.ttl.l2_for(&fetched.value));
+            // A zero TTL caches nothing (not even stale, for stale-while-
+            // revalidate or fail-safe).
+            if !fetched.keep || l2_ttl.is_zero() {
                 self.release(lease).await;
                 let tags = tags.map(|names| Tags::new(names, born));
                 return Flight::Unkept(fetched.value, tags);
             }
-            let l2_ttl = fetched
-                .ttl
-                .unwrap_or_else(|| plan.ttl.l2_for(&fetched.value));
             let l1_ttl = match (fetched.l1_ttl, fetched.ttl) {
                 (Some(l1), _) => l1.min(l2_ttl),
                 (None, Some(ttl)) => ttl,
@@ -281,7 +287,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         plan: &Plan,
     ) -> Flight<V> {
         let now = self.clock.now();
-        if let Some(Fallback { entry, ticket }) = fallback {
+        if let Some(Fallback { entry, ticket }) = fallback.filter(|_| plan.serves_stale) {
             if !entry.is_expired(now) {
                 let throttled = entry.throttled(now, plan.freshness.throttle);
                 if self.commit(key, ticket, &throttled, plan).await {
@@ -338,8 +344,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             return false;
         }
         let write = async {
-            let writes = self.l1.enabled() && !plan.skip.l1_writes;
-            if writes && !entry.is_expired(self.clock.now()) {
+            if !self.l1.enabled() {
+            } else if plan.skip.l1_writes {
+                // Not kept here, and no older value either.
+                self.l1.invalidate(key).await;
+            } else if !entry.is_expired(self.clock.now()) {
                 self.l1.insert(key.clone(), entry.clone()).await;
             }
         };
