@@ -60,7 +60,7 @@ pub struct TieredCacheBuilder<K, V> {
     ttl: TtlPolicy,
     loader: Option<Arc<dyn DynLoader<K, V>>>,
     clock: Clock,
-    observer: Option<Arc<dyn Observer>>,
+    observers: Vec<Arc<dyn Observer>>,
     l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
     bus: Option<Result<Arc<dyn Backplane>, Error>>,
     /// `None`: the executable's name.
@@ -113,7 +113,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             },
             loader: None,
             clock: Clock::system(),
-            observer: None,
+            observers: Vec::new(),
             l2: None,
             bus: None,
             l2_prefix: None,
@@ -361,9 +361,10 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 
     /// Reports hits, misses, loads and invalidations to `observer`, in addition to
-    /// [`stats`](TieredCache::stats).
+    /// [`stats`](TieredCache::stats) and to the observers given before (each is
+    /// called, in the order given; [`metrics`](Self::metrics) is one of them).
     pub fn observer(mut self, observer: impl Observer) -> Self {
-        self.observer = Some(Arc::new(observer));
+        self.observers.push(Arc::new(observer));
         self
     }
 
@@ -492,7 +493,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             ttl: self.ttl,
             loader: self.loader,
             clock: self.clock,
-            observer: self.observer,
+            observers: self.observers,
             remote,
             bus,
             freshness,

@@ -49,7 +49,7 @@ pub(crate) struct Settings<K, V> {
     pub(crate) ttl: TtlPolicy,
     pub(crate) loader: Option<Arc<dyn DynLoader<K, V>>>,
     pub(crate) clock: Clock,
-    pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) observers: Vec<Arc<dyn Observer>>,
     pub(crate) remote: Option<RemoteParts>,
     /// The bus's backplane and channel, and its time limit per publish.
     pub(crate) bus: Option<(Arc<dyn Backplane>, String, Duration)>,
@@ -86,7 +86,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     }
 
     fn with(settings: Settings<K, V>, this: Weak<Self>) -> Self {
-        let report = Arc::new(Report::new(settings.observer));
+        let report = Arc::new(Report::new(settings.observers));
         let fence = Arc::new(Fence::new());
         let bus = settings
             .bus

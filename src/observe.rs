@@ -9,6 +9,7 @@ use crossbeam_utils::CachePadded;
 use crate::policy::L1Eviction;
 
 #[cfg(feature = "metrics")]
+mod fanout;
 pub(crate) mod metrics;
 
 /// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
@@ -383,7 +384,14 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub(crate) fn new(observer: Option<std::sync::Arc<dyn Observer>>) -> Self {
+    /// Reports to `observers` (none, one, or several in the order given).
+    pub(crate) fn new(mut observers: Vec<std::sync::Arc<dyn Observer>>) -> Self {
+        let observer = match observers.len() {
+            0 | 1 => observers.pop(),
+            _ => {
+                Some(std::sync::Arc::new(fanout::Fanout(observers)) as std::sync::Arc<dyn Observer>)
+            }
+        };
         Report {
             counters: Counters::new(),
             observer,

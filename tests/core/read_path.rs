@@ -366,3 +366,25 @@ async fn get_many_loads_a_key_that_l2_answered_stale_instead_of_caching_an_absen
     assert_eq!(found.get(&7), Some(&2));
     assert_eq!(cache.get(&7).await.unwrap(), Some(2));
 }
+
+/// Several observers: each is called (before, the last one given replaced the
+/// others, so `.observer(a).metrics()` dropped `a`).
+#[tokio::test]
+async fn every_observer_given_is_called() {
+    use std::sync::atomic::AtomicU64;
+    struct Hits(Arc<AtomicU64>);
+    impl tiered::Observer for Hits {
+        fn hit(&self, _tier: tiered::Tier) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (a, b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let cache = TieredCache::<u64, u64>::builder("observed")
+        .observer(Hits(a.clone()))
+        .observer(Hits(b.clone()))
+        .build()
+        .unwrap();
+    cache.insert(1, 10).await;
+    assert_eq!(cache.get(&1).await.unwrap(), Some(10));
+    assert_eq!((a.load(Ordering::SeqCst), b.load(Ordering::SeqCst)), (1, 1));
+}
