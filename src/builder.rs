@@ -172,8 +172,18 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 
     /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
-    /// sets one).
+    /// sets one). A `RedisStore` is [`redis`](Self::redis): it brings its bus
+    /// (its pub/sub) too, unless [`bus`](Self::bus) set another before (a bus
+    /// set after replaces it).
     pub fn l2(mut self, store: impl RemoteStore) -> Self {
+        #[cfg(feature = "redis")]
+        if let Some(redis) =
+            (&store as &dyn std::any::Any).downcast_ref::<crate::redis::RedisStore>()
+        {
+            if self.bus.is_none() {
+                self.bus = Some(Ok(Arc::new(redis.clone())));
+            }
+        }
         self.l2 = Some(Ok(Arc::new(store)));
         self
     }

@@ -8,8 +8,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::policy::L1Eviction;
 
-#[cfg(feature = "metrics")]
 mod fanout;
+#[cfg(feature = "metrics")]
 pub(crate) mod metrics;
 
 /// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).

@@ -124,6 +124,25 @@ async fn standalone_changes_reach_other_instances() {
     changes_reach_other_instances(&|b| b.l2_redis(&url)).await;
 }
 
+/// A `RedisStore` given to `.l2` brings its bus, as `.redis` does (before,
+/// `.l2` took the store alone: no instance heard another's invalidations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_store_given_to_l2_brings_its_bus() {
+    let redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let db = Versions::new();
+    let store = |b: TieredCacheBuilder<String, u64>| b.l2(RedisStore::standalone(&url).unwrap());
+    let (a, b) = (
+        instance(&db, "l2-bus", store),
+        instance(&db, "l2-bus", store),
+    );
+    assert_eq!(b.get(&"k".into()).await.unwrap(), Some(1));
+    db.set("k", 2);
+    a.invalidate(&"k".into()).await;
+    until_value(&b, "k", 2).await;
+    assert!(b.stats().invalidations_received >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_changes_reach_other_instances() {
     let cluster = RedisCluster::start();
