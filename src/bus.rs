@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 
 use crate::backoff::Backoff;
+use crate::observe::BusHealth;
 
 pub(crate) mod backplane;
 pub(crate) mod message;
@@ -62,6 +63,8 @@ pub(crate) struct Bus {
     /// Whether the first subscription is up.
     ready: AtomicBool,
     ready_notify: tokio::sync::Notify,
+    /// Whether the subscription is up now, and since when (for health).
+    up: Mutex<(bool, Option<std::time::Instant>)>,
 }
 
 impl fmt::Debug for Bus {
@@ -88,7 +91,33 @@ impl Bus {
             started_at: OnceLock::new(),
             ready: AtomicBool::new(false),
             ready_notify: tokio::sync::Notify::new(),
+            up: Mutex::new((false, None)),
         }
+    }
+
+    /// The bus's part of the cache's health.
+    pub(crate) fn health(&self) -> BusHealth {
+        let (subscribed, since) = *self.up.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = since
+            .or_else(|| self.started_at.get().map(|t| t.into_std()))
+            .map(|at| at.elapsed());
+        let unsent = self
+            .unsent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kept
+            .len();
+        BusHealth {
+            subscribed,
+            since,
+            unsent,
+        }
+    }
+
+    /// The subscription was lost (it is being re-established).
+    pub(crate) fn mark_lost(&self) {
+        *self.up.lock().unwrap_or_else(PoisonError::into_inner) =
+            (false, Some(std::time::Instant::now()));
     }
 
     /// What is published on this cache's channel from now on.
@@ -146,6 +175,8 @@ impl Bus {
 
     /// The subscription is up (again).
     pub(crate) fn mark_subscribed(&self) {
+        *self.up.lock().unwrap_or_else(PoisonError::into_inner) =
+            (true, Some(std::time::Instant::now()));
         self.ready.store(true, Ordering::Release);
         self.ready_notify.notify_waiters();
     }

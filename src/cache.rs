@@ -87,6 +87,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         self.core.stats()
     }
 
+    /// The cache's health now: the breaker, what is owed to Redis and its last
+    /// error, the bus subscription and the messages waiting to be sent; for a
+    /// readiness probe or a status page (it serializes with serde). See
+    /// [`Health`](crate::Health).
+    pub fn health(&self) -> crate::observe::Health {
+        self.core.health()
+    }
+
     /// Runs L1's pending maintenance (evictions, expirations, entry counts) now
     /// rather than on its own schedule: for tests and exact
     /// [`Stats::l1_entries`].

@@ -23,7 +23,7 @@ use crate::entry::{Entry, Tags};
 use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
-use crate::observe::{Observer, Report, Stats};
+use crate::observe::{Health, Observer, Report, Stats};
 use crate::policy::{Freshness, L1Eviction, Plan, Skip, TtlPolicy};
 use crate::remote::{Announce, Remote, RemoteParts};
 use crate::source::DynLoader;
@@ -188,6 +188,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             (stats.breaker, stats.breaker_opened) = remote.breaker();
         }
         stats
+    }
+
+    /// The cache's health now (see [`Health`]).
+    pub(crate) fn health(&self) -> Health {
+        Health {
+            cache: self.name.clone(),
+            l2: self.remote.as_ref().map(|remote| remote.health()),
+            bus: self.bus.as_ref().map(|bus| bus.health()),
+        }
     }
 
     pub(crate) async fn run_pending_tasks(&self) {

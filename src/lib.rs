@@ -101,7 +101,10 @@ pub use key::{CacheKey, CacheValue};
 pub use memory::{MemoryBus, MemoryStore, StoreOp};
 #[cfg(feature = "metrics")]
 pub use observe::metrics::MetricsObserver;
-pub use observe::{BreakerState, LoadOutcome, Observer, Stats, Tier, TierStats};
+pub use observe::{
+    BreakerState, BusHealth, Health, L2Error, L2Health, LoadOutcome, Observer, Stats, Tier,
+    TierStats,
+};
 pub use pattern::{escape_glob, Pattern};
 pub use policy::{
     EntryOptions, L1Eviction, Ttl, DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE,

@@ -9,11 +9,14 @@ use crossbeam_utils::CachePadded;
 use crate::policy::L1Eviction;
 
 mod fanout;
+mod health;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
 
+pub use self::health::{BusHealth, Health, L2Error, L2Health};
+
 /// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub enum BreakerState {
     /// Calls go through.

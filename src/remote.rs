@@ -30,7 +30,7 @@ use crate::codec::Wire;
 use crate::error::BoxError;
 use crate::key::CacheKey;
 use crate::namespace::{Namespace, ALL_TAG};
-use crate::observe::{BreakerState, Report};
+use crate::observe::{BreakerState, L2Error, L2Health, Report};
 
 mod fill;
 mod gate;
@@ -187,6 +187,22 @@ impl Remote {
     /// The breaker's state and how often it opened.
     pub(crate) fn breaker(&self) -> (BreakerState, u64) {
         self.gate.breaker()
+    }
+
+    /// The L2 part of the cache's health.
+    pub(crate) fn health(&self) -> L2Health {
+        let (breaker, breaker_opened) = self.gate.breaker();
+        let last_error = self.gate.last_error().map(|(op, error, at)| L2Error {
+            op: op.to_owned(),
+            error,
+            ago: at.elapsed(),
+        });
+        L2Health {
+            breaker,
+            breaker_opened,
+            owed: self.owed.count(),
+            last_error,
+        }
     }
 
     fn report(&self) -> &Report {

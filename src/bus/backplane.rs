@@ -35,4 +35,8 @@ pub enum Delivery {
     Subscribed,
     /// A message.
     Message(Vec<u8>),
+    /// The subscription was lost (it is being re-established: a
+    /// [`Subscribed`](Self::Subscribed) follows when it is back). What is
+    /// published meanwhile is missed.
+    Lost,
 }

@@ -94,6 +94,7 @@ async fn listen(
                 // goes on applying what arrives.
                 bus.keep_sending();
             }
+            Delivery::Lost => bus.mark_lost(),
             Delivery::Message(bytes) => {
                 let Some(message) = bus.receive(&bytes) else {
                     continue;

@@ -219,14 +219,21 @@ impl MemoryBus {
         f(self.hub.lock().conn(self.conn.id))
     }
 
-    /// Cuts this handle off: its subscriptions receive nothing (what is published
-    /// meanwhile is lost to them, and so are held messages) and its publishes fail,
-    /// until [`reconnect`](MemoryBus::reconnect).
+    /// Cuts this handle off: each of its subscriptions yields
+    /// [`Delivery::Lost`], then nothing (what is published meanwhile is lost to
+    /// them, and so are held messages), and its publishes fail, until
+    /// [`reconnect`](MemoryBus::reconnect).
     pub fn disconnect(&self) {
-        self.with_conn(|conn| {
-            conn.down = true;
-            conn.held.clear();
-        });
+        let mut state = self.hub.lock();
+        let conn = state.conn(self.conn.id);
+        if conn.down {
+            return;
+        }
+        conn.down = true;
+        conn.held.clear();
+        for sub in state.subs_of(self.conn.id) {
+            let _ = sub.tx.send(Delivery::Lost);
+        }
     }
 
     /// Connects this handle again: each of its subscriptions yields

@@ -138,6 +138,9 @@ async fn run(shared: Weak<Shared>) {
                     return;
                 }
                 tracing::info!("invalidation bus subscription lost: reconnecting");
+                for subscriber in store.hub.lock().subscribers.values().flatten() {
+                    let _ = subscriber.send(Delivery::Lost);
+                }
             }
             Err(error) => {
                 tracing::debug!(%error, "invalidation bus: subscribing failed");

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::breaker::{Breaker, BreakerSettings, Probe};
 use crate::clock::Clock;
@@ -24,6 +24,8 @@ pub(crate) struct Gate {
     breaker: Arc<Breaker>,
     timeout: Duration,
     report: Arc<Report>,
+    /// This cache's last failed call: what it was, its error, and when.
+    last_error: Mutex<Option<(&'static str, String, Instant)>>,
 }
 
 impl Gate {
@@ -43,7 +45,24 @@ impl Gate {
             breaker,
             timeout,
             report,
+            last_error: Mutex::new(None),
         }
+    }
+
+    /// This cache's last failed call: what it was, its error, and when.
+    pub(crate) fn last_error(&self) -> Option<(&'static str, String, Instant)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failed(&self, op: &'static str, error: String) {
+        self.report.l2_error();
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((op, error, Instant::now()));
     }
 
     /// The store, for making a call to pass to [`call`](Self::call).
@@ -80,13 +99,13 @@ impl Gate {
             }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "L2 call failed");
-                self.report.l2_error();
+                self.failed(op, error.to_string());
                 permit.failure();
                 None
             }
             Err(_elapsed) => {
                 tracing::debug!(op, timeout = ?self.timeout, "L2 call timed out");
-                self.report.l2_error();
+                self.failed(op, format!("timed out after {:?}", self.timeout));
                 permit.failure();
                 None
             }

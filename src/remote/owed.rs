@@ -152,6 +152,15 @@ impl Owed {
         }
     }
 
+    /// How many changes are owed (keys, walks, tags).
+    pub(super) fn count(&self) -> usize {
+        let pending = self.lock();
+        pending.keys.len()
+            + pending.patterns.len()
+            + usize::from(pending.clear.is_some())
+            + pending.tags.len()
+    }
+
     /// Whether anything is owed.
     pub(super) fn is_owed(&self) -> bool {
         self.has_pending.load(Ordering::SeqCst)

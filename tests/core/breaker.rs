@@ -68,3 +68,67 @@ async fn a_hung_or_failing_call_is_a_counted_miss_and_the_probe_closes_the_break
     cache.get(&4).await.unwrap();
     assert_eq!(store.calls(StoreOp::Reserve), calls + 1);
 }
+
+/// `health()` through a store outage (the breaker opens, the error is
+/// recorded, then a probe closes it) and a lost bus subscription (down, then
+/// subscribed again); it serializes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_breaker_and_the_bus() {
+    use tiered::MemoryBus;
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let (store, bus) = (store.connect(), bus.connect());
+    let cache = TieredCache::<String, u64>::builder("health")
+        .l2(store.clone())
+        .bus(bus.clone())
+        .l2_timeout(Duration::from_millis(50))
+        .l2_breaker(2, Duration::from_millis(200))
+        .l2_probe_delay(Duration::from_millis(10))
+        .loader_fn(|key: String| async move { Ok::<_, tiered::BoxError>(Some(key.len() as u64)) })
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&"k".to_owned()).await.unwrap(), Some(1));
+    crate::support::eventually("subscribed", || async {
+        cache.health().bus.is_some_and(|bus| bus.subscribed)
+    })
+    .await;
+    let health = cache.health();
+    assert!(!health.degraded(), "{health:?}");
+    assert_eq!(health.l2.as_ref().unwrap().breaker, BreakerState::Closed);
+    assert!(health.l2.as_ref().unwrap().last_error.is_none());
+
+    store.disconnect();
+    for key in ["a", "b", "c"] {
+        assert!(
+            cache.get(&key.to_owned()).await.unwrap().is_some(),
+            "reads go on"
+        );
+    }
+    let health = cache.health();
+    let l2 = health.l2.as_ref().unwrap();
+    assert_eq!(l2.breaker, BreakerState::Open);
+    assert!(l2.last_error.is_some(), "{l2:?}");
+    assert!(health.degraded());
+    let json = serde_json::to_string(&health).unwrap();
+    assert!(json.contains("\"breaker\":\"Open\""), "{json}");
+    store.reconnect();
+    crate::support::eventually("the breaker closes", || async {
+        cache
+            .health()
+            .l2
+            .is_some_and(|l2| l2.breaker == BreakerState::Closed)
+    })
+    .await;
+
+    bus.disconnect();
+    crate::support::eventually("the subscription is seen down", || async {
+        cache.health().bus.is_some_and(|bus| !bus.subscribed)
+    })
+    .await;
+    assert!(cache.health().degraded());
+    bus.reconnect();
+    crate::support::eventually("subscribed again", || async {
+        cache.health().bus.is_some_and(|bus| bus.subscribed)
+    })
+    .await;
+    assert!(!cache.health().degraded(), "{:?}", cache.health());
+}

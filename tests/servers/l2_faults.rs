@@ -436,3 +436,57 @@ async fn caches_on_one_store_share_one_breaker() {
         assert_eq!(seen, [BreakerState::Open, BreakerState::Closed], "{seen:?}");
     }
 }
+
+/// `health()` against a real server that is killed, then started again: the
+/// breaker opens with the error recorded and the subscription is seen lost,
+/// then both come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_sees_a_server_go_and_come_back() {
+    let mut redis = Redis::start_own(&[]);
+    let cache = TieredCache::<String, u64>::builder("health")
+        .l2_redis(redis.url())
+        .l2_breaker(2, Duration::from_millis(300))
+        .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key.len() as u64)) })
+        .build()
+        .unwrap();
+    assert_eq!(cache.get(&"k".to_owned()).await.unwrap(), Some(1));
+    let until = |what: &str, done: &dyn Fn(&tiered::Health) -> bool| {
+        let start = Instant::now();
+        loop {
+            let health = cache.health();
+            if done(&health) {
+                return health;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: {health:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until("subscribed", &|h| {
+        h.bus.as_ref().is_some_and(|b| b.subscribed)
+    });
+    redis.kill();
+    for key in ["a", "b", "c"] {
+        assert!(
+            cache.get(&key.to_owned()).await.unwrap().is_some(),
+            "reads go on"
+        );
+    }
+    let down = until("down", &|h| {
+        h.l2.as_ref()
+            .is_some_and(|l2| l2.breaker == BreakerState::Open)
+            && h.bus.as_ref().is_some_and(|b| !b.subscribed)
+    });
+    assert!(down.degraded());
+    assert!(down.l2.unwrap().last_error.is_some());
+    redis.restart();
+    let up = until("back", &|h| {
+        h.l2.as_ref()
+            .is_some_and(|l2| l2.breaker == BreakerState::Closed)
+            && h.bus.as_ref().is_some_and(|b| b.subscribed)
+    });
+    assert!(!up.degraded(), "{up:?}");
+    assert!(cache.stats().bus_resubscribes >= 1);
+}
