@@ -143,7 +143,7 @@ async fn group(url: &str, keys: u64, how: Group) {
             }
         })
         .buffer_unordered(64);
-    tasks.collect::<Vec<()>>().await;
+    tasks.collect::<Vec<tiered::Written>>().await;
     let client = redis::Client::open(url).expect("url");
     let conn = client
         .get_multiplexed_async_connection()
@@ -174,13 +174,14 @@ async fn group(url: &str, keys: u64, how: Group) {
     let stop = Arc::new(AtomicBool::new(false));
     let during = tokio::spawn(get_latencies(stop.clone(), conn.clone()));
     let start = Instant::now();
-    match how {
+    let written = match how {
         Group::Pattern => cache.invalidate_pattern("*").await,
         Group::Tag => cache.invalidate_tag("group").await,
         Group::All => cache.invalidate_all().await,
         Group::Reclaim => cache.invalidate_all_and_reclaim().await,
-    }
+    };
     let took = start.elapsed();
+    assert!(written.is_applied(), "{written:?}");
     stop.store(true, Ordering::Relaxed);
     let mut during = during.await.expect("task");
     let left = in_namespace();

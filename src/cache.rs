@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use crate::engine::{shared, Core, Fetched, Given, Job, Lookup, Source};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
-use crate::observe::Stats;
+use crate::observe::{Stats, Written};
 use crate::policy::{EntryOptions, Plan};
 
 mod options;
@@ -93,6 +93,27 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// [`Health`](crate::Health).
     pub fn health(&self) -> crate::observe::Health {
         self.core.health()
+    }
+
+    /// Sends what this instance has waiting (changes owed to Redis, bus
+    /// messages kept after a failed publish) now, retrying until nothing is
+    /// left or `within` has passed, and returns what is left. Writes send
+    /// their own changes and replay what is owed in the background; call this
+    /// before the process exits (a rolling deploy's shutdown hook), so that
+    /// what a write queued during a Redis outage is not lost with the process.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tiered::{TieredCache, Written};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = TieredCache::<u64, u64>::builder("counts").build().unwrap();
+    /// cache.insert(1, 10).await;
+    /// assert_eq!(cache.flush(Duration::from_secs(5)).await, Written::Applied);
+    /// # }
+    /// ```
+    pub async fn flush(&self, within: Duration) -> Written {
+        self.core.flush(within).await
     }
 
     /// Runs L1's pending maintenance (evictions, expirations, entry counts) now
@@ -282,16 +303,16 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// the other instances to drop their copy. A load of the same key that was in
     /// flight (on any instance) will not overwrite it. If Redis cannot be reached,
     /// its old entry is deleted later instead, before this instance reads it again.
-    pub async fn insert(&self, key: K, value: V) {
-        self.insert_many_planned(vec![(key, value)], None).await;
+    pub async fn insert(&self, key: K, value: V) -> Written {
+        self.insert_many_planned(vec![(key, value)], None).await
     }
 
     /// Writes `value` for `key` in every tier, expiring after exactly `ttl` (no
     /// jitter) in each; a `ttl` past [`Ttl::MAX`](crate::Ttl::MAX) is shortened to
     /// it. A zero `ttl` removes the key instead.
-    pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+    pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Written {
         let options = EntryOptions::new().ttl(ttl);
-        self.with_options(&options).insert(key, value).await;
+        self.with_options(&options).insert(key, value).await
     }
 
     /// Writes `value` for `key` as [`insert`](Self::insert) does, carrying
@@ -312,9 +333,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(cache.get(&"profile:8".into()).await.unwrap(), Some(80));
     /// # }
     /// ```
-    pub async fn insert_with_tags(&self, key: K, value: V, tags: &[&str]) {
+    pub async fn insert_with_tags(&self, key: K, value: V, tags: &[&str]) -> Written {
         let options = EntryOptions::new().tags(tags.iter().copied());
-        self.with_options(&options).insert(key, value).await;
+        self.with_options(&options).insert(key, value).await
     }
 
     /// Writes every `(key, value)` as [`insert`](Self::insert) does, with the same
@@ -336,28 +357,32 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(cache.get(&2).await.unwrap().as_deref(), Some("two"));
     /// # }
     /// ```
-    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) {
+    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Written {
         self.insert_many_planned(entries.into_iter().collect(), None)
-            .await;
+            .await
     }
 
     /// [`insert_many`](Self::insert_many) under the call's `plan`: a zero TTL
     /// invalidates the keys instead.
-    pub(crate) async fn insert_many_planned(&self, entries: Vec<(K, V)>, plan: Option<&Arc<Plan>>) {
+    pub(crate) async fn insert_many_planned(
+        &self,
+        entries: Vec<(K, V)>,
+        plan: Option<&Arc<Plan>>,
+    ) -> Written {
         let plan = self.core.plan(plan);
         if plan.ttl.l2.is_zero() {
             let keys: Vec<K> = entries.into_iter().map(|(key, _)| key).collect();
             return self.invalidate_many(&keys).await;
         }
-        self.core.write_many(entries, plan).await;
+        self.core.write_many(entries, plan).await
     }
 
     /// Removes `key` from every tier, and from every other instance's L1. Once
     /// this returns, no load that was in flight (on any instance) can write back
     /// what it read before. If L2 cannot be reached (or this call is cancelled),
     /// the deletion is replayed before this instance reads L2 again.
-    pub async fn invalidate(&self, key: &K) {
-        self.core.invalidate(key).await;
+    pub async fn invalidate(&self, key: &K) -> Written {
+        self.core.invalidate(key).await
     }
 
     /// Removes `keys` from every tier, and from every other instance's L1, as
@@ -381,8 +406,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(cache.get(&1).await.unwrap(), None);
     /// # }
     /// ```
-    pub async fn invalidate_many(&self, keys: &[K]) {
-        self.core.invalidate_many(keys).await;
+    pub async fn invalidate_many(&self, keys: &[K]) -> Written {
+        self.core.invalidate_many(keys).await
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern` (`*`,
@@ -404,8 +429,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(cache.get(&"user:8:order:1".into()).await.unwrap(), Some(20));
     /// # }
     /// ```
-    pub async fn invalidate_pattern(&self, pattern: &str) {
-        self.core.invalidate_pattern(pattern).await;
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Written {
+        self.core.invalidate_pattern(pattern).await
     }
 
     /// Makes every entry that carries `tag` (from
@@ -427,17 +452,17 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// If Redis cannot be reached, the stamp is owed and replayed, and entries
     /// carrying the tag are unreadable here until it lands. See docs/GUIDE.md,
     /// "Tags".
-    pub async fn invalidate_tag(&self, tag: &str) {
-        self.core.invalidate_tags(vec![tag.to_owned()]).await;
+    pub async fn invalidate_tag(&self, tag: &str) -> Written {
+        self.core.invalidate_tags(vec![tag.to_owned()]).await
     }
 
     /// [`invalidate_tag`](Self::invalidate_tag) of each of `tags`, in one Redis
     /// call and one bus message.
-    pub async fn invalidate_tags(&self, tags: &[&str]) {
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Written {
         let mut tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         tags.sort_unstable();
         tags.dedup();
-        self.core.invalidate_tags(tags).await;
+        self.core.invalidate_tags(tags).await
     }
 
     /// Makes every entry of this cache unreadable, in every tier and on every
@@ -467,8 +492,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(cache.get(&1).await.unwrap(), None);
     /// # }
     /// ```
-    pub async fn invalidate_all(&self) {
-        self.core.invalidate_all().await;
+    pub async fn invalidate_all(&self) -> Written {
+        self.core.invalidate_all().await
     }
 
     /// Removes every entry of this cache from every tier and every instance,
@@ -481,7 +506,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// [`invalidate_all`](Self::invalidate_all) is the O(1) form. If Redis
     /// cannot be reached, the walk is owed, and this instance does not read L2
     /// until it lands.
-    pub async fn invalidate_all_and_reclaim(&self) {
-        self.core.invalidate_all_and_reclaim().await;
+    pub async fn invalidate_all_and_reclaim(&self) -> Written {
+        self.core.invalidate_all_and_reclaim().await
     }
 }

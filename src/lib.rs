@@ -103,7 +103,7 @@ pub use memory::{MemoryBus, MemoryStore, StoreOp};
 pub use observe::metrics::MetricsObserver;
 pub use observe::{
     BreakerState, BusHealth, Health, L2Error, L2Health, LoadOutcome, Observer, Stats, Tier,
-    TierStats,
+    TierStats, Written,
 };
 pub use pattern::{escape_glob, Pattern};
 pub use policy::{

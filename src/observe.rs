@@ -12,8 +12,10 @@ mod fanout;
 mod health;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+mod written;
 
 pub use self::health::{BusHealth, Health, L2Error, L2Health};
+pub use self::written::Written;
 
 /// The state of a cache's circuit breaker, in [`Stats`](crate::Stats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

@@ -189,6 +189,16 @@ impl Remote {
         self.gate.breaker()
     }
 
+    /// Replays owed work now, for up to one budget.
+    pub(crate) async fn replay_now(&self) {
+        let _ = self.replay().await;
+    }
+
+    /// How many changes are owed.
+    pub(crate) fn owed(&self) -> usize {
+        self.owed.count()
+    }
+
     /// The L2 part of the cache's health.
     pub(crate) fn health(&self) -> L2Health {
         let (breaker, breaker_opened) = self.gate.breaker();

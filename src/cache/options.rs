@@ -12,6 +12,7 @@ use crate::cache::TieredCache;
 use crate::engine::{shared, Configured, Fetched, Job, Lookup};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
+use crate::observe::Written;
 use crate::policy::{EntryOptions, Plan};
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
@@ -147,17 +148,17 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     /// [`TieredCache::insert`] under the options: their TTLs (exact, if set;
     /// a zero TTL invalidates the key instead), their tags, and the tiers they
     /// write (a tier skipped has the key dropped instead).
-    pub async fn insert(&self, key: K, value: V) {
+    pub async fn insert(&self, key: K, value: V) -> Written {
         (self.cache)
             .insert_many_planned(vec![(key, value)], Some(&self.plan))
-            .await;
+            .await
     }
 
     /// [`TieredCache::insert_many`] under the options, as
     /// [`insert`](Self::insert).
-    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) {
+    pub async fn insert_many(&self, entries: impl IntoIterator<Item = (K, V)>) -> Written {
         (self.cache)
             .insert_many_planned(entries.into_iter().collect(), Some(&self.plan))
-            .await;
+            .await
     }
 }

@@ -17,7 +17,7 @@ use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::key::{CacheKey, CacheValue};
 use crate::namespace::ALL_TAG;
-use crate::observe::Counter;
+use crate::observe::{Counter, Written};
 use crate::pattern::{escape_glob, Pattern};
 use crate::policy::Plan;
 use crate::remote::Landed;
@@ -33,9 +33,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// one timeout, and one bus message tells the other instances to drop their
     /// copies of the batch. A tier the plan skips has the keys dropped instead
     /// (it must not keep an older value than the others).
-    pub(crate) async fn write_many(self: &Arc<Self>, entries: Vec<(K, V)>, plan: &Plan) {
+    pub(crate) async fn write_many(self: &Arc<Self>, entries: Vec<(K, V)>, plan: &Plan) -> Written {
         if entries.is_empty() {
-            return;
+            return Written::Applied;
         }
         // A key given twice takes its last value, in every tier (the writes of
         // a batch land in no set order).
@@ -61,6 +61,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             owed.done();
         }
         let mut entries = entries.into_iter().peekable();
+        let mut applied = true;
         let ttl = &plan.ttl;
         while entries.peek().is_some() {
             let now = self.clock.now();
@@ -120,12 +121,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     self.fence.supersede(key, write).await;
                 }
             };
-            self.finish(landed, change, l1).await;
+            applied &= self.finish(landed, change, l1).await.is_applied();
+        }
+        if applied {
+            Written::Applied
+        } else {
+            self.waiting()
         }
     }
 
     /// Removes `key` from every tier, and from every other instance's L1.
-    pub(crate) async fn invalidate(self: &Arc<Self>, key: &K) {
+    pub(crate) async fn invalidate(self: &Arc<Self>, key: &K) -> Written {
         self.begin_invalidation(false).await;
         let landed = match &self.remote {
             Some(remote) => remote.delete(remote.key(key)).await,
@@ -137,17 +143,18 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             change,
             self.fence.supersede(key, self.l1.invalidate(key)),
         )
-        .await;
+        .await
     }
 
     /// Removes `keys` from every tier, and from every other instance's L1, in
     /// batches of [`BATCH`] keys: one store call and one bus message each (a
     /// call under one timeout, a message of bounded size).
-    pub(crate) async fn invalidate_many(self: &Arc<Self>, keys: &[K]) {
+    pub(crate) async fn invalidate_many(self: &Arc<Self>, keys: &[K]) -> Written {
         if keys.is_empty() {
-            return;
+            return Written::Applied;
         }
         self.begin_invalidation(false).await;
+        let mut applied = true;
         for batch in keys.chunks(BATCH) {
             let landed = match &self.remote {
                 Some(remote) => {
@@ -163,12 +170,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     self.fence.supersede(key, self.l1.invalidate(key)).await;
                 }
             };
-            self.finish(landed, change, l1).await;
+            applied &= self.finish(landed, change, l1).await.is_applied();
+        }
+        if applied {
+            Written::Applied
+        } else {
+            self.waiting()
         }
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern`.
-    pub(crate) async fn invalidate_pattern(self: &Arc<Self>, pattern: &str) {
+    pub(crate) async fn invalidate_pattern(self: &Arc<Self>, pattern: &str) -> Written {
         self.begin_invalidation(false).await;
         let landed = match &self.remote {
             Some(remote) => remote.delete_pattern(pattern).await,
@@ -176,7 +188,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         };
         let change = || Landed::Pattern(pattern.to_owned());
         self.finish(landed, change, self.remove_matching(Pattern::new(pattern)))
-            .await;
+            .await
     }
 
     /// Makes every entry carrying one of `tags`, written before this call,
@@ -184,9 +196,9 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// L2, in one call), then tells the other instances the stamp. Until the
     /// stamp lands (if L2 cannot be reached, it is owed), entries carrying them
     /// are unreadable here.
-    pub(crate) async fn invalidate_tags(self: &Arc<Self>, tags: Vec<String>) {
+    pub(crate) async fn invalidate_tags(self: &Arc<Self>, tags: Vec<String>) -> Written {
         if tags.is_empty() {
-            return;
+            return Written::Applied;
         }
         if self
             .remote
@@ -213,7 +225,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             self.tags.invalidated(names, stamp, Some(call));
         }
         let change = || Landed::Tags(stamp.unwrap_or(0), tags.clone(), call);
-        self.finish(stamp.is_some(), change, async {}).await;
+        self.finish(stamp.is_some(), change, async {}).await
     }
 
     /// Makes every entry of this cache unreadable in every tier and instance.
@@ -221,7 +233,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// one stamp of the namespace's own tag, which every entry in L2 carries,
     /// and one message; the entries stay in L2 until their TTL (or
     /// [`invalidate_all_and_reclaim`](Self::invalidate_all_and_reclaim)). Otherwise, the walk.
-    pub(crate) async fn invalidate_all(self: &Arc<Self>) {
+    pub(crate) async fn invalidate_all(self: &Arc<Self>) -> Written {
         let Some(remote) = (self.remote.as_ref()).filter(|_| self.bus.is_some() && self.epochs())
         else {
             return self.invalidate_all_and_reclaim().await;
@@ -239,22 +251,22 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         let stamp = remote.stamp_tags(&tags, call).await;
         owed.done();
         let Some(stamp) = stamp else {
-            return; // owed by `stamp_tags`
+            return self.waiting(); // owed by `stamp_tags`
         };
         self.tags.invalidated([ALL_TAG], stamp, Some(call));
         let change = || Landed::Tags(stamp, tags.clone(), call);
-        self.finish(true, change, self.empty_l1()).await;
+        self.finish(true, change, self.empty_l1()).await
     }
 
     /// Removes every entry of this cache from every tier and instance: in L2,
     /// every key of its namespace, by a walk (`SCAN` + `UNLINK`).
-    pub(crate) async fn invalidate_all_and_reclaim(self: &Arc<Self>) {
+    pub(crate) async fn invalidate_all_and_reclaim(self: &Arc<Self>) -> Written {
         self.begin_invalidation(true).await;
         let landed = match &self.remote {
             Some(remote) => remote.clear().await,
             None => true,
         };
-        self.finish(landed, || Landed::All, self.clear_l1()).await;
+        self.finish(landed, || Landed::All, self.clear_l1()).await
     }
 
     /// What every write does once its L2 change was made (or owed): keeps the
@@ -269,7 +281,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         landed: bool,
         change: impl FnOnce() -> Landed,
         l1: impl Future<Output = ()>,
-    ) {
+    ) -> Written {
         let bus = self.bus.as_ref().filter(|_| landed);
         let change = (bus.is_some() || self.remote.is_some()).then(change);
         let announcement = bus
@@ -282,11 +294,51 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         );
         l1.await;
         l1_change.done();
+        let mut sent = true;
         if let Some(announcement) = announcement {
             if !announcement.send().await {
                 self.report.event(Counter::BusPublishErrors);
+                sent = false;
             }
         }
+        if landed && sent {
+            Written::Applied
+        } else {
+            self.waiting()
+        }
+    }
+
+    /// What this instance has waiting to be sent: [`Written::Applied`] if
+    /// nothing.
+    pub(crate) fn waiting(&self) -> Written {
+        let owed = self.remote.as_ref().map_or(0, |remote| remote.owed());
+        let unsent = self.bus.as_ref().map_or(0, |bus| bus.health().unsent);
+        if owed == 0 && unsent == 0 {
+            Written::Applied
+        } else {
+            Written::Queued { owed, unsent }
+        }
+    }
+
+    /// Sends what this instance has waiting (owed changes, kept messages) now,
+    /// until nothing is left or `within` has passed; returns what is left.
+    pub(crate) async fn flush(&self, within: std::time::Duration) -> Written {
+        let sending = async {
+            loop {
+                if let Some(remote) = &self.remote {
+                    remote.replay_now().await;
+                }
+                if let Some(bus) = &self.bus {
+                    bus.send_unsent().await;
+                }
+                if self.waiting().is_applied() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(within, sending).await;
+        self.waiting()
     }
 
     /// Applies another instance's invalidation to this one's L1, through the fence.

@@ -203,3 +203,48 @@ async fn a_hot_key_read_back_after_invalidate_is_never_older() {
         reader.await.unwrap();
     }
 }
+
+/// A write during a store outage says it is queued (with what is owed); once
+/// the store is back, `flush` sends it and says applied, and another instance
+/// reads the new value. A publish that fails is queued too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_say_what_happened_and_flush_sends_what_waits() {
+    use tiered::{MemoryBus, MemoryStore, Written};
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let (a_store, a_bus) = (store.connect(), bus.connect());
+    let instance = |store: MemoryStore, bus: MemoryBus| {
+        TieredCache::<String, u64>::builder("written")
+            .l2(store)
+            .bus(bus)
+            .l2_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let a = instance(a_store.clone(), a_bus.clone());
+    assert_eq!(a.insert("k".into(), 1).await, Written::Applied);
+    a_store.disconnect();
+    let written = a.insert("k".into(), 2).await;
+    assert!(
+        matches!(written, Written::Queued { owed, .. } if owed >= 1),
+        "{written:?}"
+    );
+    assert_eq!(a.get(&"k".into()).await.unwrap(), Some(2), "here at once");
+    a_store.reconnect();
+    assert_eq!(a.flush(Duration::from_secs(5)).await, Written::Applied);
+    let b = instance(store.connect(), bus.connect());
+    assert_eq!(
+        b.get(&"k".into()).await.unwrap(),
+        None,
+        "the old entry went"
+    );
+
+    a_bus.fail_next_publishes(1_000_000);
+    let written = a.invalidate(&"k".into()).await;
+    assert!(
+        matches!(written, Written::Queued { unsent, .. } if unsent >= 1),
+        "{written:?}"
+    );
+    assert!(!a.flush(Duration::from_millis(50)).await.is_applied());
+    a_bus.clear_faults();
+    assert_eq!(a.flush(Duration::from_secs(5)).await, Written::Applied);
+}

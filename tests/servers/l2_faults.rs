@@ -490,3 +490,29 @@ async fn health_sees_a_server_go_and_come_back() {
     assert!(!up.degraded(), "{up:?}");
     assert!(cache.stats().bus_resubscribes >= 1);
 }
+
+/// On a real server: an insert while Redis is frozen says it is queued; once
+/// Redis answers again, `flush` lands the owed deletion and says applied, and
+/// a new instance does not read the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_during_an_outage_is_queued_and_flush_applies_it() {
+    let mut redis = Redis::start_own(&[]);
+    let url = redis.url().to_owned();
+    let instance = || {
+        TieredCache::<String, u64>::builder("flushed")
+            .l2_redis(&url)
+            .build()
+            .unwrap()
+    };
+    let a = instance();
+    assert_eq!(a.insert("k".into(), 1).await, tiered::Written::Applied);
+    redis.freeze();
+    let written = a.insert("k".into(), 2).await;
+    assert!(!written.is_applied(), "{written:?}");
+    redis.thaw();
+    assert_eq!(
+        a.flush(Duration::from_secs(10)).await,
+        tiered::Written::Applied
+    );
+    assert_eq!(instance().get(&"k".into()).await.unwrap(), None);
+}

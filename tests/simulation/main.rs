@@ -415,7 +415,7 @@ impl Fleet {
     }
 
     /// `insert` on instance `i`, tagged with the key's group in tagged mode.
-    async fn insert(&self, i: usize, key: &str, version: u64) {
+    async fn insert(&self, i: usize, key: &str, version: u64) -> tiered::Written {
         let cache = &self.instances[i].cache;
         match group(key).filter(|_| self.tagged) {
             Some(tag) => {
