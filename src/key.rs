@@ -86,6 +86,81 @@ macro_rules! int_keys {
 }
 int_keys!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char);
 
+/// UUIDs, hyphenated and lower case (`67e55044-10b1-426f-9247-bb680e5fe0c8`).
+#[cfg(feature = "uuid")]
+impl CacheKey for uuid::Uuid {
+    fn write_key(&self, out: &mut String) {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        out.push_str(self.hyphenated().encode_lower(&mut buffer));
+    }
+
+    fn from_key_str(s: &str) -> Option<Self> {
+        // Only the form written: another spelling is another key string.
+        let id = uuid::Uuid::try_parse(s).ok()?;
+        (id.hyphenated().to_string() == s).then_some(id)
+    }
+}
+
+/// Appends `part`'s key string with `:` and `\\` escaped (`\\:`, `\\\\`), so
+/// that parts joined by `:` split back one way only.
+fn write_part<T: CacheKey>(part: &T, out: &mut String) {
+    let mut text = String::new();
+    part.write_key(&mut text);
+    for c in text.chars() {
+        if c == ':' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// `s` split at its unescaped `:`, each part unescaped.
+fn split_parts(s: &str) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut()?.push(chars.next()?),
+            ':' => parts.push(String::new()),
+            c => parts.last_mut()?.push(c),
+        }
+    }
+    Some(parts)
+}
+
+/// Tuples of keys, up to four: their parts' key strings joined by `:`, each
+/// with `:` and `\\` escaped by a `\\` (so `(7, "a:b")` is `7:a\\:b`, one-to-one).
+/// A pattern over them matches those strings: escape literal parts with
+/// [`escape_glob`](crate::escape_glob).
+macro_rules! tuple_keys {
+    ($(($($t:ident $i:tt),+))*) => {$(
+        impl<$($t: CacheKey),+> CacheKey for ($($t,)+) {
+            fn write_key(&self, out: &mut String) {
+                let mut first = true;
+                $(
+                    if !std::mem::take(&mut first) {
+                        out.push(':');
+                    }
+                    write_part(&self.$i, out);
+                )+
+            }
+
+            fn from_key_str(s: &str) -> Option<Self> {
+                let parts = split_parts(s)?;
+                let mut parts = parts.iter();
+                let key = ($($t::from_key_str(parts.next()?)?,)+);
+                parts.next().is_none().then_some(key)
+            }
+        }
+    )*};
+}
+tuple_keys! {
+    (A 0)
+    (A 0, B 1)
+    (A 0, B 1, C 2)
+    (A 0, B 1, C 2, D 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +186,40 @@ mod tests {
             assert_eq!(i64::from_key_str(&n.to_key_string()), Some(n));
         }
         assert_eq!(u8::from_key_str("256"), None);
+        let pair = (7u64, String::from("a:b\\c"));
+        assert_eq!(pair.to_key_string(), "7:a\\:b\\\\c");
+        assert_eq!(
+            <(u64, String)>::from_key_str(&pair.to_key_string()),
+            Some(pair)
+        );
+        let four = (String::from(":"), 1u8, String::new(), String::from("\\"));
+        assert_eq!(
+            <(String, u8, String, String)>::from_key_str(&four.to_key_string()),
+            Some(four)
+        );
+        assert_ne!(
+            (String::from("a:b"), String::from("c")).to_key_string(),
+            (String::from("a"), String::from("b:c")).to_key_string()
+        );
+        assert_eq!(<(u64, u64)>::from_key_str("1:2:3"), None, "too many parts");
+        assert_eq!(<(u64, u64)>::from_key_str("1"), None, "too few");
+        assert_eq!(<(u64,)>::from_key_str("1\\"), None, "a dangling escape");
+    }
+
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn uuids_are_hyphenated_lower_case_one_way() {
+        let id = uuid::Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
+        assert_eq!(id.to_key_string(), "67e55044-10b1-426f-9247-bb680e5fe0c8");
+        assert_eq!(uuid::Uuid::from_key_str(&id.to_key_string()), Some(id));
+        assert_eq!(
+            uuid::Uuid::from_key_str("67E55044-10B1-426F-9247-BB680E5FE0C8"),
+            None
+        );
+        assert_eq!(
+            uuid::Uuid::from_key_str("67e5504410b1426f9247bb680e5fe0c8"),
+            None
+        );
         assert_eq!(<&'static str>::from_key_str("a"), None);
     }
 }

@@ -35,6 +35,8 @@
 //!
 //! [moka]: https://docs.rs/moka
 
+// On docs.rs (all features): each item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

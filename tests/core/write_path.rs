@@ -248,3 +248,32 @@ async fn writes_say_what_happened_and_flush_sends_what_waits() {
     a_bus.clear_faults();
     assert_eq!(a.flush(Duration::from_secs(5)).await, Written::Applied);
 }
+
+/// Tuple keys: their string form is one-to-one, and another instance's
+/// invalidation reaches them (parsed back, not by a walk of L1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuple_keys_round_trip_across_instances() {
+    use tiered::{MemoryBus, MemoryStore};
+    let (store, bus) = (MemoryStore::new(), MemoryBus::new());
+    let instance = || {
+        TieredCache::<(u64, String), u64>::builder("tuples")
+            .l2(store.connect())
+            .bus(bus.connect())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+    let key = (7, "a:b".to_owned());
+    let other = (7, "a".to_owned());
+    a.insert(key.clone(), 1).await;
+    a.insert(other.clone(), 2).await;
+    assert_eq!(b.get(&key).await.unwrap(), Some(1), "from L2");
+    assert_eq!(b.get(&other).await.unwrap(), Some(2));
+    assert!(a.l2_key(&key).unwrap().ends_with(":7:a\\:b"));
+    a.invalidate(&key).await;
+    crate::support::eventually("b drops it", || async {
+        b.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(b.get(&other).await.unwrap(), Some(2));
+}
