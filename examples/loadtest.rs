@@ -3,10 +3,10 @@
 //! database queries per request (the load saved) and errors.
 //!
 //! ```text
-//! cargo run --release --example loadtest -- --scenario load --duration 10s
-//! cargo run --release --example loadtest -- --scenario all --json
-//! cargo run --release --example loadtest -- --scenario soak --duration 30m
-//! cargo run --release --example loadtest -- --redis redis://host:6379/ --database postgres://...
+//! cargo run --release --features postgres --example loadtest -- --scenario load --duration 10s
+//! cargo run --release --features postgres --example loadtest -- --scenario all --json
+//! cargo run --release --features postgres --example loadtest -- --scenario soak --duration 30m
+//! cargo run --release --features postgres --example loadtest -- --redis redis://host:6379/ --database postgres://...
 //! ```
 //!
 //! Without `--redis` / `--database` it starts a redis-server and a PostgreSQL of its

@@ -1,7 +1,7 @@
 //! L1 in front of PostgreSQL: `PgLoader` with a batch query.
 //!
 //! Needs a server: `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
-//! cargo run --example postgres` (docker-compose.test.yml starts one).
+//! cargo run --features postgres --example postgres` (docker-compose.test.yml starts one).
 
 use std::sync::Arc;
 

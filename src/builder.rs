@@ -63,6 +63,9 @@ pub struct TieredCacheBuilder<K, V> {
     observers: Vec<Arc<dyn Observer>>,
     l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
     bus: Option<Result<Arc<dyn Backplane>, Error>>,
+    /// Where the bus came from: a store that brought it (`redis`, `l2_redis`,
+    /// `.l2(RedisStore)`), `bus(...)`, or `no_bus()`.
+    bus_from: BusFrom,
     /// `None`: the executable's name.
     l2_prefix: Option<String>,
     l2_compress_from: Option<usize>,
@@ -116,6 +119,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             observers: Vec::new(),
             l2: None,
             bus: None,
+            bus_from: BusFrom::Store,
             l2_prefix: None,
             l2_compress_from: None,
             l2_max_value_bytes: DEFAULT_L2_MAX_VALUE_BYTES,
@@ -166,25 +170,38 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
 
     #[cfg(feature = "redis")]
     fn redis_store(mut self, store: Result<crate::redis::RedisStore, Error>) -> Self {
-        self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
+        if self.bus_from == BusFrom::Store {
+            self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
+        }
         self.l2 = Some(store.map(|s| Arc::new(s) as Arc<dyn RemoteStore>));
         self
     }
 
     /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
     /// sets one). A `RedisStore` is [`redis`](Self::redis): it brings its bus
-    /// (its pub/sub) too, unless [`bus`](Self::bus) set another before (a bus
-    /// set after replaces it).
+    /// (its pub/sub) too, unless [`bus`](Self::bus) or
+    /// [`no_bus`](Self::no_bus) said otherwise; another store given after it
+    /// takes its bus away with it.
     pub fn l2(mut self, store: impl RemoteStore) -> Self {
-        #[cfg(feature = "redis")]
-        if let Some(redis) =
-            (&store as &dyn std::any::Any).downcast_ref::<crate::redis::RedisStore>()
-        {
-            if self.bus.is_none() {
+        if self.bus_from == BusFrom::Store {
+            self.bus = None;
+            #[cfg(feature = "redis")]
+            if let Some(redis) =
+                (&store as &dyn std::any::Any).downcast_ref::<crate::redis::RedisStore>()
+            {
                 self.bus = Some(Ok(Arc::new(redis.clone())));
             }
         }
         self.l2 = Some(Ok(Arc::new(store)));
+        self
+    }
+
+    /// No invalidation bus, even with a `RedisStore` (for a Redis whose ACLs or
+    /// proxy forbid pub/sub): other instances keep their L1 copies until their
+    /// L1 TTL, and `invalidate_all` walks the namespace.
+    pub fn no_bus(mut self) -> Self {
+        self.bus = None;
+        self.bus_from = BusFrom::Nowhere;
         self
     }
 
@@ -193,6 +210,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// keep their L1 copies until their L1 TTL.
     pub fn bus(mut self, backplane: impl Backplane) -> Self {
         self.bus = Some(Ok(Arc::new(backplane)));
+        self.bus_from = BusFrom::Given;
         self
     }
 
@@ -647,4 +665,15 @@ mod tests {
             .l2_probe_delay(Duration::from_secs(60)))
         .is_ok());
     }
+}
+
+/// Where a builder's bus comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BusFrom {
+    /// The L2 store's own (a `RedisStore`'s pub/sub), if it has one.
+    Store,
+    /// `bus(...)`.
+    Given,
+    /// `no_bus()`.
+    Nowhere,
 }

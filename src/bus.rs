@@ -107,10 +107,17 @@ impl Bus {
             .unwrap_or_else(PoisonError::into_inner)
             .kept
             .len();
+        let publish_failing = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
         BusHealth {
+            listening: self.started_at.get().is_some(),
             subscribed,
             since,
             unsent,
+            publish_failing,
         }
     }
 

@@ -130,8 +130,10 @@ fn split_parts(s: &str) -> Option<Vec<String>> {
 
 /// Tuples of keys, up to four: their parts' key strings joined by `:`, each
 /// with `:` and `\\` escaped by a `\\` (so `(7, "a:b")` is `7:a\\:b`, one-to-one).
-/// A pattern over them matches those strings: escape literal parts with
-/// [`escape_glob`](crate::escape_glob).
+/// A pattern over them matches those strings: a literal part goes in as its
+/// escaped form, then through [`escape_glob`](crate::escape_glob), e.g.
+/// `format!("7:{}", escape_glob(&("a:b",).to_key_string()))` for every key
+/// `(7, "a:b", ..)`.
 macro_rules! tuple_keys {
     ($(($($t:ident $i:tt),+))*) => {$(
         impl<$($t: CacheKey),+> CacheKey for ($($t,)+) {

@@ -179,8 +179,9 @@ pub use source::{
 #[doc(inline)]
 pub use tiered_macros::cached_tier;
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (its first needs
+/// `postgres`).
+#[cfg(all(doctest, feature = "postgres"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

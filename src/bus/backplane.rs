@@ -23,6 +23,9 @@ pub trait Backplane: Send + Sync + fmt::Debug + 'static {
     /// The backplane keeps the subscription up by itself (reconnecting with
     /// backoff) and yields [`Delivery::Subscribed`] each time it is established,
     /// since messages published while it was down are lost.
+    /// It should yield [`Delivery::Lost`] when the subscription drops (what
+    /// [`TieredCache::health`](crate::TieredCache::health) reports). A stream
+    /// that ends is taken as lost for good.
     fn subscribe(&self, channel: &str) -> BoxStream<'static, Delivery>;
 }
 

@@ -81,6 +81,9 @@ async fn listen(
     cache: Weak<dyn Subscriber>,
     mut stream: futures_util::stream::BoxStream<'static, Delivery>,
 ) {
+    // A stream that ends hears nothing more: it is lost for good (health
+    // says so).
+    let _lost = MarkLost(cache.clone());
     while let Some(delivery) = stream.next().await {
         let Some(cache) = cache.upgrade() else {
             return;
@@ -109,6 +112,18 @@ async fn listen(
                     cache.apply_failed().await;
                 }
             }
+        }
+    }
+}
+
+/// Marks the bus lost when the listener ends (its stream ended, or it was
+/// dropped with the cache).
+struct MarkLost(Weak<dyn Subscriber>);
+
+impl Drop for MarkLost {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0.upgrade() {
+            cache.bus().mark_lost();
         }
     }
 }

@@ -83,7 +83,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// that lost messages, does not write entries born before invalidations
     /// it could have known (unreadable to every instance). One read at a
     /// time; the others wait for it. If it fails, births stay as they are
-    /// (older: safe) until the next try, a trust period later.
+    /// (older: safe) until the next try, a second later.
     pub(crate) async fn sync_tag_clock(&self) {
         if !self.tags.needs_sync() || !self.epochs() {
             return;

@@ -46,6 +46,7 @@ use crate::error::BoxError;
 /// assert_eq!(heard.next().await, Some(Delivery::Subscribed));
 ///
 /// b.disconnect();
+/// assert_eq!(heard.next().await, Some(Delivery::Lost));
 /// a.publish("invalidations", b"lost").await.unwrap(); // b misses it
 /// b.reconnect();
 /// assert_eq!(heard.next().await, Some(Delivery::Subscribed));
@@ -491,7 +492,11 @@ mod tests {
         let mut late = b.subscribe("c");
         publish(&a, "c", b"lost").unwrap();
         assert!(publish(&b, "c", b"from b").is_err());
-        assert!(ready(&mut heard).is_empty() && ready(&mut late).is_empty());
+        assert_eq!(ready(&mut heard), [Delivery::Lost]);
+        assert!(
+            ready(&mut late).is_empty(),
+            "subscribed while down: nothing yet"
+        );
         b.reconnect();
         b.reconnect(); // already connected: nothing more
         publish(&a, "c", b"heard").unwrap();
@@ -503,7 +508,7 @@ mod tests {
         }
         assert_eq!(
             ready(&mut second),
-            [Delivery::Subscribed, Delivery::Subscribed]
+            [Delivery::Subscribed, Delivery::Lost, Delivery::Subscribed]
         );
     }
 
@@ -573,7 +578,7 @@ mod tests {
             0,
             "held messages are lost with the connection"
         );
-        assert_eq!(ready(&mut heard), [Delivery::Subscribed]);
+        assert_eq!(ready(&mut heard), [Delivery::Lost, Delivery::Subscribed]);
     }
 
     #[test]

@@ -65,23 +65,31 @@ pub struct L2Error {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct BusHealth {
-    /// Whether the subscription is up now (false before it first is: the
-    /// listener starts with the cache's first miss or change).
+    /// Whether the listener has started: it starts with the cache's first
+    /// miss or change (until then nothing is missed: there is nothing in L1
+    /// to invalidate).
+    pub listening: bool,
+    /// Whether the subscription is up now (false until it first is).
     pub subscribed: bool,
     /// How long it has been in that state, since the listener started.
     pub since: Option<Duration>,
     /// Messages kept to be sent: their publish failed (they are sent again
     /// in the background) or is under way.
     pub unsent: usize,
+    /// Whether the last publish failed (and none succeeded since).
+    pub publish_failing: bool,
 }
 
 impl Health {
     /// Whether anything is degraded: the breaker not closed, changes owed to
-    /// the store, the subscription down, or messages waiting to be sent.
+    /// the store, the subscription down once listening, or publishes failing.
+    /// (A fresh, idle instance is not degraded, nor is one whose messages are
+    /// on their way.)
     pub fn degraded(&self) -> bool {
         let l2 =
             (self.l2.as_ref()).is_some_and(|l2| l2.breaker != BreakerState::Closed || l2.owed > 0);
-        let bus = (self.bus.as_ref()).is_some_and(|bus| !bus.subscribed || bus.unsent > 0);
+        let bus = (self.bus.as_ref())
+            .is_some_and(|bus| (bus.listening && !bus.subscribed) || bus.publish_failing);
         l2 || bus
     }
 }

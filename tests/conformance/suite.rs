@@ -648,7 +648,7 @@ async fn message(stream: &mut BoxStream<'static, Delivery>, what: &str) -> Vec<u
     loop {
         match next(stream, what).await {
             Delivery::Message(bytes) => return bytes,
-            Delivery::Subscribed => continue,
+            Delivery::Subscribed | Delivery::Lost => continue,
             other => panic!("{what}: {other:?}"),
         }
     }

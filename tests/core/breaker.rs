@@ -86,6 +86,9 @@ async fn health_follows_the_breaker_and_the_bus() {
         .loader_fn(|key: String| async move { Ok::<_, tiered::BoxError>(Some(key.len() as u64)) })
         .build()
         .unwrap();
+    let idle = cache.health();
+    assert!(!idle.degraded(), "a fresh, idle instance: {idle:?}");
+    assert!(!idle.bus.unwrap().listening);
     assert_eq!(cache.get(&"k".to_owned()).await.unwrap(), Some(1));
     crate::support::eventually("subscribed", || async {
         cache.health().bus.is_some_and(|bus| bus.subscribed)
@@ -131,4 +134,41 @@ async fn health_follows_the_breaker_and_the_bus() {
     })
     .await;
     assert!(!cache.health().degraded(), "{:?}", cache.health());
+}
+
+/// A backplane whose subscription stream ends: the cache hears nothing more,
+/// and health says the bus is not subscribed (before, it said subscribed for
+/// good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_stream_that_ends_is_reported_lost() {
+    use futures_util::StreamExt;
+    use tiered::{Backplane, Delivery};
+    #[derive(Debug)]
+    struct Ending;
+    impl Backplane for Ending {
+        fn publish<'a>(
+            &'a self,
+            _channel: &'a str,
+            _message: &'a [u8],
+        ) -> futures_util::future::BoxFuture<'a, Result<(), BoxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn subscribe(&self, _channel: &str) -> futures_util::stream::BoxStream<'static, Delivery> {
+            futures_util::stream::iter([Delivery::Subscribed]).boxed()
+        }
+    }
+    let cache = TieredCache::<u64, u64>::builder("ending")
+        .l2(MemoryStore::new())
+        .bus(Ending)
+        .build()
+        .unwrap();
+    cache.insert(1, 1).await;
+    crate::support::eventually("seen lost", || async {
+        cache
+            .health()
+            .bus
+            .is_some_and(|bus| bus.listening && !bus.subscribed)
+    })
+    .await;
+    assert!(cache.health().degraded());
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiered::{BoxError, TieredCache};
+use tiered::{BoxError, CacheKey, TieredCache};
 
 use crate::support::rewrites::reads_follow_invalidations;
 use tokio::sync::Notify;
@@ -276,4 +276,9 @@ async fn tuple_keys_round_trip_across_instances() {
     })
     .await;
     assert_eq!(b.get(&other).await.unwrap(), Some(2));
+    // A pattern over a part with ':' takes the part's escaped form.
+    a.insert((8, "x:y".to_owned()), 3).await;
+    let glob = format!("8:{}", tiered::escape_glob(&("x:y",).to_key_string()));
+    a.invalidate_pattern(&glob).await;
+    assert_eq!(a.get(&(8, "x:y".to_owned())).await.unwrap(), None);
 }
