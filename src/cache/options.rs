@@ -77,16 +77,25 @@ impl<K: CacheKey, V: CacheValue> fmt::Debug for WithOptions<K, V> {
 impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     /// [`TieredCache::get`] under the options.
     pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
+        let job = match self.lookup(key).await {
+            Ok(job) => job,
+            Err(hit) => return Ok(hit),
+        };
+        let core = self.cache.core();
+        Box::pin(core.fly(key, None::<std::future::Ready<_>>, job)).await
+    }
+
+    /// L1's answer under the options (`Err`: a hit), or the flight's job.
+    async fn lookup(&self, key: &K) -> Result<Job<K, V>, Option<V>> {
         let core = self.cache.core();
         let job = match core.lookup_from(key, Configured, Some(&self.plan)).await {
-            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Hit(entry) => return Err(entry.value),
             miss => miss.into_job(),
         };
-        let job = Job {
+        Ok(Job {
             plan: Some(Arc::clone(&self.plan)),
             ..job
-        };
-        Box::pin(core.fly(key, None::<std::future::Ready<_>>, job)).await
+        })
     }
 
     /// [`TieredCache::get_with`] under the options.
@@ -95,17 +104,12 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
-        let core = self.cache.core();
-        let job = match core.lookup_from(key, Configured, Some(&self.plan)).await {
-            Lookup::Hit(entry) => return Ok(entry.value),
-            miss => miss.into_job(),
-        };
-        let job = Job {
-            plan: Some(Arc::clone(&self.plan)),
-            ..job
+        let job = match self.lookup(key).await {
+            Ok(job) => job,
+            Err(hit) => return Ok(hit),
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        Box::pin(core.fly(key, Some(first), job)).await
+        Box::pin(self.cache.core().fly(key, Some(first), job)).await
     }
 
     /// [`TieredCache::get_or_load`] under the options (the refreshes its hits
