@@ -151,25 +151,25 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// between caches, build a `RedisStore` once and use [`redis`](Self::redis).
     #[cfg(feature = "redis")]
     pub fn l2_redis(self, url: &str) -> Self {
-        self.redis_store(crate::redis::RedisStore::standalone(url))
+        self.redis_store(crate::redis_store::RedisStore::standalone(url))
     }
 
     /// A Redis Cluster as the L2 tier and the invalidation bus, from the URLs of
     /// some of its nodes.
     #[cfg(feature = "redis")]
     pub fn l2_redis_cluster<S: AsRef<str>>(self, urls: &[S]) -> Self {
-        self.redis_store(crate::redis::RedisStore::cluster(urls))
+        self.redis_store(crate::redis_store::RedisStore::cluster(urls))
     }
 
     /// `store` (shared with its clones: one connection, one subscription) as the
     /// L2 tier and the invalidation bus.
     #[cfg(feature = "redis")]
-    pub fn redis(self, store: crate::redis::RedisStore) -> Self {
+    pub fn redis(self, store: crate::redis_store::RedisStore) -> Self {
         self.redis_store(Ok(store))
     }
 
     #[cfg(feature = "redis")]
-    fn redis_store(mut self, store: Result<crate::redis::RedisStore, Error>) -> Self {
+    fn redis_store(mut self, store: Result<crate::redis_store::RedisStore, Error>) -> Self {
         if self.bus_from == BusFrom::Store {
             self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
         }
@@ -187,7 +187,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             self.bus = None;
             #[cfg(feature = "redis")]
             if let Some(redis) =
-                (&store as &dyn std::any::Any).downcast_ref::<crate::redis::RedisStore>()
+                (&store as &dyn std::any::Any).downcast_ref::<crate::redis_store::RedisStore>()
             {
                 self.bus = Some(Ok(Arc::new(redis.clone())));
             }

@@ -67,7 +67,7 @@ mod remote;
 #[cfg(feature = "testing")]
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+mod redis_store;
 mod source;
 // mechanisms
 mod backoff;
@@ -113,7 +113,20 @@ pub use policy::{
     DEFAULT_LEASE_TTL,
 };
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub use redis_store::RedisStore;
+
+/// The `redis` crate this version builds on (for `redis::Client`, given to
+/// [`RedisStore::from_client`], without a version of your own to keep in step).
+#[cfg(feature = "redis")]
+pub use ::redis;
+
+/// The `deadpool-postgres` crate [`PgLoader`] takes a pool of.
+#[cfg(feature = "postgres")]
+pub use ::deadpool_postgres;
+
+/// The `tokio-postgres` crate [`PgLoader`]'s rows come from.
+#[cfg(feature = "postgres")]
+pub use ::tokio_postgres;
 pub use remote::{RemoteStore, ScanCursor, ScanStep};
 #[cfg(feature = "postgres")]
 pub use source::postgres::PgLoader;

@@ -1,5 +1,5 @@
 //! The bus's port: [`Backplane`], a publish/subscribe transport for invalidation
-//! messages, implemented by the Redis adapter (`redis/pubsub.rs`), the in-memory
+//! messages, implemented by the Redis adapter (`redis_store/pubsub.rs`), the in-memory
 //! double (`memory/`) and users' own transports.
 
 use std::fmt;

@@ -131,7 +131,11 @@ async fn a_redis_store_given_to_l2_brings_its_bus() {
     let redis = Redis::start_own(&[]);
     let url = redis.url().to_owned();
     let db = Versions::new();
-    let store = |b: TieredCacheBuilder<String, u64>| b.l2(RedisStore::standalone(&url).unwrap());
+    // Through the re-exported `redis` crate (no version of the test's own).
+    let store = |b: TieredCacheBuilder<String, u64>| {
+        let client = tiered::redis::Client::open(url.as_str()).unwrap();
+        b.l2(RedisStore::from_client(client))
+    };
     let (a, b) = (
         instance(&db, "l2-bus", store),
         instance(&db, "l2-bus", store),
