@@ -86,17 +86,27 @@ mod key;
 mod namespace;
 mod pattern;
 
-pub use builder::{
-    TieredCacheBuilder, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES,
-    DEFAULT_BREAKER_PROBE_DELAY, DEFAULT_JITTER, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
-    DEFAULT_L2_FILL_WINDOW, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
-};
+pub use builder::TieredCacheBuilder;
+
+/// The settings a cache has unless its builder says otherwise.
+pub mod defaults {
+    pub use crate::builder::{
+        DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_PROBE_DELAY,
+        DEFAULT_JITTER, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_FILL_WINDOW,
+        DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NEGATIVE_TTL,
+    };
+    pub use crate::codec::DEFAULT_L2_MAX_VALUE_BYTES;
+    pub use crate::policy::{
+        DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_LEASE_TTL,
+    };
+    pub use crate::source::DEFAULT_LOAD_MANY_CONCURRENCY;
+}
 pub use bus::{Backplane, Delivery};
 pub use cache::{TieredCache, Warmed, WithOptions};
 pub use clock::{Clock, ManualClock};
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
-pub use codec::{Codec, DecodeError, DEFAULT_L2_MAX_VALUE_BYTES};
+pub use codec::{Codec, DecodeError};
 pub use error::{BoxError, Error, SharedError};
 pub use key::{CacheKey, CacheValue};
 #[cfg(feature = "testing")]
@@ -108,10 +118,7 @@ pub use observe::{
     TierStats, Written,
 };
 pub use pattern::{escape_glob, Pattern};
-pub use policy::{
-    EntryOptions, L1Eviction, Ttl, DEFAULT_EARLY_REFRESH_BETA, DEFAULT_FAIL_SAFE_THROTTLE,
-    DEFAULT_LEASE_TTL,
-};
+pub use policy::{EntryOptions, L1Eviction, Ttl};
 #[cfg(feature = "redis")]
 pub use redis_store::RedisStore;
 
@@ -132,7 +139,6 @@ pub use remote::{RemoteStore, ScanCursor, ScanStep};
 pub use source::postgres::PgLoader;
 pub use source::{
     loader_fn, loader_with_context_fn, ContextFnLoader, FnLoader, LoadContext, Loaded, Loader,
-    DEFAULT_LOAD_MANY_CONCURRENCY,
 };
 /// Caches an `async fn` through a [`TieredCache<String, V>`].
 ///

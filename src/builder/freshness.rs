@@ -10,7 +10,7 @@ use crate::policy::{Freshness, Ttl, TtlPolicy};
 
 impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// Probabilistic early refresh (XFetch) with this `beta` (default
-    /// [`DEFAULT_EARLY_REFRESH_BETA`](crate::DEFAULT_EARLY_REFRESH_BETA), on):
+    /// [`DEFAULT_EARLY_REFRESH_BETA`](crate::defaults::DEFAULT_EARLY_REFRESH_BETA), on):
     /// a hit shortly before its entry goes stale refreshes it in the background,
     /// with a probability that rises as expiry nears, sooner for entries whose
     /// load was slow; larger `beta` refreshes earlier. The caller gets the
@@ -51,7 +51,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
 
     /// How long a stale copy served by fail-safe is served before the loader is
     /// tried again (default
-    /// [`DEFAULT_FAIL_SAFE_THROTTLE`](crate::DEFAULT_FAIL_SAFE_THROTTLE)).
+    /// [`DEFAULT_FAIL_SAFE_THROTTLE`](crate::defaults::DEFAULT_FAIL_SAFE_THROTTLE)).
     pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.freshness.throttle = throttle;
         self
@@ -81,7 +81,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// in L2, and load themselves if it has not after twice `lease` (a holder that
     /// died frees its lease when it expires, and one waiter takes it over). With
     /// the breaker open, each instance loads for itself. `lease` should outlast a
-    /// load; [`DEFAULT_LEASE_TTL`](crate::DEFAULT_LEASE_TTL) is a start.
+    /// load; [`DEFAULT_LEASE_TTL`](crate::defaults::DEFAULT_LEASE_TTL) is a start.
     pub fn fleet_single_flight(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
