@@ -13,8 +13,8 @@
 //! on a 300 ms load, then one caller that waits: how many loads they caused,
 //! and when that caller had its value.
 //!
-//! Run: `cargo bench --bench expiry_storm` (10 s per variant), or
-//! `cargo bench --bench expiry_storm -- --secs 30`.
+//! Run: `cargo bench --features postgres --bench expiry_storm` (10 s per variant), or
+//! `cargo bench --features postgres --bench expiry_storm -- --secs 30`.
 
 #[path = "support/postgres_server.rs"]
 mod postgres;

@@ -178,7 +178,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 
     /// Any [`RemoteStore`] as the L2 tier (with no bus unless [`bus`](Self::bus)
-    /// sets one). A `RedisStore` is [`redis`](Self::redis): it brings its bus
+    /// sets one). A `RedisStore` is as with `redis(...)`: it brings its bus
     /// (its pub/sub) too, unless [`bus`](Self::bus) or
     /// [`no_bus`](Self::no_bus) said otherwise; another store given after it
     /// takes its bus away with it.
@@ -587,6 +587,17 @@ fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Where a builder's bus comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BusFrom {
+    /// The L2 store's own (a `RedisStore`'s pub/sub), if it has one.
+    Store,
+    /// `bus(...)`.
+    Given,
+    /// `no_bus()`.
+    Nowhere,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,15 +676,4 @@ mod tests {
             .l2_probe_delay(Duration::from_secs(60)))
         .is_ok());
     }
-}
-
-/// Where a builder's bus comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BusFrom {
-    /// The L2 store's own (a `RedisStore`'s pub/sub), if it has one.
-    Store,
-    /// `bus(...)`.
-    Given,
-    /// `no_bus()`.
-    Nowhere,
 }

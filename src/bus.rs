@@ -123,8 +123,12 @@ impl Bus {
 
     /// The subscription was lost (it is being re-established).
     pub(crate) fn mark_lost(&self) {
-        *self.up.lock().unwrap_or_else(PoisonError::into_inner) =
-            (false, Some(std::time::Instant::now()));
+        let mut up = self.up.lock().unwrap_or_else(PoisonError::into_inner);
+        // Down since it went down (or since the listener started, if it never
+        // came up), not since it was last told.
+        if up.0 {
+            *up = (false, Some(std::time::Instant::now()));
+        }
     }
 
     /// What is published on this cache's channel from now on.

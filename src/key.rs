@@ -16,6 +16,20 @@ use serde::Serialize;
 /// share one L2 entry. Strings render as themselves and integers in decimal; for a
 /// composite key, put an unambiguous separator between fields (e.g. `user:{id}`)
 /// and make sure no field can contain it.
+///
+/// Tuples of up to four keys are keys: their parts' string forms joined by `:`,
+/// each with `:` and `\` escaped by a `\`, so the form is one-to-one (`(7,
+/// "a:b")` is `7:a\:b`) and parses back. A pattern over them matches those
+/// strings: a literal part goes in escaped, then through
+/// [`escape_glob`](crate::escape_glob):
+///
+/// ```
+/// use tiered::{escape_glob, CacheKey};
+/// assert_eq!((7, "a:b".to_owned()).to_key_string(), r"7:a\:b");
+/// // Every key (7, "a:b", _) of a cache of (u64, String, u64) keys:
+/// let glob = format!("7:{}:*", escape_glob(&("a:b",).to_key_string()));
+/// assert_eq!(glob, r"7:a\\:b:*");
+/// ```
 pub trait CacheKey: Hash + Eq + Clone + Send + Sync + 'static {
     /// Appends the key's string form to `out`.
     fn write_key(&self, out: &mut String);
@@ -128,12 +142,7 @@ fn split_parts(s: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
-/// Tuples of keys, up to four: their parts' key strings joined by `:`, each
-/// with `:` and `\\` escaped by a `\\` (so `(7, "a:b")` is `7:a\\:b`, one-to-one).
-/// A pattern over them matches those strings: a literal part goes in as its
-/// escaped form, then through [`escape_glob`](crate::escape_glob), e.g.
-/// `format!("7:{}", escape_glob(&("a:b",).to_key_string()))` for every key
-/// `(7, "a:b", ..)`.
+/// `CacheKey` for tuples of up to four keys (see the trait's docs).
 macro_rules! tuple_keys {
     ($(($($t:ident $i:tt),+))*) => {$(
         impl<$($t: CacheKey),+> CacheKey for ($($t,)+) {

@@ -25,10 +25,12 @@
 //!
 //! # Features
 //! - `redis` (default): `RedisStore`, Redis standalone or Cluster as L2.
-//! - `postgres` (default): `PgLoader`, on deadpool-postgres.
 //! - `macros` (default): the `#[cached_tier]` attribute.
+//! - `postgres`: `PgLoader`, on deadpool-postgres.
+//! - `tls`: `rediss://` URLs (rustls).
 //! - `metrics`: `MetricsObserver`, reporting to the `metrics` facade.
 //! - `encryption`: `Encryption`, AES-256-GCM at rest for L2 values.
+//! - `uuid`: `CacheKey` for `uuid::Uuid`.
 //! - `testing`: `MemoryStore` and `MemoryBus`, an in-memory L2 and bus with
 //!   Redis's semantics and fault injection, to run several instances of a cache
 //!   in one test process with no server.
@@ -200,7 +202,7 @@ pub use tiered_macros::cached_tier;
 
 /// The README's examples, compiled and run as doctests (its first needs
 /// `postgres`).
-#[cfg(all(doctest, feature = "postgres"))]
+#[cfg(all(doctest, feature = "postgres", feature = "redis", feature = "macros"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

@@ -66,8 +66,8 @@ pub struct L2Error {
 #[non_exhaustive]
 pub struct BusHealth {
     /// Whether the listener has started: it starts with the cache's first
-    /// miss or change (until then nothing is missed: there is nothing in L1
-    /// to invalidate).
+    /// miss or change made in a tokio runtime (outside one, no listener runs,
+    /// and other instances' messages are not heard).
     pub listening: bool,
     /// Whether the subscription is up now (false until it first is).
     pub subscribed: bool,

@@ -1,5 +1,5 @@
 //! The shared tier's port: [`RemoteStore`], a key-value store at the level of
-//! bytes, implemented by the Redis adapter (`redis.rs`), the in-memory double
+//! bytes, implemented by the Redis adapter (`redis_store.rs`), the in-memory double
 //! (`memory/`) and users' own stores.
 
 use std::fmt;

@@ -142,9 +142,11 @@ async fn health_follows_the_breaker_and_the_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_stream_that_ends_is_reported_lost() {
     use futures_util::StreamExt;
+    use std::sync::Arc;
     use tiered::{Backplane, Delivery};
+    /// Yields `Subscribed`, then ends when told.
     #[derive(Debug)]
-    struct Ending;
+    struct Ending(Arc<tokio::sync::Notify>);
     impl Backplane for Ending {
         fn publish<'a>(
             &'a self,
@@ -154,15 +156,30 @@ async fn a_bus_stream_that_ends_is_reported_lost() {
             Box::pin(async { Ok(()) })
         }
         fn subscribe(&self, _channel: &str) -> futures_util::stream::BoxStream<'static, Delivery> {
-            futures_util::stream::iter([Delivery::Subscribed]).boxed()
+            let end = Arc::clone(&self.0);
+            let ending = futures_util::stream::once(async move {
+                end.notified().await;
+                None
+            });
+            futures_util::stream::once(async { Some(Delivery::Subscribed) })
+                .chain(ending)
+                .filter_map(|delivery| async move { delivery })
+                .boxed()
         }
     }
+    let end = Arc::new(tokio::sync::Notify::new());
     let cache = TieredCache::<u64, u64>::builder("ending")
         .l2(MemoryStore::new())
-        .bus(Ending)
+        .bus(Ending(Arc::clone(&end)))
         .build()
         .unwrap();
     cache.insert(1, 1).await;
+    crate::support::eventually("subscribed", || async {
+        cache.health().bus.is_some_and(|bus| bus.subscribed)
+    })
+    .await;
+    assert!(!cache.health().degraded());
+    end.notify_one();
     crate::support::eventually("seen lost", || async {
         cache
             .health()
