@@ -4,34 +4,14 @@
 //! an instance started later; against a load in flight, a lost message, an
 //! owed stamp, and entries written without a birth.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tiered::{BoxError, ManualClock, MemoryBus, MemoryStore, StoreOp, TieredCache};
 
-use crate::support::eventually;
+use crate::support::{eventually, Db};
 use crate::tags::NoTags;
-
-/// The service's database: a version per key (1 until set), and a load count.
-#[derive(Debug, Default)]
-struct Db {
-    rows: Mutex<HashMap<String, u64>>,
-    loads: AtomicU64,
-    /// Loads wait here for a permit (when armed).
-    gate: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-impl Db {
-    fn set(&self, key: &str, version: u64) {
-        self.rows.lock().unwrap().insert(key.to_owned(), version);
-    }
-
-    fn loads(&self) -> u64 {
-        self.loads.load(Ordering::SeqCst)
-    }
-}
 
 /// An instance of cache "epoch" (untagged entries), with its own clock.
 fn instance_at(

@@ -2,32 +2,17 @@
 //! the tag in every tier and instance, in one store call and one message, and
 //! holds against loads in flight, lost messages and an unreachable store.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::Db;
 use tiered::{
     loader_with_context_fn, BoxError, LoadContext, Loaded, MemoryBus, MemoryStore, StoreOp,
     TieredCache,
 };
 
-/// The service's database: a version per key (1 until set), and a load count.
 /// A key `user:N:…` is tagged `user:N`.
-#[derive(Debug, Default)]
-struct Db {
-    rows: Mutex<HashMap<String, u64>>,
-    loads: AtomicU64,
-    /// Loads wait here while it holds no permit (when armed).
-    gate: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-impl Db {
-    fn set(&self, key: &str, version: u64) {
-        self.rows.lock().unwrap().insert(key.to_owned(), version);
-    }
-}
-
 fn user_of(key: &str) -> String {
     key.split(':').take(2).collect::<Vec<_>>().join(":")
 }
