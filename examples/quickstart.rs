@@ -52,7 +52,7 @@ impl Loader<u64, Arc<User>> for Db {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), tiered::Error> {
+async fn main() -> Result<(), tiered::BoxError> {
     let db = Db::default();
     let users = TieredCache::<u64, Arc<User>>::builder("users")
         .l1_max_entries(10_000)

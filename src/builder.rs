@@ -10,7 +10,7 @@ use crate::cache::TieredCache;
 use crate::clock::Clock;
 use crate::codec::{fingerprint, Codec, Wire, DEFAULT_L2_MAX_VALUE_BYTES};
 use crate::engine::{Core, Settings};
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, ConfigError};
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{self, L1Capacity, Weigher};
 use crate::namespace::Namespace;
@@ -61,8 +61,8 @@ pub struct TieredCacheBuilder<K, V> {
     loader: Option<Arc<dyn DynLoader<K, V>>>,
     clock: Clock,
     observers: Vec<Arc<dyn Observer>>,
-    l2: Option<Result<Arc<dyn RemoteStore>, Error>>,
-    bus: Option<Result<Arc<dyn Backplane>, Error>>,
+    l2: Option<Result<Arc<dyn RemoteStore>, ConfigError>>,
+    bus: Option<Result<Arc<dyn Backplane>, ConfigError>>,
     /// Where the bus came from: a store that brought it (`redis`, `l2_redis`,
     /// `.l2(RedisStore)`), `bus(...)`, or `no_bus()`.
     bus_from: BusFrom,
@@ -169,7 +169,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 
     #[cfg(feature = "redis")]
-    fn redis_store(mut self, store: Result<crate::redis_store::RedisStore, Error>) -> Self {
+    fn redis_store(mut self, store: Result<crate::redis_store::RedisStore, ConfigError>) -> Self {
         if self.bus_from == BusFrom::Store {
             self.bus = Some(store.clone().map(|s| Arc::new(s) as Arc<dyn Backplane>));
         }
@@ -405,16 +405,16 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     }
 
     /// Builds the cache, or says which setting is wrong.
-    pub fn build(self) -> Result<TieredCache<K, V>, Error> {
+    pub fn build(self) -> Result<TieredCache<K, V>, ConfigError> {
         validate_name(&self.name)?;
         if !(0.0..1.0).contains(&self.ttl.jitter) {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::new(format!(
                 "jitter must be in [0, 1), got {}",
                 self.ttl.jitter
             )));
         }
         if self.ttl.l1.is_zero() {
-            return Err(Error::Config("l1_ttl must be greater than zero".into()));
+            return Err(ConfigError::new("l1_ttl must be greater than zero"));
         }
         for (setting, ttl) in [
             ("l1_ttl", self.ttl.l1),
@@ -424,7 +424,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             ("l2_breaker cool-down", self.breaker.cooldown),
         ] {
             if ttl > Ttl::MAX {
-                return Err(Error::Config(format!(
+                return Err(ConfigError::new(format!(
                     "{setting} must be at most Ttl::MAX (10 years), got {ttl:?}"
                 )));
             }
@@ -432,10 +432,9 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
         freshness::validate(&self.freshness, &self.ttl, self.l2.is_some(), self.lease)?;
         let freshness = self.freshness;
         if self.eviction == L1Eviction::Adaptive && matches!(self.capacity, Capacity::Bytes(_)) {
-            return Err(Error::Config(
+            return Err(ConfigError::new(
                 "L1Eviction::Adaptive needs an entry-bounded L1 (l1_max_entries): its \
-                 simulation counts keys, not bytes"
-                    .into(),
+                 simulation counts keys, not bytes",
             ));
         }
         let capacity = match self.capacity {
@@ -448,39 +447,35 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             },
         };
         if self.l2_timeout.is_zero() || self.l2_timeout > MAX_L2_TIMEOUT {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::new(format!(
                 "l2_timeout must be greater than zero and at most {MAX_L2_TIMEOUT:?} (a read \
                  may wait this long for Redis), got {:?}",
                 self.l2_timeout
             )));
         }
         if self.l2_max_value_bytes < 1024 {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::new(format!(
                 "l2_max_value_bytes must be at least 1024, got {}",
                 self.l2_max_value_bytes
             )));
         }
         if self.l2_fill_window.is_zero() {
-            return Err(Error::Config(
-                "l2_fill_window must be greater than zero".into(),
-            ));
+            return Err(ConfigError::new("l2_fill_window must be greater than zero"));
         }
         let mut breaker = self.breaker;
         if !self.probe_delay_set {
             breaker.probe_delay = breaker.probe_delay.min(breaker.cooldown);
         }
         if breaker.failures == 0 {
-            return Err(Error::Config(
-                "l2_breaker: failures must be at least 1".into(),
-            ));
+            return Err(ConfigError::new("l2_breaker: failures must be at least 1"));
         }
         if breaker.cooldown.is_zero() {
-            return Err(Error::Config(
-                "l2_breaker: the cool-down must be greater than zero".into(),
+            return Err(ConfigError::new(
+                "l2_breaker: the cool-down must be greater than zero",
             ));
         }
         if breaker.probe_delay.is_zero() || breaker.probe_delay > breaker.cooldown {
-            return Err(Error::Config(format!(
+            return Err(ConfigError::new(format!(
                 "l2_probe_delay must be greater than zero and at most the cool-down \
                  ({:?}), got {:?}",
                 breaker.cooldown, breaker.probe_delay
@@ -532,7 +527,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
 
 /// Prefixes may hold `:` (`svc:prod`): the name and the schema version after them
 /// have none, so a namespace still splits one way only.
-fn validate_prefix(prefix: String) -> Result<String, Error> {
+fn validate_prefix(prefix: String) -> Result<String, ConfigError> {
     let valid = prefix.len() <= 128
         && prefix
             .bytes()
@@ -540,7 +535,7 @@ fn validate_prefix(prefix: String) -> Result<String, Error> {
     if valid {
         Ok(prefix)
     } else {
-        Err(Error::Config(format!(
+        Err(ConfigError::new(format!(
             "l2_prefix {prefix:?} must be up to 128 characters of [A-Za-z0-9_.:-]"
         )))
     }
@@ -572,7 +567,7 @@ fn executable_prefix() -> String {
 
 /// Names become part of every L2 key (`{prefix}{name}:{schema}:{key}`), so they are
 /// kept to characters that cannot be confused with the separator or a glob.
-fn validate_name(name: &str) -> Result<(), Error> {
+fn validate_name(name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -581,7 +576,7 @@ fn validate_name(name: &str) -> Result<(), Error> {
     if valid {
         Ok(())
     } else {
-        Err(Error::Config(format!(
+        Err(ConfigError::new(format!(
             "cache name {name:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"
         )))
     }
@@ -606,7 +601,7 @@ mod tests {
     fn names_are_checked() {
         for bad in ["", "a:b", "a*", "sp ace", &"x".repeat(65)] {
             assert!(
-                matches!(validate_name(bad), Err(Error::Config(_))),
+                matches!(validate_name(bad), Err(ConfigError { .. })),
                 "{bad:?}"
             );
         }
@@ -618,7 +613,7 @@ mod tests {
     #[test]
     fn bad_settings_are_errors_not_panics() {
         let jitter = TieredCache::<u64, u64>::builder("t").jitter(1.5).build();
-        assert!(matches!(jitter, Err(Error::Config(m)) if m.contains("jitter")));
+        assert!(matches!(jitter, Err(e) if e.message().contains("jitter")));
         let nan = TieredCache::<u64, u64>::builder("t")
             .jitter(f64::NAN)
             .build();
@@ -626,7 +621,7 @@ mod tests {
         let ttl = TieredCache::<u64, u64>::builder("t")
             .l1_ttl(Duration::ZERO)
             .build();
-        assert!(matches!(ttl, Err(Error::Config(m)) if m.contains("l1_ttl")));
+        assert!(matches!(ttl, Err(e) if e.message().contains("l1_ttl")));
     }
 
     #[test]
@@ -655,7 +650,7 @@ mod tests {
             build(|b| b.l2_breaker(5, Duration::MAX)),
             build(|b| b.l2_timeout(Duration::MAX)),
         ] {
-            assert!(matches!(bad, Err(Error::Config(_))), "{bad:?}");
+            assert!(matches!(bad, Err(ConfigError { .. })), "{bad:?}");
         }
         assert!(build(|b| b.l2_ttl(Ttl::MAX).l1_ttl(Ttl::MAX)).is_ok());
     }

@@ -1,9 +1,11 @@
 //! [`TieredCache`]: the public type, a handle to one engine [`Core`]. Every
 //! method here says what it promises and hands the work to the engine.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +18,13 @@ use crate::observe::{Stats, Written};
 use crate::policy::{EntryOptions, Plan};
 
 mod options;
+mod peek;
+mod try_get;
 mod warm;
 
 pub use self::options::WithOptions;
+pub use self::peek::Peeked;
+pub(crate) use self::try_get::OwnLoad;
 pub use self::warm::Warmed;
 
 /// A three-tier cache: L1 in process, then L2 (shared), then the loader, with one
@@ -31,7 +37,7 @@ pub use self::warm::Warmed;
 /// use tiered::{BoxError, TieredCache};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), tiered::Error> {
+/// # async fn main() -> Result<(), tiered::BoxError> {
 /// let users = TieredCache::<u64, String>::builder("users")
 ///     .loader_fn(|id: u64| async move { Ok::<_, BoxError>(Some(format!("user {id}"))) })
 ///     .build()?;
@@ -78,8 +84,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
 
     /// The Redis (L2) key that holds `key`'s entry, if the cache has an L2:
     /// `{prefix}:{name}:{schema version}:{key}`.
-    pub fn l2_key(&self, key: &K) -> Option<String> {
-        self.core.l2_key(key)
+    pub fn l2_key<Q>(&self, key: &Q) -> Option<String>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.core.l2_key(&key.to_owned())
     }
 
     /// A snapshot of the cache's counters.
@@ -126,15 +136,27 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// The value of `key`: from L1, else from L2, else from the loader (one flight
     /// however many callers ask at once). `Ok(None)` means the loader found nothing,
     /// which is remembered for the negative TTL. Without a loader, only the cache
-    /// tiers are read. L2 failures never fail a read: they are counted misses.
-    pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
+    /// tiers are read (and `Ok(None)` is also a key they do not hold: see
+    /// [`peek`](Self::peek)). L2 failures never fail a read: they are counted
+    /// misses.
+    ///
+    /// `key` is any borrowed form of the key, as with moka and `HashMap`: a
+    /// `&str` for a `String` key. A hit reads L1 with it as it is; a miss
+    /// makes the owned key (`to_owned`) for the rest.
+    pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let job = match self.core.lookup(key).await {
             Lookup::Hit(entry) => return Ok(entry.value),
             miss => miss.into_job(),
         };
         // Boxed: the miss path's state machine is large, and keeping it out of
         // `get`'s future keeps a hit from moving it around.
-        Box::pin(self.core.fly(key, None::<std::future::Ready<_>>, job)).await
+        let key = key.to_owned();
+        let core = &self.core;
+        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
     }
 
     /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
@@ -143,8 +165,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// `source()` is the original error. If the key is invalidated while `load`
     /// runs, its value is returned to this caller but cached nowhere, and callers
     /// that were waiting on it run their own `load` instead.
-    pub async fn get_with<F, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    ///
+    /// To get `load`'s own error type back rather than an [`Error`], use
+    /// [`try_get_with`](Self::try_get_with).
+    pub async fn get_with<Q, F, E>(&self, key: &Q, load: F) -> Result<Option<V>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
@@ -153,7 +180,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             miss => miss.into_job(),
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        Box::pin(self.core.fly(key, Some(first), job)).await
+        let key = key.to_owned();
+        let core = &self.core;
+        Box::pin(async move { core.fly(&key, Some(first), job).await }).await
     }
 
     /// Cache-aside with a `'static` loader: the value of `key` from L1 or L2, or
@@ -187,7 +216,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// use tiered::{BoxError, TieredCache};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiered::Error> {
+    /// # async fn main() -> Result<(), tiered::BoxError> {
     /// let names = TieredCache::<u64, Arc<str>>::builder("names").build()?;
     /// let prefix: Arc<str> = "user ".into(); // what the load needs, owned
     /// let name = names
@@ -199,8 +228,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// assert_eq!(name.as_deref(), Some("user 7"));
     /// # Ok(()) }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    pub async fn get_or_load<Q, F, Fut, E>(&self, key: &Q, load: F) -> Result<Option<V>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError>,
@@ -209,13 +240,15 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     }
 
     /// [`get_or_load`](Self::get_or_load) under the call's `plan`.
-    pub(crate) async fn get_or_load_planned<F, Fut, E>(
+    pub(crate) async fn get_or_load_planned<Q, F, Fut, E>(
         &self,
-        key: &K,
+        key: &Q,
         load: F,
         plan: Option<&Arc<Plan>>,
     ) -> Result<Option<V>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError>,
@@ -230,7 +263,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             plan: plan.cloned(),
             ..job
         };
-        Box::pin(self.core.fly(key, None::<std::future::Ready<_>>, job)).await
+        let key = key.to_owned();
+        let core = &self.core;
+        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
     }
 
     /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
@@ -257,7 +292,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// use tiered::{BoxError, TieredCache};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiered::Error> {
+    /// # async fn main() -> Result<(), tiered::BoxError> {
     /// let prices = TieredCache::<u64, u64>::builder("prices").build()?;
     /// prices.insert(1, 100).await;
     /// let found = prices
@@ -329,8 +364,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// cache.insert_with_tags("orders:7".into(), 3, &["user:7", "orders"]).await;
     /// cache.insert_with_tags("profile:8".into(), 80, &["user:8"]).await;
     /// cache.invalidate_tag("user:7").await; // everything about user 7
-    /// assert_eq!(cache.get(&"orders:7".into()).await.unwrap(), None);
-    /// assert_eq!(cache.get(&"profile:8".into()).await.unwrap(), Some(80));
+    /// assert_eq!(cache.get("orders:7").await.unwrap(), None);
+    /// assert_eq!(cache.get("profile:8").await.unwrap(), Some(80));
     /// # }
     /// ```
     pub async fn insert_with_tags(&self, key: K, value: V, tags: &[&str]) -> Written {
@@ -381,8 +416,12 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// this returns, no load that was in flight (on any instance) can write back
     /// what it read before. If L2 cannot be reached (or this call is cancelled),
     /// the deletion is replayed before this instance reads L2 again.
-    pub async fn invalidate(&self, key: &K) -> Written {
-        self.core.invalidate(key).await
+    pub async fn invalidate<Q>(&self, key: &Q) -> Written
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.core.invalidate(&key.to_owned()).await
     }
 
     /// Removes `keys` from every tier, and from every other instance's L1, as
@@ -425,8 +464,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// cache.insert("user:7:order:1".into(), 10).await;
     /// cache.insert("user:8:order:1".into(), 20).await;
     /// cache.invalidate_pattern("user:7:*").await;
-    /// assert_eq!(cache.get(&"user:7:order:1".into()).await.unwrap(), None);
-    /// assert_eq!(cache.get(&"user:8:order:1".into()).await.unwrap(), Some(20));
+    /// assert_eq!(cache.get("user:7:order:1").await.unwrap(), None);
+    /// assert_eq!(cache.get("user:8:order:1").await.unwrap(), Some(20));
     /// # }
     /// ```
     pub async fn invalidate_pattern(&self, pattern: &str) -> Written {

@@ -33,6 +33,7 @@ mod batch;
 pub(crate) mod flight;
 mod listen;
 pub(crate) mod lookup;
+mod peek;
 pub(crate) mod refresh;
 mod tag_checks;
 mod write;

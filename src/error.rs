@@ -1,4 +1,4 @@
-//! The crate's one error type.
+//! The crate's errors: [`Error`] for reads, [`ConfigError`] for building.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -10,10 +10,12 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// An error shared by every caller of one flight: the loader's own error, kept whole.
 pub type SharedError = Arc<dyn StdError + Send + Sync + 'static>;
 
-/// Everything a [`TieredCache`](crate::TieredCache) can fail with.
+/// What a read of a [`TieredCache`](crate::TieredCache) can fail with.
 ///
 /// Cache tiers never produce errors on the read path: a failing or missing tier is a
-/// miss. What reaches the caller is the loader's failure, or a configuration mistake.
+/// miss. What reaches the caller is the loader's failure. (Building a cache fails
+/// with a [`ConfigError`] instead; [`try_get_with`](crate::TieredCache::try_get_with)
+/// returns the caller's own error type.)
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,8 +44,6 @@ pub enum Error {
         /// The hard timeout.
         after: std::time::Duration,
     },
-    /// The builder was given a setting it cannot use.
-    Config(String),
 }
 
 impl fmt::Display for Error {
@@ -62,7 +62,6 @@ impl fmt::Display for Error {
                     "loading key `{key}` took longer than {after:?}: given up"
                 )
             }
-            Error::Config(msg) => write!(f, "invalid cache configuration: {msg}"),
         }
     }
 }
@@ -75,3 +74,34 @@ impl StdError for Error {
         }
     }
 }
+
+/// A setting the builder (or a store's constructor) cannot use: returned by
+/// [`TieredCacheBuilder::build`](crate::TieredCacheBuilder::build),
+/// [`RedisStore::standalone`](crate::RedisStore::standalone) and
+/// [`RedisStore::cluster`](crate::RedisStore::cluster), never by a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+
+    /// What is wrong, in words (the [`Display`](fmt::Display) form without its
+    /// prefix).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid cache configuration: {}", self.message)
+    }
+}
+
+impl StdError for ConfigError {}

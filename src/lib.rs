@@ -12,12 +12,12 @@
 //! use tiered::{BoxError, TieredCache};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tiered::Error> {
+//! # async fn main() -> Result<(), tiered::BoxError> {
 //! let cache = TieredCache::<String, u64>::builder("lengths")
 //!     .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key.len() as u64)) })
 //!     .build()?;
-//! assert_eq!(cache.get(&"hello".to_owned()).await?, Some(5));
-//! cache.invalidate(&"hello".to_owned()).await;
+//! assert_eq!(cache.get("hello").await?, Some(5));
+//! cache.invalidate("hello").await;
 //! # Ok(()) }
 //! ```
 //!
@@ -104,12 +104,12 @@ pub mod defaults {
     pub use crate::source::DEFAULT_LOAD_MANY_CONCURRENCY;
 }
 pub use bus::{Backplane, Delivery};
-pub use cache::{TieredCache, Warmed, WithOptions};
+pub use cache::{Peeked, TieredCache, Warmed, WithOptions};
 pub use clock::{Clock, ManualClock};
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
 pub use codec::{Codec, DecodeError};
-pub use error::{BoxError, Error, SharedError};
+pub use error::{BoxError, ConfigError, Error, SharedError};
 pub use key::{CacheKey, CacheValue};
 #[cfg(feature = "testing")]
 pub use memory::{MemoryBus, MemoryStore, StoreOp};
@@ -190,7 +190,7 @@ pub use source::{
 /// assert_eq!(user(&Db, 7).await.unwrap().name, "user 7");   // runs the body
 /// assert_eq!(user(&Db, 7).await.unwrap().name, "user 7");   // from the cache
 /// assert!(user(&Db, 0).await.is_err());                     // errors are not cached
-/// USERS.invalidate(&"user:7".to_owned()).await;
+/// USERS.invalidate("user:7").await;
 /// USERS.invalidate_tag("team:7").await;                     // by tag
 /// # }
 /// ```

@@ -1,6 +1,8 @@
 //! The in-process tier: moka future caches of envelopes, with one eviction policy
 //! or (adaptive) whichever of two a shadow simulation prefers.
 
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::mem::size_of;
 use std::sync::Arc;
 
@@ -63,7 +65,11 @@ where
     }
 
     /// A read of `key` (counted by the policy).
-    pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
+    pub(crate) async fn get<Q>(&self, key: &Q) -> Option<Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match &self.repr {
             Repr::Fixed(cache, _) => cache.get(key).await,
             Repr::Adaptive(adaptive) => adaptive.get(key).await,

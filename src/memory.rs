@@ -26,8 +26,8 @@
 //! // Two instances, each with a connection of its own to the same store and bus.
 //! let a = instance(store.connect(), bus.connect());
 //! let b = instance(store.connect(), bus.connect());
-//! assert_eq!(a.get(&"hello".to_owned()).await.unwrap(), Some(5));
-//! assert_eq!(b.get(&"hello".to_owned()).await.unwrap(), Some(5)); // from the store
+//! assert_eq!(a.get("hello").await.unwrap(), Some(5));
+//! assert_eq!(b.get("hello").await.unwrap(), Some(5)); // from the store
 //! assert_eq!(b.stats().l2.hits, 1);
 //! # }
 //! ```

@@ -5,13 +5,12 @@ use std::convert::Infallible;
 use std::fmt::{Display, Write};
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 
-use crate::cache::TieredCache;
-use crate::engine::{Answer, Failure, Fetched, Job, Lookup};
-use crate::key::CacheValue;
+use crate::cache::{OwnLoad, TieredCache};
+use crate::key::{CacheKey, CacheValue};
 use crate::policy::EntryOptions;
 
 /// The per-function options of the attribute.
@@ -28,7 +27,7 @@ pub struct Options<U> {
 
 /// The cache of a function returning `V`: a type error here means the cache's
 /// value type is not the function's.
-pub fn typed_cache<V>(cache: &TieredCache<String, V>) -> &TieredCache<String, V> {
+pub fn typed_cache<K, V>(cache: &TieredCache<K, V>) -> &TieredCache<K, V> {
     cache
 }
 
@@ -132,13 +131,14 @@ impl<T, E> Probe<Result<T, E>> {
 
 /// A function returning `Result<T, E>`: `Ok` is cached, `Err` goes back to every
 /// caller waiting on the key.
-pub async fn result<T, E, U, F>(
-    cache: &TieredCache<String, T>,
-    key: String,
+pub async fn result<K, T, E, U, F>(
+    cache: &TieredCache<K, T>,
+    key: K,
     options: Options<U>,
     body: F,
 ) -> Result<T, E>
 where
+    K: CacheKey,
     T: CacheValue,
     E: Clone + Send + Sync + 'static,
     U: Fn(&T) -> bool,
@@ -154,13 +154,14 @@ where
 
 /// A function returning `Option<T>`: `Some` is cached, `None` too with
 /// `negative = true`.
-pub async fn option<T, U, F>(
-    cache: &TieredCache<String, T>,
-    key: String,
+pub async fn option<K, T, U, F>(
+    cache: &TieredCache<K, T>,
+    key: K,
     options: Options<U>,
     body: F,
 ) -> Option<T>
 where
+    K: CacheKey,
     T: CacheValue,
     U: Fn(&T) -> bool,
     F: Future<Output = Option<T>>,
@@ -172,13 +173,9 @@ where
 }
 
 /// A function returning a plain `T`.
-pub async fn plain<T, U, F>(
-    cache: &TieredCache<String, T>,
-    key: String,
-    options: Options<U>,
-    body: F,
-) -> T
+pub async fn plain<K, T, U, F>(cache: &TieredCache<K, T>, key: K, options: Options<U>, body: F) -> T
 where
+    K: CacheKey,
     T: CacheValue,
     U: Fn(&T) -> bool,
     F: Future<Output = T>,
@@ -200,92 +197,35 @@ where
     }
 }
 
-/// The value of `key` from the cache, or from `body` run as the key's one flight.
-/// Unless `options.negative`, an absence found in the cache is not an answer: the
-/// body runs (uncached) instead, so callers only see `None` when the body said so.
-async fn fetch<T, E, U, F>(
-    cache: &TieredCache<String, T>,
-    key: String,
+/// The value of `key` from the cache, or from `body` run as the key's one flight
+/// (see [`TieredCache::try_get_with`]). Unless `options.negative`, an absence
+/// found in the cache is not an answer: the body runs (uncached) instead, so
+/// callers only see `None` when the body said so.
+async fn fetch<K, T, E, U, F>(
+    cache: &TieredCache<K, T>,
+    key: K,
     options: &Options<U>,
     body: F,
 ) -> Result<Option<T>, E>
 where
+    K: CacheKey,
     T: CacheValue,
     E: Clone + Send + Sync + 'static,
     U: Fn(&T) -> bool,
     F: Future<Output = Result<Option<T>, E>>,
 {
-    let core = cache.core();
-    // A body cannot refresh its entry early: the cache's settings serve the
-    // lookup, and the call's options (laid over them only on a miss) the
-    // flight.
-    let lookup = match options.entry.skips_l1_reads() {
-        true => Lookup::Miss,
-        false => core.lookup(&key).await,
-    };
-    let fallback = match lookup {
-        Lookup::Hit(entry) if entry.value.is_some() || options.negative => {
-            return Ok(entry.value);
-        }
-        Lookup::Stale(fallback) => Some(fallback),
-        _ => None,
-    };
-    let defaults = core.defaults();
+    let defaults = cache.core().defaults();
     let plan = (options.entry != EntryOptions::default())
         .then(|| options.entry.plan(&defaults.freshness, &defaults.ttl));
-    let slot = Mutex::new(Some(body));
-    let take = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let first = async {
-        let body = take().expect("a flight runs its body once");
-        match body.await {
-            Ok(value) => {
-                let keep = match &value {
-                    Some(v) => !(options.unless)(v),
-                    None => options.negative,
-                };
-                Ok(Fetched {
-                    keep,
-                    ..Fetched::cached(value)
-                })
-            }
-            Err(error) => Err(Failure::Foreign {
-                error: Arc::new(error),
-                type_name: std::any::type_name::<E>(),
-            }),
-        }
+    let how = OwnLoad {
+        plan: plan.as_ref(),
+        absence_answers: options.negative,
+        unless: &options.unless,
     };
-    // `answered`: a run of a body of this function said so (its value, or its
-    // `None`), which every caller of the flight takes.
-    // The body's own error type comes back to callers: no hard timeout.
-    let job = Job {
-        fallback,
-        time_limit: false,
-        plan,
-        ..Job::default()
-    };
-    let (shared, answered) = match core.fly_raw(&key, Some(first), job).await {
-        Ok(entry) => (Ok(entry.value), false),
-        Err(flight) => match flight.answer() {
-            Answer::Value(value) => (Ok(value), false),
-            Answer::Unkept(value) => (Ok(value), true),
-            Answer::Failed(Failure::Foreign { error, .. }) => match error.downcast_ref::<E>() {
-                Some(error) => return Err(error.clone()),
-                None => (Ok(None), false),
-            },
-            Answer::Failed(Failure::Panicked(message)) => {
-                panic!("the cached function panicked: {message}")
-            }
-            Answer::Failed(Failure::Load(_) | Failure::TimedOut(_)) => (Ok(None), false),
-        },
-    };
-    match (shared, take()) {
-        // The flight gave nothing this function can return (an absence cached by
-        // another writer that this function does not cache, or another caller's
-        // failure of another type) and this caller's body has not run: run it,
-        // uncached.
-        (Ok(None), Some(body)) if !options.negative && !answered => body.await,
-        (shared, _) => shared,
-    }
+    cache
+        .own_load(&key, &how, body)
+        .await
+        .map_err(Arc::unwrap_or_clone)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use redis::{Client, Cmd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, ConfigError};
 use crate::remote::store::{new_identity, RemoteStore, ScanCursor, ScanStep};
 
 mod node;
@@ -141,9 +141,9 @@ impl RedisStore {
 
     /// A standalone server (`redis://[user:password@]host:port[/db]`). Only the URL is
     /// checked here; the connection is made on first use.
-    pub fn standalone(url: &str) -> Result<Self, Error> {
+    pub fn standalone(url: &str) -> Result<Self, ConfigError> {
         install_tls_provider();
-        let client = Client::open(url).map_err(|e| Error::Config(format!("redis url: {e}")))?;
+        let client = Client::open(url).map_err(|e| ConfigError::new(format!("redis url: {e}")))?;
         Ok(Self::from_client(client))
     }
 
@@ -155,7 +155,7 @@ impl RedisStore {
     }
 
     /// A Redis Cluster, from the URLs of some of its nodes.
-    pub fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, Error> {
+    pub fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, ConfigError> {
         install_tls_provider();
         let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
         let client = ClusterClient::builder(urls.clone())
@@ -163,12 +163,12 @@ impl RedisStore {
             .response_timeout(Duration::from_secs(1))
             .retries(1)
             .build()
-            .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
+            .map_err(|e| ConfigError::new(format!("redis cluster urls: {e}")))?;
         let pubsub = urls
             .iter()
             .map(|url| Client::open(*url))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Config(format!("redis cluster urls: {e}")))?;
+            .map_err(|e| ConfigError::new(format!("redis cluster urls: {e}")))?;
         Ok(Self::new(Target::Cluster(Box::new(client)), pubsub))
     }
 

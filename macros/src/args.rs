@@ -4,11 +4,11 @@ use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::{Expr, ExprArray, Ident, Lit, LitBool, LitStr};
 
-/// `#[cached_tier(cache = EXPR, key = "...", skip(a, b), ttl = "30s", negative = true,
-/// unless = EXPR, tags = ["user:{id}", ...], options = EXPR)]`
+/// `#[cached_tier(cache = EXPR, key = "..." | EXPR, skip(a, b), ttl = "30s",
+/// negative = true, unless = EXPR, tags = ["user:{id}", ...], options = EXPR)]`
 pub(crate) struct Args {
     pub(crate) cache: Expr,
-    pub(crate) key: Option<LitStr>,
+    pub(crate) key: Option<Key>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) ttl_millis: Option<u64>,
     pub(crate) negative: bool,
@@ -18,6 +18,14 @@ pub(crate) struct Args {
     /// An `EntryOptions` expression, evaluated per call (`ttl` and `tags` go
     /// over it).
     pub(crate) options: Option<Expr>,
+}
+
+/// The `key` option.
+pub(crate) enum Key {
+    /// A format string over the arguments: a `String` key.
+    Format(LitStr),
+    /// An expression of the cache's key type, evaluated per call.
+    Expr(Expr),
 }
 
 const OPTIONS: &str = "`cache`, `key`, `skip`, `ttl`, `negative`, `unless`, `tags` or `options`";
@@ -50,7 +58,13 @@ impl Args {
                     if key.is_some() {
                         return Err(duplicate());
                     }
-                    key = Some(meta.value()?.parse::<LitStr>()?);
+                    key = Some(match meta.value()?.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(format),
+                            ..
+                        }) => Key::Format(format),
+                        expr => Key::Expr(expr),
+                    });
                 }
                 "skip" => {
                     if skip.is_some() {

@@ -7,7 +7,7 @@ use syn::{
     parse_quote, Error, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type,
 };
 
-use crate::args::Args;
+use crate::args::{Args, Key};
 
 /// What the function returns, and so what is cached.
 enum Kind {
@@ -41,10 +41,11 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         }
     }
     let key = match &args.key {
-        Some(format) => {
+        Some(Key::Format(format)) => {
             check_placeholders("`key`", format, &names, &sig.ident)?;
             quote!(::std::format!(#format))
         }
+        Some(Key::Expr(expr)) => quote!(#expr),
         None => {
             let skips_self = args.skip.iter().any(|s| s == "self");
             if let (Some(span), false) = (self_span, skips_self) {
@@ -102,7 +103,14 @@ pub(crate) fn expand(args: Args, mut function: ItemFn) -> syn::Result<TokenStrea
         _ => quote!(),
     };
     let cache = &args.cache;
-    let cache = quote_spanned!(cache.span()=> #krate::__private::typed_cache::<#value>(&#cache));
+    // A key made from a format string (or the default key) is a `String`;
+    // a `key` expression is of the cache's key type.
+    let key_type = match &args.key {
+        Some(Key::Expr(_)) => quote!(_),
+        _ => quote!(::std::string::String),
+    };
+    let cache =
+        quote_spanned!(cache.span()=> #krate::__private::typed_cache::<#key_type, #value>(&#cache));
     // The entry's options: `options = ...` (else none), then `ttl` and
     // `tags` over them.
     let mut entry = match &args.options {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::TieredCacheBuilder;
-use crate::error::Error;
+use crate::error::ConfigError;
 use crate::key::{CacheKey, CacheValue};
 use crate::policy::{Freshness, Ttl, TtlPolicy};
 
@@ -94,8 +94,8 @@ pub(super) fn validate(
     ttl: &TtlPolicy,
     has_l2: bool,
     lease: Option<Duration>,
-) -> Result<(), Error> {
-    let config = |message: String| Err(Error::Config(message));
+) -> Result<(), ConfigError> {
+    let config = |message: String| Err(ConfigError::new(message));
     if let Some(beta) = freshness.early_beta {
         if !(beta.is_finite() && beta > 0.0) {
             return config(format!(
@@ -155,12 +155,11 @@ pub(super) fn validate(
 #[cfg(test)]
 mod tests {
     use crate::cache::TieredCache;
-    use crate::error::Error;
     use std::time::Duration;
 
     fn refused(builder: crate::builder::TieredCacheBuilder<u64, u64>, words: &str) {
         match builder.build() {
-            Err(Error::Config(message)) => assert!(message.contains(words), "{message}"),
+            Err(e) => assert!(e.message().contains(words), "{e}"),
             other => panic!("expected a config error about {words}, got {other:?}"),
         }
     }

@@ -1,14 +1,16 @@
 //! [`WithOptions`]: a cache's reads and writes under per-call
 //! [`EntryOptions`].
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
 
-use crate::cache::TieredCache;
+use crate::cache::{OwnLoad, TieredCache};
 use crate::engine::{shared, Configured, Fetched, Job, Lookup};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
@@ -26,7 +28,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// use tiered::{BoxError, EntryOptions, TieredCache};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiered::Error> {
+    /// # async fn main() -> Result<(), tiered::BoxError> {
     /// let users = TieredCache::<u64, String>::builder("users")
     ///     .loader_fn(|id: u64| async move { Ok::<_, BoxError>(Some(format!("user {id}"))) })
     ///     .build()?;
@@ -76,17 +78,25 @@ impl<K: CacheKey, V: CacheValue> fmt::Debug for WithOptions<K, V> {
 
 impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     /// [`TieredCache::get`] under the options.
-    pub async fn get(&self, key: &K) -> Result<Option<V>, Error> {
+    pub async fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let job = match self.lookup(key).await {
             Ok(job) => job,
             Err(hit) => return Ok(hit),
         };
-        let core = self.cache.core();
-        Box::pin(core.fly(key, None::<std::future::Ready<_>>, job)).await
+        let (core, key) = (self.cache.core(), key.to_owned());
+        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
     }
 
     /// L1's answer under the options (`Err`: a hit), or the flight's job.
-    async fn lookup(&self, key: &K) -> Result<Job<K, V>, Option<V>> {
+    async fn lookup<Q>(&self, key: &Q) -> Result<Job<K, V>, Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let core = self.cache.core();
         let job = match core.lookup_from(key, Configured, Some(&self.plan)).await {
             Lookup::Hit(entry) => return Err(entry.value),
@@ -99,8 +109,10 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     }
 
     /// [`TieredCache::get_with`] under the options.
-    pub async fn get_with<F, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    pub async fn get_with<Q, F, E>(&self, key: &Q, load: F) -> Result<Option<V>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
@@ -109,13 +121,32 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
             Err(hit) => return Ok(hit),
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        Box::pin(self.cache.core().fly(key, Some(first), job)).await
+        let (core, key) = (self.cache.core(), key.to_owned());
+        Box::pin(async move { core.fly(&key, Some(first), job).await }).await
+    }
+
+    /// [`TieredCache::try_get_with`] under the options.
+    pub async fn try_get_with<Q, F, E>(&self, key: &Q, load: F) -> Result<Option<V>, Arc<E>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: Future<Output = Result<Option<V>, E>>,
+        E: Send + Sync + 'static,
+    {
+        let how = OwnLoad {
+            plan: Some(&self.plan),
+            absence_answers: true,
+            unless: |_: &V| false,
+        };
+        self.cache.own_load(key, &how, load).await
     }
 
     /// [`TieredCache::get_or_load`] under the options (the refreshes its hits
     /// start run under them too).
-    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<Option<V>, Error>
+    pub async fn get_or_load<Q, F, Fut, E>(&self, key: &Q, load: F) -> Result<Option<V>, Error>
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         F: Fn(K) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError>,

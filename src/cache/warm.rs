@@ -35,7 +35,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// use tiered::{BoxError, TieredCache};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiered::Error> {
+    /// # async fn main() -> Result<(), tiered::BoxError> {
     /// let squares = TieredCache::<u64, u64>::builder("squares")
     ///     .loader_fn(|n: u64| async move { Ok::<_, BoxError>(Some(n * n)) })
     ///     .build()?;

@@ -2,6 +2,8 @@
 //! and what a hit late in its entry's life starts (an early refresh, a
 //! stale-while-revalidate refresh).
 
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::engine::flight::outcome::Job;
@@ -97,7 +99,11 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// What L1 holds for `key`, counted as a hit or a miss. A hit before the
     /// entry's early-refresh window costs one clock read and one comparison.
     #[inline]
-    pub(crate) async fn lookup(self: &Arc<Self>, key: &K) -> Lookup<V> {
+    pub(crate) async fn lookup<Q>(self: &Arc<Self>, key: &Q) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.lookup_from(key, Configured, None).await
     }
 
@@ -106,12 +112,21 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// plain `get`'s future does not grow), under the call's `plan` (`None`:
     /// the cache's). A call that skips L1 reads does not look up.
     #[inline]
-    pub(crate) async fn lookup_from<S: Source<K, V>>(
+    ///
+    /// `key` may be any borrowed form of the key (a `&str` for a `String`
+    /// key): a plain hit reads L1 with it as it is; what goes further (a
+    /// refresh, a stale copy) makes the owned key.
+    pub(crate) async fn lookup_from<Q, S>(
         self: &Arc<Self>,
-        key: &K,
+        key: &Q,
         mut source: S,
         plan: Option<&Arc<Plan>>,
-    ) -> Lookup<V> {
+    ) -> Lookup<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        S: Source<K, V>,
+    {
         if plan.is_some_and(|plan| plan.skip.l1_reads) {
             return Lookup::Miss;
         }
@@ -140,7 +155,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     self.count_hit(&entry);
                     return Lookup::Hit(entry);
                 }
-                Box::pin(self.late(key, entry, now, &mut source, plan)).await
+                Box::pin(self.late(key.to_owned(), entry, now, &mut source, plan)).await
             }
             None => {
                 self.report.tier(Tier::L1, false);
@@ -151,12 +166,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     /// A tagged L1 entry's check, out of the untagged hit's way.
     #[inline(never)]
-    fn tags_still_hold(&self, entry: &Entry<V>) -> bool {
+    pub(crate) fn tags_still_hold(&self, entry: &Entry<V>) -> bool {
         entry.tags.as_ref().is_none_or(|tags| self.tags.holds(tags))
     }
 
     #[inline]
-    fn count_hit(&self, entry: &Entry<V>) {
+    pub(crate) fn count_hit(&self, entry: &Entry<V>) {
         self.report.tier(Tier::L1, true);
         if entry.value.is_none() {
             self.report.event(Counter::NegativeHits);
@@ -166,7 +181,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// An entry whose early refresh was drawn, stale, or expired.
     async fn late(
         self: &Arc<Self>,
-        key: &K,
+        key: K,
         entry: Entry<V>,
         now: u64,
         source: &mut dyn Source<K, V>,
@@ -174,7 +189,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     ) -> Lookup<V> {
         if entry.is_fresh(now) {
             self.count_hit(&entry);
-            self.refresh(key, &entry, source.given(), plan.cloned())
+            self.refresh(&key, &entry, source.given(), plan.cloned())
                 .await;
             return Lookup::Hit(entry);
         }
@@ -186,17 +201,17 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             if entry.revalidates(freshness, now) && self.can_refresh(given.is_some()) {
                 self.count_hit(&entry);
                 self.report.event(Counter::StaleServed);
-                self.refresh(key, &entry, given, plan.cloned()).await;
+                self.refresh(&key, &entry, given, plan.cloned()).await;
                 return Lookup::Hit(entry);
             }
             self.report.tier(Tier::L1, false);
-            return match self.fallback(key, &entry).await {
+            return match self.fallback(&key, &entry).await {
                 Some(fallback) => Lookup::Stale(fallback),
                 None => Lookup::Miss,
             };
         }
         self.report.tier(Tier::L1, false);
-        Box::pin(self.remove_if_expired(key)).await;
+        Box::pin(self.remove_if_expired(&key)).await;
         Lookup::Miss
     }
 

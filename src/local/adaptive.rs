@@ -13,6 +13,8 @@
 //! before an invalidation of the key (which then removes what it moved) or
 //! wholly after (and finds nothing to move).
 
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +98,7 @@ where
     /// A caller's read of `key`, simulated: the policy the simulation prefers
     /// when this read closes a window with a clear verdict.
     #[inline]
-    fn record(&self, key: &K) -> Option<L1Eviction> {
+    fn record<Q: Hash + ?Sized>(&self, key: &Q) -> Option<L1Eviction> {
         self.shadow.record(key)
     }
 
@@ -104,12 +106,16 @@ where
     /// then (while a switch drains) moved over from the other one. The read
     /// path boxes this future (so that a fixed L1's reads stay small), and this
     /// one boxes its rare paths (so that the box is small).
-    pub(crate) async fn get(&self, key: &K) -> Option<Entry<V>> {
+    pub(crate) async fn get<Q>(&self, key: &Q) -> Option<Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if let Some(preferred) = self.record(key) {
             Box::pin(self.prefer(preferred)).await;
         }
         match self.active().get(key).await {
-            None => Box::pin(self.take_from_draining(key)).await,
+            None => Box::pin(self.take_from_draining(&key.to_owned())).await,
             found => found,
         }
     }

@@ -21,7 +21,7 @@ use super::{Freshness, Ttl, TtlPolicy};
 /// use tiered::{BoxError, EntryOptions, TieredCache};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), tiered::Error> {
+/// # async fn main() -> Result<(), tiered::BoxError> {
 /// let prices = TieredCache::<u64, u64>::builder("prices")
 ///     .loader_fn(|id: u64| async move { Ok::<_, BoxError>(Some(id * 100)) })
 ///     .build()?;
@@ -212,11 +212,6 @@ impl EntryOptions {
             }
         }
         self
-    }
-
-    /// Whether the call skips L1 reads.
-    pub(crate) fn skips_l1_reads(&self) -> bool {
-        self.skip.l1_reads
     }
 
     /// These options over the cache's `freshness` and `ttl`.

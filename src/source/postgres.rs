@@ -36,7 +36,7 @@ type RowMapper<K, V> = dyn Fn(&Row) -> Result<(K, V), tokio_postgres::Error> + S
 /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
 /// struct User { id: i64, name: String }
 ///
-/// # fn make(pool: deadpool_postgres::Pool) -> Result<(), tiered::Error> {
+/// # fn make(pool: deadpool_postgres::Pool) -> Result<(), tiered::BoxError> {
 /// let loader = PgLoader::new(
 ///     pool,
 ///     "SELECT id, name FROM users WHERE id = $1",

@@ -89,7 +89,7 @@ async fn health_follows_the_breaker_and_the_bus() {
     let idle = cache.health();
     assert!(!idle.degraded(), "a fresh, idle instance: {idle:?}");
     assert!(!idle.bus.unwrap().listening);
-    assert_eq!(cache.get(&"k".to_owned()).await.unwrap(), Some(1));
+    assert_eq!(cache.get("k").await.unwrap(), Some(1));
     crate::support::eventually("subscribed", || async {
         cache.health().bus.is_some_and(|bus| bus.subscribed)
     })

@@ -221,7 +221,7 @@ async fn invalidate_all_and_reclaim_deletes_the_entries_from_l2() {
     for i in 0..50 {
         assert_eq!(get(&a, &format!("k{i}")).await, Some(1));
     }
-    let entry = a.l2_key(&"k0".to_owned()).unwrap();
+    let entry = a.l2_key("k0").unwrap();
     assert!(store.keys().contains(&entry));
     a.invalidate_all().await;
     assert!(store.keys().contains(&entry), "the epoch leaves it");
@@ -296,7 +296,7 @@ async fn fail_safe_does_not_serve_a_copy_from_before_the_epoch() {
     a.invalidate_all().await;
     failing.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(61));
-    let read = b.get(&"k".to_owned()).await;
+    let read = b.get("k").await;
     assert!(read.is_err(), "the old copy was served: {read:?}");
     assert_eq!(b.stats().fail_safe, 0);
 }
@@ -467,7 +467,7 @@ async fn a_failed_read_of_the_clock_is_tried_again_soon() {
     let w = instance_at(&db, w_store.clone(), w_bus.clone(), &clock);
     // Subscribed first (its first subscription makes the book forget, which
     // would hide what this test is about).
-    w.invalidate(&"unrelated".to_owned()).await;
+    w.invalidate("unrelated").await;
     eventually("w subscribed", || async { w_bus.subscriptions() == 1 }).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     w_store.fail_next(StoreOp::GetMany, 1);

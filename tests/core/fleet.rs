@@ -686,7 +686,7 @@ async fn insert_many_with_a_value_too_large_for_l2_is_announced_whole() {
     ])
     .await;
     let start = Instant::now();
-    while b.get(&"small".to_owned()).await.unwrap().as_deref() != Some("new") {
+    while b.get("small").await.unwrap().as_deref() != Some("new") {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the other instance still serves the old value of a key of the batch"
@@ -705,12 +705,6 @@ async fn insert_many_gives_a_repeated_key_its_last_value() {
         ("k".to_owned(), "last".to_owned()),
     ])
     .await;
-    assert_eq!(
-        a.get(&"k".to_owned()).await.unwrap().as_deref(),
-        Some("last")
-    );
-    assert_eq!(
-        b.get(&"k".to_owned()).await.unwrap().as_deref(),
-        Some("last")
-    );
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some("last"));
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some("last"));
 }

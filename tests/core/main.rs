@@ -11,6 +11,7 @@ mod support;
 mod conformance;
 
 mod adaptive;
+mod api;
 mod breaker;
 mod cache_aside;
 mod epoch;

@@ -284,7 +284,7 @@ async fn a_clear_from_the_bus_makes_the_stamps_be_read_again() {
     db.set("user:7:profile", 2);
     a_bus.lose_next_published(1);
     a.invalidate_tag("user:7").await;
-    let key = a.l2_key(&"user:7:profile".to_owned()).unwrap();
+    let key = a.l2_key("user:7:profile").unwrap();
     let channel = format!("tiered-bus:{}", &key[..key.len() - "user:7:profile".len()]);
     // A message of this crate from a newer version: read as "everything".
     let mut newer = b"TB\x09".to_vec();
@@ -333,7 +333,7 @@ async fn owed_deletions_land_while_a_stamp_keeps_failing() {
     a_store.disconnect();
     a.invalidate_tag("user:7").await;
     db.set("user:1:x", 2);
-    a.invalidate(&"user:1:x".to_owned()).await;
+    a.invalidate("user:1:x").await;
     a_store.fail_next(StoreOp::StampTags, 1_000_000);
     a_store.reconnect();
     until(&b, "user:1:x", 2).await;

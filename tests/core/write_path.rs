@@ -129,13 +129,9 @@ async fn inserts_are_served_and_counted() {
         .insert_with_ttl("b".into(), 2, Duration::from_secs(1))
         .await;
     cache.insert_with_ttl("c".into(), 3, Duration::ZERO).await;
-    assert_eq!(cache.get(&"a".into()).await.unwrap(), Some(1));
-    assert_eq!(cache.get(&"b".into()).await.unwrap(), Some(2));
-    assert_eq!(
-        cache.get(&"c".into()).await.unwrap(),
-        None,
-        "a zero TTL removes"
-    );
+    assert_eq!(cache.get("a").await.unwrap(), Some(1));
+    assert_eq!(cache.get("b").await.unwrap(), Some(2));
+    assert_eq!(cache.get("c").await.unwrap(), None, "a zero TTL removes");
     assert_eq!(cache.stats().inserts, 2);
 }
 
@@ -228,18 +224,14 @@ async fn writes_say_what_happened_and_flush_sends_what_waits() {
         matches!(written, Written::Queued { owed, .. } if owed >= 1),
         "{written:?}"
     );
-    assert_eq!(a.get(&"k".into()).await.unwrap(), Some(2), "here at once");
+    assert_eq!(a.get("k").await.unwrap(), Some(2), "here at once");
     a_store.reconnect();
     assert_eq!(a.flush(Duration::from_secs(5)).await, Written::Applied);
     let b = instance(store.connect(), bus.connect());
-    assert_eq!(
-        b.get(&"k".into()).await.unwrap(),
-        None,
-        "the old entry went"
-    );
+    assert_eq!(b.get("k").await.unwrap(), None, "the old entry went");
 
     a_bus.fail_next_publishes(1_000_000);
-    let written = a.invalidate(&"k".into()).await;
+    let written = a.invalidate("k").await;
     assert!(
         matches!(written, Written::Queued { unsent, .. } if unsent >= 1),
         "{written:?}"

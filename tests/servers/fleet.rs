@@ -19,9 +19,9 @@ async fn changes_reach_other_instances(tier: &Tier<'_>) {
     let b = instance(&db, "fleet", tier);
 
     // invalidate
-    assert_eq!(b.get(&"k1".into()).await.unwrap(), Some(1));
+    assert_eq!(b.get("k1").await.unwrap(), Some(1));
     db.set("k1", 2);
-    a.invalidate(&"k1".into()).await;
+    a.invalidate("k1").await;
     until_value(&b, "k1", 2).await;
     assert!(b.stats().invalidations_received >= 1);
 
@@ -53,7 +53,7 @@ async fn changes_reach_other_instances(tier: &Tier<'_>) {
     assert_eq!(fresh.get(&bulk[0]).await.unwrap(), Some(8), "from L2");
 
     // insert
-    assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
+    assert_eq!(b.get("k2").await.unwrap(), Some(1));
     db.set("k2", 5);
     a.insert("k2".into(), 5).await;
     until_value(&b, "k2", 5).await;
@@ -72,7 +72,7 @@ async fn changes_reach_other_instances(tier: &Tier<'_>) {
         until_value(&b, key, 3).await;
     }
     assert_eq!(
-        b.get(&"order:1".into()).await.unwrap(),
+        b.get("order:1").await.unwrap(),
         Some(1),
         "not matched: still cached"
     );
@@ -140,9 +140,9 @@ async fn a_redis_store_given_to_l2_brings_its_bus() {
         instance(&db, "l2-bus", store),
         instance(&db, "l2-bus", store),
     );
-    assert_eq!(b.get(&"k".into()).await.unwrap(), Some(1));
+    assert_eq!(b.get("k").await.unwrap(), Some(1));
     db.set("k", 2);
-    a.invalidate(&"k".into()).await;
+    a.invalidate("k").await;
     until_value(&b, "k", 2).await;
     assert!(b.stats().invalidations_received >= 1);
     // Another store given after it takes its bus away; no_bus() opts out.
@@ -179,9 +179,9 @@ async fn caches_sharing_one_store_share_its_subscription() {
     let db = Versions::new();
     let c = instance(&db, "shared", |b| b.redis(other.clone()));
     let d = instance(&db, "shared", |b| b.redis(other.clone()));
-    assert_eq!(d.get(&"x".into()).await.unwrap(), Some(1));
+    assert_eq!(d.get("x").await.unwrap(), Some(1));
     db.set("x", 2);
-    c.invalidate(&"x".into()).await;
+    c.invalidate("x").await;
     until_value(&d, "x", 2).await;
     let clients = redis.cli(&["client", "list"]);
     let subscribers = clients.lines().filter(|l| l.contains("flags=P")).count();
@@ -215,7 +215,7 @@ async fn a_bus_message_stops_a_local_load_in_flight() {
     let a = instance(&db, "busonly", |b| b.bus(store.clone()));
     let b = instance(&db, "busonly", |b| b.bus(store.clone()));
     let key = "row".to_owned();
-    assert_eq!(a.get(&"warm".into()).await.unwrap(), Some(1)); // A subscribed
+    assert_eq!(a.get("warm").await.unwrap(), Some(1)); // A subscribed
     db.hold_next_load();
     let reader = {
         let (b, key) = (b.clone(), key.clone());
@@ -250,13 +250,13 @@ async fn entries_invalidated_during_a_bus_outage_are_gone_after_reconnect() {
     let a = instance(&db, "outage", tier);
     let b = instance(&db, "outage", tier);
     for key in ["k1", "k2", "k3"] {
-        assert_eq!(b.get(&key.into()).await.unwrap(), Some(1));
+        assert_eq!(b.get(key).await.unwrap(), Some(1));
     }
     redis.kill();
     db.set("k1", 2);
-    a.invalidate(&"k1".into()).await;
+    a.invalidate("k1").await;
     assert_eq!(
-        b.get(&"k1".into()).await.unwrap(),
+        b.get("k1").await.unwrap(),
         Some(1),
         "no bus: B still has it (this is what the reconnect must repair)"
     );
@@ -264,7 +264,7 @@ async fn entries_invalidated_during_a_bus_outage_are_gone_after_reconnect() {
     until_value(&b, "k1", 2).await;
     assert!(b.stats().bus_resubscribes >= 1, "{:?}", b.stats());
     let loads_before = db.loads.load(Ordering::SeqCst);
-    assert_eq!(b.get(&"k2".into()).await.unwrap(), Some(1));
+    assert_eq!(b.get("k2").await.unwrap(), Some(1));
     assert!(
         db.loads.load(Ordering::SeqCst) > loads_before,
         "all of L1 was cleared: k2 reloaded"
@@ -355,7 +355,7 @@ async fn two_processes_see_each_others_invalidations() {
     let a = procs_cache(redis.url(), None);
     assert_eq!(child.ask("get"), "1");
     set_row(2);
-    a.invalidate(&"k".into()).await;
+    a.invalidate("k").await;
     let start = std::time::Instant::now();
     while child.ask("get") != "2" {
         assert!(start.elapsed() < Duration::from_secs(10), "child kept 1");
@@ -391,11 +391,7 @@ async fn two_services_with_the_same_cache_name_stay_isolated_by_default() {
     );
     assert_eq!(theirs.ask("invalidate_all"), "done");
     let fresh = procs_cache(redis.url(), None);
-    assert_eq!(
-        fresh.get(&"k".into()).await.unwrap(),
-        Some(1),
-        "ours survived"
-    );
+    assert_eq!(fresh.get("k").await.unwrap(), Some(1), "ours survived");
     assert_eq!(fresh.stats().l2.hits, 1);
     assert_eq!(
         ours.stats().invalidations_received,
@@ -407,7 +403,7 @@ async fn two_services_with_the_same_cache_name_stay_isolated_by_default() {
     let a = procs_cache(redis.url(), Some("shop"));
     a.insert("s".into(), 7).await;
     let b = procs_cache(redis.url(), Some("shop"));
-    assert_eq!(b.get(&"s".into()).await.unwrap(), Some(7));
+    assert_eq!(b.get("s").await.unwrap(), Some(7));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -423,7 +419,7 @@ async fn child_instance() {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
         let answer = match line.trim() {
-            "get" => format!("{:?}", cache.get(&"k".into()).await.unwrap().unwrap()),
+            "get" => format!("{:?}", cache.get("k").await.unwrap().unwrap()),
             "received" => cache.stats().invalidations_received.to_string(),
             "invalidate_all" => {
                 cache.invalidate_all().await;

@@ -183,7 +183,7 @@ async fn bad_bytes_are_a_counted_miss_and_the_key_is_repaired() {
     let redis = Redis::start_own(&[]);
     let (cache, loads) = instance(redis.url(), "bytes");
     // Another client writes garbage, a truncated entry, and an entry of another type.
-    cache.get(&"good".to_owned()).await.unwrap();
+    cache.get("good").await.unwrap();
     let l2_key = |k: &str| cache.l2_key(&k.to_owned()).unwrap();
     let good = redis.cli(&["--no-raw", "get", &l2_key("good")]);
     assert!(good.starts_with("\"TR"), "{good}");
@@ -194,7 +194,7 @@ async fn bad_bytes_are_a_counted_miss_and_the_key_is_repaired() {
         .loader_fn(|_k: String| async { Ok::<_, BoxError>(Some(vec![1u64, 2, 3])) })
         .build()
         .unwrap();
-    other_type.get(&"old_schema".to_owned()).await.unwrap();
+    other_type.get("old_schema").await.unwrap();
 
     for key in ["garbage", "truncated", "old_schema"] {
         let key = key.to_owned();
@@ -268,10 +268,7 @@ async fn a_wrong_password_is_a_counted_l2_failure_and_ping_says_why() {
     );
 
     let (cache, _) = instance(&wrong, "auth");
-    assert_eq!(
-        cache.get(&"k".to_owned()).await.unwrap().unwrap(),
-        "value of k"
-    );
+    assert_eq!(cache.get("k").await.unwrap().unwrap(), "value of k");
     assert!(cache.stats().l2_errors >= 1);
 
     RedisStore::standalone(&right)
@@ -280,12 +277,9 @@ async fn a_wrong_password_is_a_counted_l2_failure_and_ping_says_why() {
         .await
         .unwrap();
     let (writer, _) = instance(&right, "auth");
-    writer.get(&"k".to_owned()).await.unwrap();
+    writer.get("k").await.unwrap();
     let (reader, loads) = instance(&right, "auth");
-    assert_eq!(
-        reader.get(&"k".to_owned()).await.unwrap().unwrap(),
-        "value of k"
-    );
+    assert_eq!(reader.get("k").await.unwrap().unwrap(), "value of k");
     assert_eq!(loads.load(Ordering::SeqCst), 0);
     assert_eq!(reader.stats().l2_errors, 0);
 
@@ -295,10 +289,7 @@ async fn a_wrong_password_is_a_counted_l2_failure_and_ping_says_why() {
     ]);
     let acl = format!("redis://app:apppass@127.0.0.1:{port}/");
     let (acl_reader, acl_loads) = instance(&acl, "auth");
-    assert_eq!(
-        acl_reader.get(&"k".to_owned()).await.unwrap().unwrap(),
-        "value of k"
-    );
+    assert_eq!(acl_reader.get("k").await.unwrap().unwrap(), "value of k");
     assert_eq!(acl_loads.load(Ordering::SeqCst), 0);
 }
 
@@ -415,8 +406,8 @@ async fn caches_on_one_store_share_one_breaker() {
     };
     let (seen_a, seen_b) = (Transitions::default(), Transitions::default());
     let (a, b) = (build("one", &seen_a), build("two", &seen_b));
-    a.get(&"k".into()).await.unwrap();
-    b.get(&"k".into()).await.unwrap();
+    a.get("k").await.unwrap();
+    b.get("k").await.unwrap();
     redis.kill();
     for n in 0..10 {
         a.get(&format!("x{n}")).await.unwrap();
@@ -424,7 +415,7 @@ async fn caches_on_one_store_share_one_breaker() {
     assert_eq!(a.stats().breaker, BreakerState::Open);
     assert_eq!(b.stats().breaker, BreakerState::Open, "shared");
     let b_errors = b.stats().l2_errors;
-    b.get(&"y".into()).await.unwrap();
+    b.get("y").await.unwrap();
     assert_eq!(b.stats().l2_errors, b_errors, "b skips Redis too");
     redis.restart();
     eventually_within(Duration::from_secs(20), "the probe closes it", || {
@@ -449,7 +440,7 @@ async fn health_sees_a_server_go_and_come_back() {
         .loader_fn(|key: String| async move { Ok::<_, BoxError>(Some(key.len() as u64)) })
         .build()
         .unwrap();
-    assert_eq!(cache.get(&"k".to_owned()).await.unwrap(), Some(1));
+    assert_eq!(cache.get("k").await.unwrap(), Some(1));
     let until = |what: &str, done: &dyn Fn(&tiered::Health) -> bool| {
         let start = Instant::now();
         loop {
@@ -514,5 +505,5 @@ async fn an_insert_during_an_outage_is_queued_and_flush_applies_it() {
         a.flush(Duration::from_secs(10)).await,
         tiered::Written::Applied
     );
-    assert_eq!(instance().get(&"k".into()).await.unwrap(), None);
+    assert_eq!(instance().get("k").await.unwrap(), None);
 }

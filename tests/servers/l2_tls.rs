@@ -37,13 +37,13 @@ async fn rediss_with_a_private_ca_serves_l2_hits_and_plain_urls_fail_softly() {
     };
     let writer = instance(store());
     let reader = instance(store());
-    assert_eq!(writer.get(&"k".to_owned()).await.unwrap(), Some(42));
-    assert_eq!(reader.get(&"k".to_owned()).await.unwrap(), Some(42));
+    assert_eq!(writer.get("k").await.unwrap(), Some(42));
+    assert_eq!(reader.get("k").await.unwrap(), Some(42));
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert_eq!(reader.stats().l2.hits, 1);
 
     // The system roots do not know the test CA: the handshake fails, the read does not.
     let untrusted = instance(RedisStore::standalone(redis.url()).unwrap());
-    assert_eq!(untrusted.get(&"k".to_owned()).await.unwrap(), Some(42));
+    assert_eq!(untrusted.get("k").await.unwrap(), Some(42));
     assert!(untrusted.stats().l2_errors >= 1);
 }

@@ -147,11 +147,7 @@ async fn methods_with_self_skipped_option_returns_negative_and_unless() {
     assert_eq!(p.profile(404).await, None);
     assert_eq!(p.runs.load(Ordering::SeqCst), 3);
     assert!(
-        p.cache
-            .get(&"profile:1".to_owned())
-            .await
-            .unwrap()
-            .is_some(),
+        p.cache.get("profile:1").await.unwrap().is_some(),
         "the key is the format string"
     );
 
@@ -220,7 +216,7 @@ async fn waiters_of_a_superseded_body_run_do_not_get_the_old_value() {
     let waiter = tokio::spawn(raced_row());
     tokio::time::sleep(Duration::from_millis(50)).await; // the waiter joins the flight
     RACED_ROW.store(2, Ordering::SeqCst);
-    RACED.invalidate(&"row".to_owned()).await;
+    RACED.invalidate("row").await;
     RACED_RELEASE.notify_one();
     let ran = runner.await.unwrap();
     assert!(ran == 1 || ran == 2, "{ran}");
@@ -385,7 +381,7 @@ async fn options_apply_per_call_with_the_attribute_ttl_over_them() {
     assert_eq!(opted.find(7).await, 70);
     assert_eq!(opted.find(7).await, 70);
     assert_eq!(opted.runs.load(Ordering::SeqCst), 1, "L1 kept it");
-    let l2_key = opted.cache.l2_key(&"opted:7".to_owned()).unwrap();
+    let l2_key = opted.cache.l2_key("opted:7").unwrap();
     assert_eq!(redis.cli(&["exists", &l2_key]).trim(), "0", "not in L2");
     opted.cache.invalidate_tag("id:7").await;
     assert_eq!(opted.find(7).await, 70);
@@ -421,4 +417,56 @@ async fn the_attribute_ttl_applies_to_remembered_absences() {
     ABSENT_CLOCK.advance(Duration::from_secs(2));
     assert_eq!(absent(7).await, None);
     assert_eq!(ABSENT_RUNS.load(Ordering::SeqCst), 2, "for 1 s only");
+}
+
+static BY_ID: LazyLock<TieredCache<u64, String>> = LazyLock::new(|| {
+    TieredCache::builder("by-id")
+        .build()
+        .expect("valid settings")
+});
+static BY_ID_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached_tier(cache = BY_ID, key = id)]
+async fn user_name(id: u64) -> Result<String, NotFound> {
+    BY_ID_RUNS.fetch_add(1, Ordering::SeqCst);
+    match id {
+        0 => Err(NotFound(0)),
+        id => Ok(format!("user {id}")),
+    }
+}
+
+static BY_PAIR: LazyLock<TieredCache<(u64, String), u64>> = LazyLock::new(|| {
+    TieredCache::builder("by-pair")
+        .build()
+        .expect("valid settings")
+});
+
+#[cached_tier(cache = BY_PAIR, key = (org, region.to_owned()))]
+async fn seats(org: u64, region: &str) -> u64 {
+    org * 10 + region.len() as u64
+}
+
+#[tokio::test]
+async fn the_key_may_be_any_expression_of_the_caches_key_type() {
+    assert_eq!(user_name(7).await.unwrap(), "user 7");
+    assert_eq!(user_name(7).await.unwrap(), "user 7");
+    assert_eq!(BY_ID_RUNS.load(Ordering::SeqCst), 1, "cached under 7");
+    assert_eq!(BY_ID.get(&7).await.unwrap().as_deref(), Some("user 7"));
+    assert_eq!(user_name(0).await, Err(NotFound(0)));
+    assert_eq!(
+        BY_ID.peek(&0).await,
+        tiered::Peeked::Missing,
+        "errors uncached"
+    );
+    assert_eq!(seats(3, "eu").await, 32);
+    assert_eq!(
+        BY_PAIR.get(&(3, "eu".to_owned())).await.unwrap(),
+        Some(32),
+        "cached under the tuple"
+    );
+    BY_PAIR.invalidate(&(3, "eu".to_owned())).await;
+    assert_eq!(
+        BY_PAIR.peek(&(3, "eu".to_owned())).await,
+        tiered::Peeked::Missing
+    );
 }

@@ -70,14 +70,14 @@ async fn every_event_moves_its_metric() {
     let other = build(None);
 
     cache.insert("a".into(), "x".into()).await; // inserts
-    cache.get(&"none".into()).await.unwrap();
-    cache.get(&"none".into()).await.unwrap(); // negative_hits
+    cache.get("none").await.unwrap();
+    cache.get("none").await.unwrap(); // negative_hits
     cache.insert("big".into(), "y".repeat(2000)).await; // l2_oversized
-    other.get(&"bad".into()).await.unwrap();
-    redis.cli(&["set", &other.l2_key(&"bad".into()).unwrap(), "garbage"]);
-    cache.get(&"bad".into()).await.unwrap(); // l2_corrupt
-    other.get(&"warm".into()).await.unwrap();
-    other.invalidate(&"a".into()).await; // invalidations_received (on `cache`)
+    other.get("bad").await.unwrap();
+    redis.cli(&["set", &other.l2_key("bad").unwrap(), "garbage"]);
+    cache.get("bad").await.unwrap(); // l2_corrupt
+    other.get("warm").await.unwrap();
+    other.invalidate("a").await; // invalidations_received (on `cache`)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while cache.stats().invalidations_received == 0 {
         assert!(std::time::Instant::now() < deadline, "no bus message");
@@ -85,11 +85,11 @@ async fn every_event_moves_its_metric() {
     }
     redis.cli(&["ACL", "SETUSER", "default", "-publish"]);
     // bus_publish_errors: the deletion lands, its message does not (kept).
-    cache.invalidate(&"warm".into()).await;
+    cache.invalidate("warm").await;
     redis.cli(&["ACL", "SETUSER", "default", "-scan"]);
     cache.invalidate_all_and_reclaim().await; // the walk is owed (published when it lands)
     redis.cli(&["ACL", "SETUSER", "default", "+publish", "+scan"]);
-    cache.get(&"after".into()).await.unwrap(); // the owed walk: l2_namespace_clears
+    cache.get("after").await.unwrap(); // the owed walk: l2_namespace_clears
     redis.restart(); // bus_resubscribes
     while cache.stats().bus_resubscribes == 0 {
         assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(10));
@@ -236,10 +236,10 @@ async fn freshness_events_move_their_metrics() {
         cache.get(&key.to_owned()).await.unwrap();
     }
     clock.advance(Duration::from_secs(12));
-    cache.get(&"a".into()).await.unwrap(); // stale served, refresh started
+    cache.get("a").await.unwrap(); // stale served, refresh started
     clock.advance(Duration::from_secs(10));
-    cache.get(&"fail".into()).await.unwrap(); // fail-safe, stale served
-    cache.get(&"slow".into()).await.unwrap(); // soft timeout, stale served
+    cache.get("fail").await.unwrap(); // fail-safe, stale served
+    cache.get("slow").await.unwrap(); // soft timeout, stale served
     cache.warm(&["w1".to_owned(), "w2".to_owned()], 1).await; // warm progress
 
     let holder = TieredCache::<String, String>::builder("leased")
@@ -263,14 +263,14 @@ async fn freshness_events_move_their_metrics() {
     holder.invalidate_all().await;
     let held = tokio::spawn({
         let holder = holder.clone();
-        async move { holder.get(&"k".into()).await }
+        async move { holder.get("k").await }
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while redis.cli(&["keys", "*#lease:*"]).trim().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no lease taken");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    waiter.get(&"k".into()).await.unwrap(); // lease wait
+    waiter.get("k").await.unwrap(); // lease wait
     held.await.unwrap().unwrap();
 
     let (stats, leased) = (cache.stats(), waiter.stats());

@@ -157,9 +157,7 @@ async fn invalidate_all_and_reclaim_walks_a_large_database_in_steps() {
         "only the cache's keys went"
     );
     assert_eq!(
-        redis
-            .cli(&["exists", &cache.l2_key(&"k7".to_owned()).unwrap()])
-            .trim(),
+        redis.cli(&["exists", &cache.l2_key("k7").unwrap()]).trim(),
         "0",
         "gone when the call returned"
     );

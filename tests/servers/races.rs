@@ -201,7 +201,7 @@ async fn a_slow_fill_does_not_hold_up_other_keys() {
     gate.arm();
     let slow = {
         let cache = cache.clone();
-        tokio::spawn(async move { cache.get(&"slow".into()).await })
+        tokio::spawn(async move { cache.get("slow").await })
     };
     gate.reached.notified().await;
     // 512 other keys: with 256 fence shards, several share the slow key's shard.

@@ -173,7 +173,7 @@ async fn a_server_that_lost_its_data_still_invalidates_what_was_written_since() 
     // B loads into the empty server once its connection is back (an
     // invalidation first each time, so that it does not answer from L1).
     while redis.cli(&["dbsize"]).trim() == "0" {
-        b.invalidate(&"user:7:profile".to_owned()).await;
+        b.invalidate("user:7:profile").await;
         get(&b, "user:7:profile").await;
         assert!(
             start.elapsed() < Duration::from_secs(30),
