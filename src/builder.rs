@@ -82,6 +82,8 @@ pub struct TieredCacheBuilder<K, V> {
     freshness: Freshness,
     lease: Option<Duration>,
     eviction: L1Eviction,
+    /// Whether spans record keys.
+    trace_keys: bool,
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -141,6 +143,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             },
             lease: None,
             eviction: L1Eviction::default(),
+            trace_keys: false,
         }
     }
 
@@ -238,6 +241,14 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
     /// (an API and its worker) share a cache, or for keys that outlive a rename.
     pub fn l2_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.l2_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Records each operation's key (its string form) as the `cache.key`
+    /// attribute of its tracing span. Off by default: keys may be personal
+    /// data, and a hit's span then costs the key's string form.
+    pub fn trace_keys(mut self, on: bool) -> Self {
+        self.trace_keys = on;
         self
     }
 
@@ -510,6 +521,7 @@ impl<K: CacheKey, V: CacheValue> TieredCacheBuilder<K, V> {
             }),
         };
         Ok(TieredCache::from_core(Core::new(Settings {
+            trace_keys: self.trace_keys,
             name: self.name,
             capacity,
             eviction: self.eviction,

@@ -4,17 +4,18 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, Ready};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::engine::{shared, Core, Fetched, Given, Job, Lookup, Source};
 use crate::error::{BoxError, Error};
 use crate::key::{CacheKey, CacheValue};
-use crate::observe::{Stats, Written};
+use crate::observe::{trace, Stats, Written};
 use crate::policy::{EntryOptions, Plan};
 
 mod options;
@@ -77,6 +78,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         &self.core
     }
 
+    /// A write (`op` is the method) in its span, which records what happened.
+    async fn written(&self, op: &'static str, write: impl Future<Output = Written>) -> Written {
+        let span = self.core.write_span(op);
+        let written = write.instrument(span.clone()).await;
+        trace::written(&span, &written);
+        written
+    }
+
     /// The cache's name.
     pub fn name(&self) -> &str {
         self.core.name()
@@ -123,7 +132,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn flush(&self, within: Duration) -> Written {
-        self.core.flush(within).await
+        self.written("flush", self.core.flush(within)).await
     }
 
     /// Runs L1's pending maintenance (evictions, expirations, entry counts) now
@@ -149,14 +158,18 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         let job = match self.core.lookup(key).await {
-            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Hit(entry) => {
+                self.core.read_hit("get", key);
+                return Ok(entry.value);
+            }
             miss => miss.into_job(),
         };
         // Boxed: the miss path's state machine is large, and keeping it out of
         // `get`'s future keeps a hit from moving it around.
-        let key = key.to_owned();
-        let core = &self.core;
-        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
+        let miss = self
+            .core
+            .read_miss("get", key.to_owned(), None::<Ready<_>>, job);
+        Box::pin(miss).await
     }
 
     /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
@@ -176,13 +189,17 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         E: Into<BoxError>,
     {
         let job = match self.core.lookup(key).await {
-            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Hit(entry) => {
+                self.core.read_hit("get_with", key);
+                return Ok(entry.value);
+            }
             miss => miss.into_job(),
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        let key = key.to_owned();
-        let core = &self.core;
-        Box::pin(async move { core.fly(&key, Some(first), job).await }).await
+        let miss = self
+            .core
+            .read_miss("get_with", key.to_owned(), Some(first), job);
+        Box::pin(miss).await
     }
 
     /// Cache-aside with a `'static` loader: the value of `key` from L1 or L2, or
@@ -255,7 +272,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     {
         let mut source = Given::new(load);
         let job = match self.core.lookup_from(key, &mut source, plan).await {
-            Lookup::Hit(entry) => return Ok(entry.value),
+            Lookup::Hit(entry) => {
+                self.core.read_hit("get_or_load", key);
+                return Ok(entry.value);
+            }
             miss => miss.into_job(),
         };
         let job = Job {
@@ -263,9 +283,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             plan: plan.cloned(),
             ..job
         };
-        let key = key.to_owned();
-        let core = &self.core;
-        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
+        let miss = self
+            .core
+            .read_miss("get_or_load", key.to_owned(), None::<Ready<_>>, job);
+        Box::pin(miss).await
     }
 
     /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one
@@ -274,7 +295,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// shares the flight of any concurrent `get` of it. Duplicate keys are looked
     /// up once.
     pub async fn get_many(&self, keys: &[K]) -> Result<HashMap<K, V>, Error> {
-        self.core.get_many(keys).await
+        let span = trace::read(self.core.name(), "get_many");
+        self.core.get_many(keys).instrument(span).await
     }
 
     /// Batch cache-aside: the values of `keys` that exist, read as
@@ -331,7 +353,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         E: Into<BoxError>,
     {
         let load = |keys| load(keys).map(|loaded| loaded.map_err(Into::into));
-        self.core.get_many_from(keys, Some(&load), plan).await
+        let span = trace::read(self.core.name(), "get_many_with");
+        (self.core.get_many_from(keys, Some(&load), plan))
+            .instrument(span)
+            .await
     }
 
     /// Writes `value` for `key` in every tier, with the default TTLs, and tells
@@ -409,7 +434,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             let keys: Vec<K> = entries.into_iter().map(|(key, _)| key).collect();
             return self.invalidate_many(&keys).await;
         }
-        self.core.write_many(entries, plan).await
+        self.written("insert", self.core.write_many(entries, plan))
+            .await
     }
 
     /// Removes `key` from every tier, and from every other instance's L1. Once
@@ -421,7 +447,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        self.core.invalidate(&key.to_owned()).await
+        self.written("invalidate", self.core.invalidate(&key.to_owned()))
+            .await
     }
 
     /// Removes `keys` from every tier, and from every other instance's L1, as
@@ -446,7 +473,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn invalidate_many(&self, keys: &[K]) -> Written {
-        self.core.invalidate_many(keys).await
+        self.written("invalidate_many", self.core.invalidate_many(keys))
+            .await
     }
 
     /// Removes every key whose string form matches the Redis glob `pattern` (`*`,
@@ -469,7 +497,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn invalidate_pattern(&self, pattern: &str) -> Written {
-        self.core.invalidate_pattern(pattern).await
+        self.written("invalidate_pattern", self.core.invalidate_pattern(pattern))
+            .await
     }
 
     /// Makes every entry that carries `tag` (from
@@ -492,7 +521,11 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// carrying the tag are unreadable here until it lands. See docs/GUIDE.md,
     /// "Tags".
     pub async fn invalidate_tag(&self, tag: &str) -> Written {
-        self.core.invalidate_tags(vec![tag.to_owned()]).await
+        self.written(
+            "invalidate_tag",
+            self.core.invalidate_tags(vec![tag.to_owned()]),
+        )
+        .await
     }
 
     /// [`invalidate_tag`](Self::invalidate_tag) of each of `tags`, in one Redis
@@ -501,7 +534,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let mut tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
         tags.sort_unstable();
         tags.dedup();
-        self.core.invalidate_tags(tags).await
+        self.written("invalidate_tags", self.core.invalidate_tags(tags))
+            .await
     }
 
     /// Makes every entry of this cache unreadable, in every tier and on every
@@ -532,7 +566,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// # }
     /// ```
     pub async fn invalidate_all(&self) -> Written {
-        self.core.invalidate_all().await
+        self.written("invalidate_all", self.core.invalidate_all())
+            .await
     }
 
     /// Removes every entry of this cache from every tier and every instance,
@@ -546,6 +581,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// cannot be reached, the walk is owed, and this instance does not read L2
     /// until it lands.
     pub async fn invalidate_all_and_reclaim(&self) -> Written {
-        self.core.invalidate_all_and_reclaim().await
+        self.written(
+            "invalidate_all_and_reclaim",
+            self.core.invalidate_all_and_reclaim(),
+        )
+        .await
     }
 }

@@ -23,7 +23,7 @@ use crate::entry::{Entry, Tags};
 use crate::fence::Fence;
 use crate::key::{CacheKey, CacheValue};
 use crate::local::{L1Capacity, L1};
-use crate::observe::{Health, Observer, Report, Stats};
+use crate::observe::{trace, Health, Observer, Report, Stats};
 use crate::policy::{Freshness, L1Eviction, Plan, Skip, TtlPolicy};
 use crate::remote::{Announce, Remote, RemoteParts};
 use crate::source::DynLoader;
@@ -57,6 +57,8 @@ pub(crate) struct Settings<K, V> {
     pub(crate) freshness: Freshness,
     /// The life of a fleet-wide lease, if leases are on.
     pub(crate) lease: Option<Duration>,
+    /// Whether spans record keys.
+    pub(crate) trace_keys: bool,
 }
 
 /// The state of one cache, and the engine that runs it.
@@ -78,6 +80,7 @@ pub(crate) struct Core<K, V> {
     /// timeouts: the plan of calls without options of their own.
     plan: Arc<Plan>,
     lease: Option<Duration>,
+    trace_keys: bool,
 }
 
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
@@ -133,11 +136,37 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             flights: Flights::default(),
             plan: Plan::new(settings.freshness, settings.ttl, Skip::default(), None),
             lease: settings.lease,
+            trace_keys: settings.trace_keys,
         }
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The key's string form for a span, if spans record keys.
+    #[inline]
+    pub(crate) fn traced_key<Q>(&self, key: &Q) -> Option<String>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        self.trace_keys.then(|| key.to_owned().to_key_string())
+    }
+
+    /// A read's span (see `observe/trace.rs`), with its key if spans record
+    /// keys.
+    pub(crate) fn read_span(&self, op: &'static str, key: &K) -> tracing::Span {
+        let span = trace::read(&self.name, op);
+        if self.trace_keys {
+            trace::key(&span, || key.to_key_string());
+        }
+        span
+    }
+
+    /// A write's span (see `observe/trace.rs`).
+    pub(crate) fn write_span(&self, op: &'static str) -> tracing::Span {
+        trace::write(&self.name, op)
     }
 
     pub(crate) fn ttl(&self) -> &TtlPolicy {

@@ -66,6 +66,17 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// The failure in one word, for a span's `error.type`.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Error::Load { .. } => "load",
+            Error::LoaderPanicked { .. } => "panic",
+            Error::LoadTimedOut { .. } => "timeout",
+        }
+    }
+}
+
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {

@@ -12,6 +12,7 @@ mod fanout;
 mod health;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
+pub(crate) mod trace;
 mod written;
 
 pub use self::health::{BusHealth, Health, L2Error, L2Health};
@@ -52,6 +53,19 @@ pub enum LoadOutcome {
     Error,
     /// The loader panicked (contained, not cached).
     Panicked,
+}
+
+impl LoadOutcome {
+    /// The outcome in one lower-case word (`value`, `absent`, `error`,
+    /// `panicked`): a metric label, or a span attribute.
+    pub fn label(self) -> &'static str {
+        match self {
+            LoadOutcome::Value => "value",
+            LoadOutcome::Absent => "absent",
+            LoadOutcome::Error => "error",
+            LoadOutcome::Panicked => "panicked",
+        }
+    }
 }
 
 /// Hooks called as the cache works. Every method has an empty default, so an

@@ -221,6 +221,7 @@ where
         plan: plan.as_ref(),
         absence_answers: options.negative,
         unless: &options.unless,
+        op: "cached_tier",
     };
     cache
         .own_load(&key, &how, body)

@@ -85,10 +85,14 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     {
         let job = match self.lookup(key).await {
             Ok(job) => job,
-            Err(hit) => return Ok(hit),
+            Err(hit) => {
+                self.cache.core().read_hit("get", key);
+                return Ok(hit);
+            }
         };
-        let (core, key) = (self.cache.core(), key.to_owned());
-        Box::pin(async move { core.fly(&key, None::<std::future::Ready<_>>, job).await }).await
+        let core = self.cache.core();
+        let miss = core.read_miss("get", key.to_owned(), None::<std::future::Ready<_>>, job);
+        Box::pin(miss).await
     }
 
     /// L1's answer under the options (`Err`: a hit), or the flight's job.
@@ -118,11 +122,14 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
     {
         let job = match self.lookup(key).await {
             Ok(job) => job,
-            Err(hit) => return Ok(hit),
+            Err(hit) => {
+                self.cache.core().read_hit("get_with", key);
+                return Ok(hit);
+            }
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
-        let (core, key) = (self.cache.core(), key.to_owned());
-        Box::pin(async move { core.fly(&key, Some(first), job).await }).await
+        let miss = (self.cache.core()).read_miss("get_with", key.to_owned(), Some(first), job);
+        Box::pin(miss).await
     }
 
     /// [`TieredCache::try_get_with`] under the options.
@@ -137,6 +144,7 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
             plan: Some(&self.plan),
             absence_answers: true,
             unless: |_: &V| false,
+            op: "try_get_with",
         };
         self.cache.own_load(key, &how, load).await
     }

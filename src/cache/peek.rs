@@ -5,6 +5,9 @@ use std::hash::Hash;
 
 use crate::cache::TieredCache;
 use crate::key::{CacheKey, CacheValue};
+use crate::observe::trace;
+
+use tracing::Instrument;
 
 /// What the cache tiers hold for a key: [`TieredCache::peek`]'s answer, which
 /// tells an absence the cache remembers from a key it knows nothing of.
@@ -67,7 +70,8 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
-        match self.core().peek(key).await {
+        let span = trace::read(self.core().name(), "peek");
+        match self.core().peek(key).instrument(span).await {
             Some(Some(value)) => Peeked::Value(value),
             Some(None) => Peeked::Absent,
             None => Peeked::Missing,

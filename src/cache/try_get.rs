@@ -6,9 +6,12 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tracing::Instrument;
+
 use crate::cache::TieredCache;
 use crate::engine::{Answer, Failure, Fetched, Job, Lookup};
 use crate::key::{CacheKey, CacheValue};
+use crate::observe::trace;
 use crate::policy::Plan;
 
 /// How a caller's own load is cached: what `try_get_with` and a
@@ -21,6 +24,8 @@ pub(crate) struct OwnLoad<'a, U> {
     pub(crate) absence_answers: bool,
     /// Values for which this returns true are returned but not cached.
     pub(crate) unless: U,
+    /// The method, for the read's span.
+    pub(crate) op: &'static str,
 }
 
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
@@ -76,6 +81,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             plan: None,
             absence_answers: true,
             unless: |_: &V| false,
+            op: "try_get_with",
         };
         self.own_load(key, &how, load).await
     }
@@ -104,12 +110,14 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             .await;
         let fallback = match lookup {
             Lookup::Hit(entry) if entry.value.is_some() || how.absence_answers => {
+                core.read_hit(how.op, key);
                 return Ok(entry.value);
             }
             Lookup::Stale(fallback) => Some(fallback),
             _ => None,
         };
         let key = key.to_owned();
+        let span = core.read_span(how.op, &key);
         let slot = Mutex::new(Some(body));
         let take = || slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         let first = async {
@@ -136,9 +144,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             fallback,
             time_limit: false,
             plan: how.plan.cloned(),
+            span: span.clone(),
             ..Job::default()
         };
-        let outcome = Box::pin(core.fly_raw(&key, Some(first), job)).await;
+        let flight = core
+            .fly_raw(&key, Some(first), job)
+            .instrument(span.clone());
+        let outcome = Box::pin(flight).await;
         let ran = slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -152,7 +164,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 Answer::Unkept(value) => (Some(value), true),
                 Answer::Failed(Failure::Foreign { error, .. }) => {
                     match Arc::clone(error).downcast::<E>() {
-                        Ok(error) => return Err(error),
+                        Ok(error) => {
+                            trace::failed(&span, "load");
+                            return Err(error);
+                        }
                         Err(_) => (None, false),
                     }
                 }
@@ -168,9 +183,13 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             // caller's failure, of another type; an absence cached by another
             // writer that this caller does not take) and this caller's body
             // has not run: run it, uncached.
-            (None, Some(body)) => body.await.map_err(Arc::new),
+            (None, Some(body)) => {
+                trace::tier(&span, "loader", false);
+                body.instrument(span).await.map_err(Arc::new)
+            }
             (Some(None), Some(body)) if !how.absence_answers && !answered => {
-                body.await.map_err(Arc::new)
+                trace::tier(&span, "loader", false);
+                body.instrument(span).await.map_err(Arc::new)
             }
             (shared, _) => Ok(shared.flatten()),
         }

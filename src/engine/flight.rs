@@ -15,12 +15,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::engine::Core;
 use crate::entry::Entry;
 use crate::error::Error;
 use crate::key::{CacheKey, CacheValue};
-use crate::observe::Counter;
+use crate::observe::{trace, Counter};
 
 pub(crate) mod coalesce;
 mod lease;
@@ -54,6 +55,42 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             Ok(entry) => Ok(entry.value),
             Err(flight) => flight.to_result(key),
         }
+    }
+
+    /// A read's miss (`op` is the method): its flight, in the read's span
+    /// (which the flight records the tier it reached on), with a failure
+    /// recorded there too.
+    pub(crate) async fn read_miss<F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        key: K,
+        first: Option<F>,
+        job: Job<K, V>,
+    ) -> Result<Option<V>, Error>
+    where
+        F: Future<Output = Result<Fetched<V>, Failure>>,
+    {
+        let span = self.read_span(op, &key);
+        let job = Job {
+            span: span.clone(),
+            ..job
+        };
+        let result = self.fly(&key, first, job).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            trace::failed(&span, error.label());
+        }
+        result
+    }
+
+    /// A read's L1 hit (`op` is the method): its span, if a subscriber wants
+    /// one.
+    #[inline(always)]
+    pub(crate) fn read_hit<Q>(&self, op: &'static str, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        trace::l1_hit(self.name(), op, || self.traced_key(key));
     }
 
     /// The flight's own outcome: for callers (the `#[cached_tier]` support) that
@@ -94,6 +131,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                     let skips_l1 = self.plan(job.plan.as_ref()).skip.l1_reads;
                     if let Some(entry) = self.fresh_in_l1(key).await.filter(|_| !skips_l1) {
                         self.report.event(Counter::Coalesced);
+                        trace::tier(&job.span, "l1", true);
                         runner.finish(Arc::new(Flight::Settled(entry.clone())));
                         return Ok(entry);
                     }
@@ -102,6 +140,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         fallback: job.fallback.clone(),
                         loader: job.loader.clone(),
                         plan: job.plan.clone(),
+                        span: job.span.clone(),
                         ..job
                     };
                     if !detach {
@@ -123,6 +162,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         // caller waited (then it waits on).
                         Err(_) if self.still_valid(key, stale).await => {
                             self.report.event(Counter::SoftTimeouts);
+                            trace::tier(&job.span, "stale", false);
                             let flight = Arc::new(Flight::Stale(stale.entry.clone()));
                             return self.served(key, Err(flight), &job).await;
                         }
@@ -138,6 +178,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             };
             if !ran {
                 self.report.event(Counter::Coalesced);
+                trace::tier(&job.span, "shared", false);
                 // A flight this caller joined may have read before a tag
                 // invalidation this caller saw return (tags do not move the
                 // fence): its value is taken only if its tags still hold.
@@ -183,6 +224,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 Flight::Settled(entry) => entry,
                 Flight::Stale(_) => {
                     self.report.event(Counter::StaleServed);
+                    trace::tier(&job.span, "stale", false);
                     return result;
                 }
                 _ => return result,
@@ -221,13 +263,15 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// start the same flight again, and again).
     fn spawn_flight(self: &Arc<Self>, key: &K, runner: Runner<K, V>, job: Job<K, V>) {
         let (cache, owned) = (Arc::clone(self), key.clone());
-        tokio::spawn(async move {
+        let span = job.span.clone();
+        let flight = async move {
             let run = cache.run(&owned, None::<NoLoad<V>>, job);
             let flight = match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(flight) => flight,
                 Err(panic) => Flight::Failed(Failure::Panicked(panic_message(&*panic))),
             };
             runner.finish(Arc::new(flight));
-        });
+        };
+        tokio::spawn(flight.instrument(span));
     }
 }

@@ -13,7 +13,7 @@ use crate::engine::Core;
 use crate::entry::Entry;
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
-use crate::observe::Counter;
+use crate::observe::{trace, Counter};
 use crate::policy::Plan;
 use crate::source::DynLoader;
 
@@ -88,6 +88,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             refresh_after: Some(seen.fresh_until),
             loader: given,
             plan,
+            span: trace::refresh(&self.name),
             ..Job::default()
         };
         if self.launch(key, job) {

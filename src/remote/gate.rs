@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::breaker::{Breaker, BreakerSettings, Probe};
 use crate::clock::Clock;
 use crate::error::BoxError;
-use crate::observe::{BreakerState, Report};
+use crate::observe::{trace, BreakerState, Report};
 use crate::remote::store::RemoteStore;
 
 /// One cache's way to its store.
@@ -89,21 +89,24 @@ impl Gate {
     {
         // Transitions reach every cache on this breaker through its listeners.
         let permit = self.breaker.permit().0?;
-        let span = tracing::debug_span!("tiered.l2", op);
+        let span = trace::l2(op);
         let result =
-            tracing::Instrument::instrument(tokio::time::timeout(self.timeout, call), span).await;
+            tracing::Instrument::instrument(tokio::time::timeout(self.timeout, call), span.clone())
+                .await;
         match result {
             Ok(Ok(value)) => {
                 permit.success();
                 Some(value)
             }
             Ok(Err(error)) => {
+                trace::failed(&span, "error");
                 tracing::debug!(op, %error, "L2 call failed");
                 self.failed(op, error.to_string());
                 permit.failure();
                 None
             }
             Err(_elapsed) => {
+                trace::failed(&span, "timeout");
                 tracing::debug!(op, timeout = ?self.timeout, "L2 call timed out");
                 self.failed(op, format!("timed out after {:?}", self.timeout));
                 permit.failure();

@@ -19,5 +19,6 @@ mod fleet;
 mod load_context;
 mod options;
 mod read_path;
+mod spans;
 mod tags;
 mod write_path;

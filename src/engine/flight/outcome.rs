@@ -138,6 +138,9 @@ pub(crate) struct Job<K, V> {
     pub(crate) born: Option<u64>,
     /// The call's options over the cache's settings (`None`: the cache's).
     pub(crate) plan: Option<Arc<Plan>>,
+    /// The span of the read (or refresh) this flight answers: where the
+    /// flight records the tier it reached, and its spans' parent.
+    pub(crate) span: tracing::Span,
 }
 
 impl<K, V> Default for Job<K, V> {
@@ -151,6 +154,7 @@ impl<K, V> Default for Job<K, V> {
             loader: None,
             born: None,
             plan: None,
+            span: tracing::Span::none(),
         }
     }
 }

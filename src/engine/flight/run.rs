@@ -21,7 +21,7 @@ use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::fence::Ticket;
 use crate::key::{CacheKey, CacheValue};
-use crate::observe::{Counter, LoadOutcome};
+use crate::observe::{trace, Counter, LoadOutcome};
 use crate::policy::Plan;
 use crate::remote::{Filled, L2Read};
 use crate::source::{Answer, DynLoader, LoadContext, Loaded, NOT_MODIFIED_WITHOUT_STALE};
@@ -112,6 +112,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         // Fresh, or stale within stale-while-revalidate (served
                         // now; the caller starts the refresh).
                         if self.commit(key, ticket, &entry, plan).await {
+                            trace::tier(&job.span, "l2", true);
                             return Flight::Settled(entry);
                         }
                         self.count_superseded();
@@ -126,6 +127,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
             };
             if first.is_none() && loader.is_none() {
                 if !can_load {
+                    trace::tier(&job.span, "none", false);
                     return Flight::Settled(Entry::uncached(None));
                 }
                 break;
@@ -143,7 +145,10 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                         .await
                     {
                         Leased::Held(lease) => Some(lease),
-                        Leased::Filled(entry) => return Flight::Settled(entry),
+                        Leased::Filled(entry) => {
+                            trace::tier(&job.span, "l2", true);
+                            return Flight::Settled(entry);
+                        }
                         Leased::Superseded(entry) => {
                             self.count_superseded();
                             last = Some(entry);
@@ -154,6 +159,7 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 }
                 _ => None,
             };
+            trace::tier(&job.span, "loader", false);
             let started = Instant::now();
             let loaded = self
                 .load(key, first.take(), &job, loader, fallback.as_ref())
@@ -366,9 +372,12 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
         F: Future<Output = Result<T, Failure>>,
     {
         self.report.count(Counter::Loads);
-        let span = tracing::debug_span!("tiered.load", cache = %self.name, keys);
+        let span = trace::load(&self.name, keys);
         let start = Instant::now();
-        let result = AssertUnwindSafe(load).catch_unwind().instrument(span).await;
+        let result = AssertUnwindSafe(load)
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
         let elapsed = start.elapsed();
         let (outcome, result) = match result {
             Ok(Ok(value)) => (value.outcome(), Ok(value)),
@@ -378,7 +387,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
                 Err(Failure::Panicked(panic_message(&*panic))),
             ),
         };
+        if !span.is_disabled() {
+            span.record("cache.load.outcome", outcome.label());
+        }
         if outcome == LoadOutcome::Error || outcome == LoadOutcome::Panicked {
+            if !span.is_disabled() {
+                span.record("otel.status_code", "ERROR");
+            }
             self.report.count(Counter::LoadErrors);
             tracing::debug!(cache = %self.name, ?outcome, "load failed");
         }
