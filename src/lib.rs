@@ -27,7 +27,8 @@
 //! - `redis` (default): `RedisStore`, Redis standalone or Cluster as L2.
 //! - `macros` (default): the `#[cached_tier]` attribute.
 //! - `postgres`: `PgLoader`, on deadpool-postgres.
-//! - `tls`: `rediss://` URLs (rustls).
+//! - `tls`: `rediss://` URLs (rustls; the application installs the crypto
+//!   provider, `tiered` never does). `tls-ring`: with ring enabled.
 //! - `metrics`: `MetricsObserver`, reporting to the `metrics` facade.
 //! - `encryption`: `Encryption`, AES-256-GCM at rest for L2 values.
 //! - `uuid`: `CacheKey` for `uuid::Uuid`.

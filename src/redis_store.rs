@@ -20,6 +20,7 @@ use crate::remote::store::{new_identity, RemoteStore, ScanCursor, ScanStep};
 mod node;
 mod pubsub;
 mod scripts;
+mod tls;
 mod topology;
 
 use self::node::Nodes;
@@ -83,6 +84,7 @@ type Attempt = SharedFuture<BoxFuture<'static, Result<Conn, Arc<str>>>>;
 async fn connect(target: Target) -> Result<Conn, Arc<str>> {
     let made = match target {
         Target::Standalone(client) => {
+            tls::ready_for(&client)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(Duration::from_secs(1)))
@@ -141,22 +143,41 @@ impl RedisStore {
 
     /// A standalone server (`redis://[user:password@]host:port[/db]`). Only the URL is
     /// checked here; the connection is made on first use.
+    ///
+    /// A `rediss://` URL (feature `tls`) needs a rustls crypto provider for
+    /// the process, which `tiered` never installs (see
+    /// [`install_ring_provider`](Self::install_ring_provider)): without one,
+    /// this is an error that says so.
     pub fn standalone(url: &str) -> Result<Self, ConfigError> {
-        install_tls_provider();
         let client = Client::open(url).map_err(|e| ConfigError::new(format!("redis url: {e}")))?;
+        tls::ready_for(&client).map_err(ConfigError::new)?;
         Ok(Self::from_client(client))
     }
 
+    /// Installs ring as the process's rustls crypto provider, for `rediss://`
+    /// (feature `tls-ring`). `tiered` never installs a provider itself: an
+    /// application on aws-lc-rs (rustls's default) installs that one, or has
+    /// it picked by rustls when it is the only one enabled. Returns `false`
+    /// if the process already has a provider (which stays).
+    #[cfg(feature = "tls-ring")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls-ring")))]
+    pub fn install_ring_provider() -> bool {
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .is_ok()
+    }
+
     /// A standalone server through a client you configured (TLS certificates, ...).
+    /// A TLS client without a crypto provider for the process fails each
+    /// connection with an error that says so (see
+    /// [`standalone`](Self::standalone)).
     pub fn from_client(client: Client) -> Self {
-        install_tls_provider();
         let pubsub = vec![client.clone()];
         Self::new(Target::Standalone(Box::new(client)), pubsub)
     }
 
     /// A Redis Cluster, from the URLs of some of its nodes.
     pub fn cluster<S: AsRef<str>>(urls: &[S]) -> Result<Self, ConfigError> {
-        install_tls_provider();
         let urls: Vec<&str> = urls.iter().map(AsRef::as_ref).collect();
         let client = ClusterClient::builder(urls.clone())
             .connection_timeout(Duration::from_secs(1))
@@ -169,6 +190,9 @@ impl RedisStore {
             .map(|url| Client::open(*url))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::new(format!("redis cluster urls: {e}")))?;
+        for client in &pubsub {
+            tls::ready_for(client).map_err(ConfigError::new)?;
+        }
         Ok(Self::new(Target::Cluster(Box::new(client)), pubsub))
     }
 
@@ -304,15 +328,6 @@ async fn scan<C: ConnectionLike>(
         .arg(SCAN_BATCH)
         .query_async(conn)
         .await?)
-}
-
-/// rustls needs a process-wide crypto provider; install ring's unless the
-/// application already chose one.
-fn install_tls_provider() {
-    #[cfg(feature = "tls")]
-    {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 #[derive(Clone)]

@@ -172,6 +172,7 @@ async fn connect(
     client: &redis::Client,
     channels: &[String],
 ) -> Result<(PubSubSink, redis::aio::PubSubStream), BoxError> {
+    super::tls::ready_for(client)?;
     let connect = async {
         let pubsub = client.get_async_pubsub().await?;
         let (mut sink, stream) = pubsub.split();
