@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::codec::DecodeError;
 use crate::policy::L1Eviction;
 
 mod fanout;
@@ -99,9 +100,13 @@ pub trait Observer: Send + Sync + 'static {
     fn inserted(&self) {}
     /// An L1 hit found a remembered absence (also reported as a `hit`).
     fn negative_hit(&self) {}
-    /// An L2 entry did not decode (foreign bytes, another schema, a wrong key, past
-    /// the size limit): deleted, and the value reloaded.
-    fn l2_corrupt(&self) {}
+    /// The L2 entry at `key` (its Redis key) did not decode, for the reason
+    /// `error` gives (foreign bytes, another schema or value type, a wrong
+    /// encryption key, past the size limit): it is deleted, and the value
+    /// reloaded.
+    fn l2_corrupt(&self, key: &str, error: &DecodeError) {
+        let _ = (key, error);
+    }
     /// A value was not written to L2: past `l2_max_value_bytes` (L1 only).
     fn l2_oversized(&self) {}
     /// The whole L2 namespace was cleared in place of owed deletions.
@@ -445,6 +450,14 @@ impl Report {
         }
     }
 
+    /// Counts an undecodable L2 entry and tells the observer why.
+    pub(crate) fn l2_corrupt(&self, key: &str, error: &DecodeError) {
+        self.count(Counter::L2Corrupt);
+        if let Some(observer) = &self.observer {
+            observer.l2_corrupt(key, error);
+        }
+    }
+
     pub(crate) fn l2_error(&self) {
         self.count(Counter::L2Errors);
         if let Some(observer) = &self.observer {
@@ -469,7 +482,6 @@ impl Report {
             match counter {
                 Counter::Inserts => observer.inserted(),
                 Counter::NegativeHits => observer.negative_hit(),
-                Counter::L2Corrupt => observer.l2_corrupt(),
                 Counter::L2Oversized => observer.l2_oversized(),
                 Counter::L2NamespaceClears => observer.l2_namespace_cleared(),
                 Counter::BusResubscribes => observer.bus_resubscribed(),
@@ -484,13 +496,15 @@ impl Report {
                 Counter::SoftTimeouts => observer.soft_timeout(),
                 Counter::LeaseWaits => observer.lease_waited(),
                 Counter::NotModified => observer.not_modified(),
-                // Reported through their own calls (`tier`, `l2_error`, `load`,
-                // `invalidated`, `l1_policy_switched`), with arguments.
+                // Reported through their own calls (`tier`, `l2_error`,
+                // `l2_corrupt`, `load`, `invalidated`, `l1_policy_switched`),
+                // with arguments.
                 Counter::L1Hits
                 | Counter::L1Misses
                 | Counter::L2Hits
                 | Counter::L2Misses
                 | Counter::L2Errors
+                | Counter::L2Corrupt
                 | Counter::Loads
                 | Counter::LoadErrors
                 | Counter::Invalidations

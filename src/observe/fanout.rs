@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BreakerState, LoadOutcome, Observer, Tier};
+use crate::codec::DecodeError;
 use crate::policy::L1Eviction;
 
 /// The observers of one cache, when there are several.
@@ -32,7 +33,7 @@ impl Observer for Fanout {
         invalidation_received();
         inserted();
         negative_hit();
-        l2_corrupt();
+        l2_corrupt(key: &str, error: &DecodeError);
         l2_oversized();
         l2_namespace_cleared();
         bus_resubscribed();

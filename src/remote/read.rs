@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Decoded;
-use crate::observe::{Counter, Tier};
+use crate::observe::Tier;
 use crate::remote::Remote;
 
 /// What a read of the shared tier found.
@@ -137,7 +137,7 @@ impl Remote {
             Ok(_reservation_or_expired) => Decoding::Unusable,
             Err(error) => {
                 tracing::warn!(key, %error, "undecodable L2 entry: deleted, reloading");
-                self.report().event(Counter::L2Corrupt);
+                self.report().l2_corrupt(key, &error);
                 Decoding::Corrupt
             }
         }

@@ -300,3 +300,55 @@ fn build_fails_with_a_config_error_that_says_what_is_wrong() {
         .unwrap_err();
     assert!(zero.message().contains("l1_ttl"), "{zero}");
 }
+
+/// Remembers why each L2 entry was rejected.
+#[derive(Clone, Default)]
+struct Rejections(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl tiered::Observer for Rejections {
+    fn l2_corrupt(&self, key: &str, error: &tiered::DecodeError) {
+        let kind = match error {
+            tiered::DecodeError::BadMagic => "bad magic".to_owned(),
+            tiered::DecodeError::Fingerprint => "another schema".to_owned(),
+            other => other.to_string(),
+        };
+        self.0.lock().unwrap().push((key.to_owned(), kind));
+    }
+}
+
+#[tokio::test]
+async fn an_observer_learns_why_an_l2_entry_was_rejected() {
+    let store = MemoryStore::new();
+    let writer = TieredCache::<String, u64>::builder("rejected")
+        .l2(store.connect())
+        .build()
+        .unwrap();
+    writer.insert("k".into(), 1).await;
+    writer.insert("j".into(), 2).await;
+    let l2_key = writer.l2_key("k").unwrap();
+    store.insert_raw(&l2_key, b"not an entry", None);
+    let rejections = Rejections::default();
+    // The same cache name with another value type: `j`'s entry is another
+    // schema's.
+    let reader = TieredCache::<String, String>::builder("rejected")
+        .l2(store.connect())
+        .observer(rejections.clone())
+        .build()
+        .unwrap();
+    let typed = TieredCache::<String, u64>::builder("rejected")
+        .l2(store.connect())
+        .observer(rejections.clone())
+        .build()
+        .unwrap();
+    assert_eq!(typed.get("k").await.unwrap(), None, "foreign bytes: a miss");
+    assert_eq!(reader.get("j").await.unwrap(), None, "another type: a miss");
+    let seen = rejections.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (l2_key, "bad magic".to_owned()),
+            (reader.l2_key("j").unwrap(), "another schema".to_owned())
+        ]
+    );
+    assert_eq!(typed.stats().l2_corrupt + reader.stats().l2_corrupt, 2);
+}
