@@ -44,7 +44,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::entry::Tags;
-use crate::error::BoxError;
+use crate::error::{BoxError, DecodeError};
 use crate::namespace::stable_hash;
 use crate::policy::Lifetime;
 use crate::policy::Ttl;
@@ -161,58 +161,6 @@ fn bincode_decode_limited<V: DeserializeOwned>(
         _ => decode_from_slice(bytes, standard().with_limit::<{ 4096 * MIB }>()),
     }
 }
-
-/// Why bytes from the shared tier were not accepted.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Shorter than the header and envelope.
-    Truncated,
-    /// Not written by this crate.
-    BadMagic,
-    /// Written with another wire-format version.
-    Version(u8),
-    /// Written with another codec.
-    Codec(u8),
-    /// Written for another value type or schema version.
-    Fingerprint,
-    /// The kind byte is neither absence nor value.
-    Kind(u8),
-    /// The codec rejected the value bytes.
-    Value(BoxError),
-    /// Flags this version does not know, or a value unencrypted where encryption
-    /// is required.
-    Flags(u8),
-    /// The payload is larger than the configured limit.
-    TooLarge(usize),
-    /// Encrypted under a key id this cache does not have.
-    UnknownKey(u8),
-    /// Did not open: wrong key, tampered or truncated ciphertext.
-    Decrypt,
-    /// The compressed payload does not decompress to its stated length.
-    Decompress,
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Truncated => f.write_str("truncated entry"),
-            DecodeError::BadMagic => f.write_str("not a tiered entry (bad magic)"),
-            DecodeError::Version(v) => write!(f, "unknown wire-format version {v}"),
-            DecodeError::Codec(c) => write!(f, "entry written with codec id {c}"),
-            DecodeError::Fingerprint => f.write_str("entry written for another schema"),
-            DecodeError::Kind(k) => write!(f, "unknown entry kind {k}"),
-            DecodeError::Value(e) => write!(f, "value does not decode: {e}"),
-            DecodeError::Flags(flags) => write!(f, "unexpected flags {flags:#04x}"),
-            DecodeError::TooLarge(n) => write!(f, "a payload of {n} bytes is past the limit"),
-            DecodeError::UnknownKey(id) => write!(f, "encrypted under unknown key id {id}"),
-            DecodeError::Decrypt => f.write_str("does not open with its key"),
-            DecodeError::Decompress => f.write_str("does not decompress"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// The schema fingerprint of `V`: its type name and the user's schema version.
 /// (Type names come from the compiler; a compiler upgrade that renders one

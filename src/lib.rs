@@ -107,10 +107,10 @@ pub mod defaults {
 pub use bus::{Backplane, Delivery};
 pub use cache::{Peeked, TieredCache, Warmed, WithOptions};
 pub use clock::{Clock, ManualClock};
+pub use codec::Codec;
 #[cfg(feature = "encryption")]
 pub use codec::Encryption;
-pub use codec::{Codec, DecodeError};
-pub use error::{BoxError, ConfigError, Error, SharedError};
+pub use error::{BoxError, ConfigError, DecodeError, Error, SharedError};
 pub use key::{CacheKey, CacheValue};
 #[cfg(feature = "testing")]
 pub use memory::{MemoryBus, MemoryStore, StoreOp};

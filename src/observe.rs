@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::codec::DecodeError;
+use crate::error::DecodeError;
 use crate::policy::L1Eviction;
 
 mod fanout;

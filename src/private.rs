@@ -148,7 +148,7 @@ where
         negative: false,
         ..options
     };
-    let found = fetch(cache, key, &options, body.map(|r| r.map(Some))).await?;
+    let found = fetch(cache, key, &options, false, body.map(|r| r.map(Some))).await?;
     Ok(found.expect("a value: absences are not cached for this function"))
 }
 
@@ -166,7 +166,7 @@ where
     U: Fn(&T) -> bool,
     F: Future<Output = Option<T>>,
 {
-    match fetch(cache, key, &options, body.map(Ok::<_, Infallible>)).await {
+    match fetch(cache, key, &options, true, body.map(Ok::<_, Infallible>)).await {
         Ok(found) => found,
         Err(never) => match never {},
     }
@@ -188,6 +188,7 @@ where
         cache,
         key,
         &options,
+        false,
         body.map(|v| Ok::<_, Infallible>(Some(v))),
     )
     .await
@@ -205,6 +206,7 @@ async fn fetch<K, T, E, U, F>(
     cache: &TieredCache<K, T>,
     key: K,
     options: &Options<U>,
+    absence_possible: bool,
     body: F,
 ) -> Result<Option<T>, E>
 where
@@ -220,6 +222,7 @@ where
     let how = OwnLoad {
         plan: plan.as_ref(),
         absence_answers: options.negative,
+        absence_possible,
         unless: &options.unless,
         op: "cached_tier",
     };

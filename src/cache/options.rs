@@ -143,6 +143,7 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
         let how = OwnLoad {
             plan: Some(&self.plan),
             absence_answers: true,
+            absence_possible: true,
             unless: |_: &V| false,
             op: "try_get_with",
         };

@@ -41,7 +41,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// What L1, then L2, holds for `key`, without ever loading: no loader
     /// runs (the configured one or any other), no flight is joined or started,
     /// and no refresh begins, whatever the cache's settings. A fresh L2 entry
-    /// is kept in L1, as a read keeps it; a stale one is not an answer.
+    /// is kept in L1, as a read keeps it; a stale one is not an answer (but a
+    /// stale copy that fail-safe served after a failed load is fresh again in
+    /// L1 for its throttle, and answers then, as it answers `get`).
     ///
     /// [`get`](Self::get) answers `Ok(None)` both for an absence the loader
     /// reported and, on a cache without a loader, for a key no tier holds;

@@ -22,6 +22,11 @@ pub(crate) struct OwnLoad<'a, U> {
     /// An absence (found in the cache, or loaded) is an answer, and is cached.
     /// Otherwise an absence found in the cache runs the load (uncached).
     pub(crate) absence_answers: bool,
+    /// The caller can return an absence at all (false for a `#[cached_tier]`
+    /// function returning `Result<T, E>` or `T`): otherwise an absence
+    /// another caller's load answered is not this caller's answer, and its
+    /// own load runs.
+    pub(crate) absence_possible: bool,
     /// Values for which this returns true are returned but not cached.
     pub(crate) unless: U,
     /// The method, for the read's span.
@@ -40,13 +45,16 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// any other) and takes its value. If that read failed with an error that
     /// is not an `E` (the configured loader's, another call's), or panicked,
     /// this caller runs its own `load` instead, uncached: it only ever gets its
-    /// own `E` back. A panic in this caller's own `load` is resumed in it.
+    /// own `E` back. A panic in this caller's own `load` is raised again in
+    /// this caller (a panic with the same message).
     ///
     /// Like [`get_with`](Self::get_with), the load runs in this call (it may
     /// borrow from the caller; dropping the call drops it) and has no hard
     /// timeout (there is no `E` to report one with): wrap the call in
-    /// `tokio::time::timeout` for that. Entries it writes open no early-refresh
-    /// window (a later hit has no `load` to refresh them with).
+    /// `tokio::time::timeout` for that. On a cache without a configured
+    /// loader, the entries it writes open no early-refresh window (a later hit
+    /// has no `load` to refresh them with); with one, a hit late in such an
+    /// entry's life refreshes it with the configured loader.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -80,6 +88,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let how = OwnLoad {
             plan: None,
             absence_answers: true,
+            absence_possible: true,
             unless: |_: &V| false,
             op: "try_get_with",
         };
@@ -103,8 +112,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
     {
         let core = self.core();
-        // A body cannot refresh its entry early: the call's plan serves the
-        // lookup, and no refresh starts without a loader.
+        // A hit late in its entry's life is refreshed with the configured
+        // loader, if the cache has one (never with `body`, which belongs to
+        // this call), under the call's plan.
         let lookup = core
             .lookup_from(key, crate::engine::Configured, how.plan)
             .await;
@@ -187,7 +197,9 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
                 trace::tier(&span, "loader", false);
                 body.instrument(span).await.map_err(Arc::new)
             }
-            (Some(None), Some(body)) if !how.absence_answers && !answered => {
+            (Some(None), Some(body))
+                if !how.absence_possible || (!how.absence_answers && !answered) =>
+            {
                 trace::tier(&span, "loader", false);
                 body.instrument(span).await.map_err(Arc::new)
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
-use crate::codec::DecodeError;
+use crate::error::DecodeError;
 
 const NONCE_LEN: usize = 12;
 

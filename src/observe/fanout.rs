@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BreakerState, LoadOutcome, Observer, Tier};
-use crate::codec::DecodeError;
+use crate::error::DecodeError;
 use crate::policy::L1Eviction;
 
 /// The observers of one cache, when there are several.

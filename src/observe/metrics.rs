@@ -135,7 +135,7 @@ impl Observer for MetricsObserver {
         self.negative_hits.increment(1);
     }
 
-    fn l2_corrupt(&self, _key: &str, _error: &crate::DecodeError) {
+    fn l2_corrupt(&self, _key: &str, _error: &crate::error::DecodeError) {
         self.l2_corrupt.increment(1);
     }
 

@@ -17,19 +17,32 @@ pub(crate) fn is_tls(client: &Client) -> bool {
 
 /// What a TLS connection needs of the process: `Err` says what is missing.
 /// rustls takes the installed provider, else installs the one its features
-/// enable if exactly one is, else panics; this runs that choice where a
-/// panic is caught, before redis-rs runs it where a panic would not be.
+/// enable if exactly one is, else panics. This runs that choice once, where
+/// the panic is caught (its message still goes to the panic hook), before
+/// redis-rs runs it where it would not be; a failed probe is not repeated
+/// (rustls's features do not change), but a provider installed later is
+/// found. Built with `panic = "abort"`, nothing is probed: TLS needs a
+/// provider installed beforehand.
 #[cfg(feature = "tls")]
 pub(crate) fn ready() -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static PROBE_FAILED: AtomicBool = AtomicBool::new(false);
     if rustls::crypto::CryptoProvider::get_default().is_some() {
         return Ok(());
     }
-    std::panic::catch_unwind(|| drop(rustls::ClientConfig::builder())).map_err(|_| {
+    let missing = || {
         "TLS to Redis needs a rustls crypto provider, and none is installed (and rustls \
          cannot pick one: none or several of its providers are enabled). Install one \
          before connecting: `rustls::crypto::ring::default_provider().install_default()`, \
          aws-lc-rs's, or `RedisStore::install_ring_provider()` with feature `tls-ring`"
             .to_owned()
+    };
+    if cfg!(panic = "abort") || PROBE_FAILED.load(Ordering::Relaxed) {
+        return Err(missing());
+    }
+    std::panic::catch_unwind(|| drop(rustls::ClientConfig::builder())).map_err(|_| {
+        PROBE_FAILED.store(true, Ordering::Relaxed);
+        missing()
     })
 }
 
@@ -52,7 +65,7 @@ pub(crate) fn ready_for(client: &Client) -> Result<(), String> {
 mod tests {
     use rustls::crypto::CryptoProvider;
 
-    use crate::RedisStore;
+    use crate::redis_store::RedisStore;
 
     /// Plain stores leave the process without a provider (one test: the
     /// provider is process-wide).
@@ -74,6 +87,8 @@ mod tests {
         plain_stores_install_no_provider();
         let error = RedisStore::standalone("rediss://127.0.0.1:1").unwrap_err();
         assert!(error.message().contains("crypto provider"), "{error}");
+        let cluster = RedisStore::cluster(&["rediss://127.0.0.1:1"]).unwrap_err();
+        assert!(cluster.message().contains("crypto provider"), "{cluster}");
         let client = redis::Client::open("rediss://127.0.0.1:1").unwrap();
         let ping = RedisStore::from_client(client).ping().await.unwrap_err();
         assert!(ping.to_string().contains("crypto provider"), "{ping}");

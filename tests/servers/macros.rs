@@ -470,3 +470,32 @@ async fn the_key_may_be_any_expression_of_the_caches_key_type() {
         tiered::Peeked::Missing
     );
 }
+
+static SHARED_BY_ID: LazyLock<TieredCache<u64, String>> = LazyLock::new(|| {
+    TieredCache::builder("shared-by-id")
+        .negative_ttl(Duration::ZERO)
+        .build()
+        .expect("valid settings")
+});
+
+#[cached_tier(cache = SHARED_BY_ID, key = id)]
+async fn must_find(id: u64) -> Result<String, NotFound> {
+    Ok(format!("found {id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_cannot_return_none_runs_its_body_when_it_joins_an_absence() {
+    // Another caller's load of key 1 answers "absent", cached nowhere (a zero
+    // negative TTL); the function joins that load.
+    let absent = tokio::spawn(async {
+        SHARED_BY_ID
+            .try_get_with(&1, async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, NotFound>(None)
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(must_find(1).await, Ok("found 1".to_owned()));
+    assert_eq!(absent.await.unwrap(), Ok(None));
+}
