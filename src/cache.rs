@@ -164,12 +164,10 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
             }
             miss => miss.into_job(),
         };
-        // Boxed: the miss path's state machine is large, and keeping it out of
-        // `get`'s future keeps a hit from moving it around.
         let miss = self
             .core
             .read_miss("get", key.to_owned(), None::<Ready<_>>, job);
-        Box::pin(miss).await
+        miss.await
     }
 
     /// Cache-aside with an ad-hoc loader: the value of `key` from L1 or L2, or else
@@ -199,7 +197,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let miss = self
             .core
             .read_miss("get_with", key.to_owned(), Some(first), job);
-        Box::pin(miss).await
+        miss.await
     }
 
     /// Cache-aside with a `'static` loader: the value of `key` from L1 or L2, or
@@ -286,7 +284,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         let miss = self
             .core
             .read_miss("get_or_load", key.to_owned(), None::<Ready<_>>, job);
-        Box::pin(miss).await
+        miss.await
     }
 
     /// The values of `keys` that exist. L1 answers what it has, L2 the rest in one

@@ -92,7 +92,7 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
         };
         let core = self.cache.core();
         let miss = core.read_miss("get", key.to_owned(), None::<std::future::Ready<_>>, job);
-        Box::pin(miss).await
+        miss.await
     }
 
     /// L1's answer under the options (`Err`: a hit), or the flight's job.
@@ -129,7 +129,7 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
         };
         let first = load.map(|r| r.map(Fetched::cached).map_err(|e| shared(e.into())));
         let miss = (self.cache.core()).read_miss("get_with", key.to_owned(), Some(first), job);
-        Box::pin(miss).await
+        miss.await
     }
 
     /// [`TieredCache::try_get_with`] under the options.

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
@@ -59,27 +60,32 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
 
     /// A read's miss (`op` is the method): its flight, in the read's span
     /// (which the flight records the tier it reached on), with a failure
-    /// recorded there too.
-    pub(crate) async fn read_miss<F>(
-        self: &Arc<Self>,
+    /// recorded there too. Boxed here, out of line: the miss path's state
+    /// machine is large, and neither it nor its construction belongs in the
+    /// read's own future and frame, which a hit runs through.
+    #[inline(never)]
+    pub(crate) fn read_miss<'a, F>(
+        self: &'a Arc<Self>,
         op: &'static str,
         key: K,
         first: Option<F>,
         job: Job<K, V>,
-    ) -> Result<Option<V>, Error>
+    ) -> Pin<Box<impl Future<Output = Result<Option<V>, Error>> + 'a>>
     where
-        F: Future<Output = Result<Fetched<V>, Failure>>,
+        F: Future<Output = Result<Fetched<V>, Failure>> + 'a,
     {
-        let span = self.read_span(op, &key);
-        let job = Job {
-            span: span.clone(),
-            ..job
-        };
-        let result = self.fly(&key, first, job).instrument(span.clone()).await;
-        if let Err(error) = &result {
-            trace::failed(&span, error.label());
-        }
-        result
+        Box::pin(async move {
+            let span = self.read_span(op, &key);
+            let job = Job {
+                span: span.clone(),
+                ..job
+            };
+            let result = self.fly(&key, first, job).instrument(span.clone()).await;
+            if let Err(error) = &result {
+                trace::failed(&span, error.label());
+            }
+            result
+        })
     }
 
     /// A read's L1 hit (`op` is the method): its span, if a subscriber wants

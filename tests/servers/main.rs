@@ -6,6 +6,7 @@ mod support;
 mod cache_aside;
 mod cluster_walk;
 mod conformance;
+mod failover;
 mod fleet;
 mod freshness;
 mod harness;

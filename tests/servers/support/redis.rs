@@ -318,6 +318,12 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// Kills node `i` (SIGKILL): a master's replica takes its slots after
+    /// the cluster's node timeout.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
     /// How many keys each master holds.
     pub fn key_counts(&self) -> Vec<u64> {
         self.nodes
