@@ -1,6 +1,7 @@
 //! [`RemoteStore`] on Redis: standalone through a reconnecting `ConnectionManager`,
 //! or a Redis Cluster through the async cluster client.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{Client, Cmd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{BoxError, ConfigError};
 use crate::remote::store::{new_identity, RemoteStore, ScanCursor, ScanStep};
@@ -52,8 +54,12 @@ pub struct RedisStore {
 
 struct Shared {
     target: Target,
-    conn: OnceLock<Conn>,
+    /// The connection, once made (a cluster's is made again after a failed
+    /// `PING`, see [`RedisStore::ping`]).
+    conn: Mutex<Option<Conn>>,
     connecting: Mutex<Option<(u64, Attempt)>>,
+    /// The last `PING` failed, or was given up on.
+    ping_failed: AtomicBool,
     /// Where pub/sub connections go: the server, or each node of a cluster in turn
     /// (a cluster forwards every `PUBLISH` to all its nodes).
     pubsub: Vec<Client>,
@@ -131,8 +137,9 @@ impl RedisStore {
         RedisStore {
             shared: Arc::new(Shared {
                 target,
-                conn: OnceLock::new(),
+                conn: Mutex::new(None),
                 connecting: Mutex::new(None),
+                ping_failed: AtomicBool::new(false),
                 pubsub,
                 hub: RedisHub::default(),
                 nodes,
@@ -198,11 +205,27 @@ impl RedisStore {
 
     /// Connects (if not yet connected) and sends `PING`: the server's error, such as
     /// a refused connection or a wrong password, comes back as it is.
+    ///
+    /// On a cluster, `PING` goes to every master the client knows of, and a
+    /// client learns a failover's new master only from a command routed by
+    /// slot (a fan-out's failure refreshes nothing): after a failed `PING` (or
+    /// one given up on), the next makes a new connection, which reads the
+    /// topology afresh. Otherwise a breaker held open by a dead master, whose
+    /// probes are its only calls, would never see its replica take over.
     pub async fn ping(&self) -> Result<(), BoxError> {
+        let cluster = matches!(self.shared.target, Target::Cluster(_));
+        if cluster && self.shared.ping_failed.load(Ordering::Relaxed) {
+            // The attempt that made it is forgotten too (it would hand the
+            // same connection back).
+            *lock(&self.shared.connecting) = None;
+            *lock(&self.shared.conn) = None;
+        }
+        self.shared.ping_failed.store(true, Ordering::Relaxed);
         match self.connection().await? {
             Conn::Standalone(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await?,
             Conn::Cluster(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await?,
         }
+        self.shared.ping_failed.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -211,8 +234,8 @@ impl RedisStore {
     /// [`CONNECT_TIMEOUT`]) and the next call finds it made. A failed attempt is
     /// forgotten, and the next call starts another.
     async fn connection(&self) -> Result<Conn, BoxError> {
-        if let Some(conn) = self.shared.conn.get() {
-            return Ok(conn.clone());
+        if let Some(conn) = lock(&self.shared.conn).clone() {
+            return Ok(conn);
         }
         let (id, attempt) = {
             let mut slot = self
@@ -220,8 +243,8 @@ impl RedisStore {
                 .connecting
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(conn) = self.shared.conn.get() {
-                return Ok(conn.clone());
+            if let Some(conn) = lock(&self.shared.conn).clone() {
+                return Ok(conn);
             }
             match &*slot {
                 Some((id, attempt)) => (*id, attempt.clone()),
@@ -242,7 +265,7 @@ impl RedisStore {
         };
         match attempt.await {
             Ok(conn) => {
-                let _ = self.shared.conn.set(conn.clone());
+                *lock(&self.shared.conn) = Some(conn.clone());
                 Ok(conn)
             }
             Err(error) => {
@@ -278,10 +301,37 @@ impl RedisStore {
     }
 
     /// `UNLINK`s `keys` (any bytes); returns how many existed.
-    async fn unlink<K: redis::ToRedisArgs>(&self, keys: &[K]) -> Result<u64, BoxError> {
+    ///
+    /// On a cluster, one `UNLINK` per slot, sent together: redis-rs splits a
+    /// multi-slot `UNLINK` by node and, for a slot whose master it has no
+    /// connection to (in a failover), silently leaves that part out and
+    /// answers with the sum of the rest, so a deletion that missed a node
+    /// would count as done. A single-slot command has one node, or fails.
+    async fn unlink<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<u64, BoxError> {
         let mut removed = 0;
+        if matches!(self.shared.target, Target::Cluster(_)) {
+            let mut by_slot: HashMap<Slot, Vec<&[u8]>> = HashMap::new();
+            for key in keys {
+                let key = key.as_ref();
+                by_slot.entry(Slot::for_key(key)).or_default().push(key);
+            }
+            for slots in by_slot.into_values().collect::<Vec<_>>().chunks(SCAN_BATCH) {
+                let unlinks = slots.iter().map(|keys| async move {
+                    self.query::<u64>(redis::cmd("UNLINK").arg(keys)).await
+                });
+                removed += futures_util::future::try_join_all(unlinks)
+                    .await?
+                    .into_iter()
+                    .sum::<u64>();
+            }
+            return Ok(removed);
+        }
         for batch in keys.chunks(SCAN_BATCH) {
-            removed += self.query::<u64>(redis::cmd("UNLINK").arg(batch)).await?;
+            let mut unlink = redis::cmd("UNLINK");
+            for key in batch {
+                unlink.arg(key.as_ref());
+            }
+            removed += self.query::<u64>(&unlink).await?;
         }
         Ok(removed)
     }
@@ -478,4 +528,9 @@ impl RemoteStore for RedisStore {
 fn millis(ttl: Duration) -> u64 {
     let ttl = ttl.min(crate::policy::Ttl::MAX);
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `mutex`'s guard, whether or not a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
