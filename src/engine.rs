@@ -83,6 +83,38 @@ pub(crate) struct Core<K, V> {
     trace_keys: bool,
 }
 
+/// How long the last handle's drop goes on sending what was left waiting.
+const DROP_FLUSH: Duration = Duration::from_secs(10);
+
+/// The last handle gone with changes still waiting (owed to Redis, or
+/// messages unsent): they are sent in the background for up to
+/// [`DROP_FLUSH`], if a tokio runtime is there to run that (and lives that
+/// long); otherwise they are lost, and a warning says so. `flush` before the
+/// end is the sure way.
+impl<K, V> Drop for Core<K, V> {
+    fn drop(&mut self) {
+        let (remote, bus) = (self.remote.clone(), self.bus.clone());
+        let waiting = write::waiting_in(remote.as_ref(), bus.as_ref());
+        if waiting.is_applied() {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        match Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let left = write::flush_parts(remote.as_ref(), bus.as_ref(), DROP_FLUSH).await;
+                    if !left.is_applied() {
+                        tracing::warn!(cache = %name, ?left, "a dropped cache's queued changes were not all sent");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(cache = %name, ?waiting, "a cache dropped outside a tokio runtime with changes queued: they are lost (call flush first)");
+            }
+        }
+    }
+}
+
 impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// Makes each part from its settings.
     pub(crate) fn new(settings: Settings<K, V>) -> Arc<Self> {

@@ -11,9 +11,9 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
 use redis::{Client, Cmd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{BoxError, ConfigError};
@@ -54,12 +54,9 @@ pub struct RedisStore {
 
 struct Shared {
     target: Target,
-    /// The connection, once made (a cluster's is made again after a failed
-    /// `PING`, see [`RedisStore::ping`]).
-    conn: Mutex<Option<Conn>>,
+    /// The connection in use, with the number of the attempt that made it.
+    conn: Mutex<Option<(u64, Conn)>>,
     connecting: Mutex<Option<(u64, Attempt)>>,
-    /// The last `PING` failed, or was given up on.
-    ping_failed: AtomicBool,
     /// Where pub/sub connections go: the server, or each node of a cluster in turn
     /// (a cluster forwards every `PUBLISH` to all its nodes).
     pubsub: Vec<Client>,
@@ -139,7 +136,6 @@ impl RedisStore {
                 target,
                 conn: Mutex::new(None),
                 connecting: Mutex::new(None),
-                ping_failed: AtomicBool::new(false),
                 pubsub,
                 hub: RedisHub::default(),
                 nodes,
@@ -206,26 +202,24 @@ impl RedisStore {
     /// Connects (if not yet connected) and sends `PING`: the server's error, such as
     /// a refused connection or a wrong password, comes back as it is.
     ///
-    /// On a cluster, `PING` goes to every master the client knows of, and a
-    /// client learns a failover's new master only from a command routed by
-    /// slot (a fan-out's failure refreshes nothing): after a failed `PING` (or
-    /// one given up on), the next makes a new connection, which reads the
-    /// topology afresh. Otherwise a breaker held open by a dead master, whose
-    /// probes are its only calls, would never see its replica take over.
+    /// A cluster answers only when the master of every slot range does (see
+    /// [`ping_every_master`]).
+    ///
+    /// A cluster's client learns a failover's new master only from a
+    /// slot-routed command that finds no connection, which a dead master's
+    /// half-open one does not give: a cluster `PING` that fails (or is given
+    /// up on) forgets its connection, and the next call makes a new one, which
+    /// reads the topology afresh. A breaker held open by a dead master, whose
+    /// probes are its only calls, thus sees the replica take over.
     pub async fn ping(&self) -> Result<(), BoxError> {
-        let cluster = matches!(self.shared.target, Target::Cluster(_));
-        if cluster && self.shared.ping_failed.load(Ordering::Relaxed) {
-            // The attempt that made it is forgotten too (it would hand the
-            // same connection back).
-            *lock(&self.shared.connecting) = None;
-            *lock(&self.shared.conn) = None;
+        match self.numbered_connection().await? {
+            (_, Conn::Standalone(mut c)) => redis::cmd("PING").query_async::<()>(&mut c).await?,
+            (id, Conn::Cluster(mut c)) => {
+                let forget = ForgetOnDrop(self, Some(id));
+                ping_every_master(&mut c).await?;
+                forget.disarm();
+            }
         }
-        self.shared.ping_failed.store(true, Ordering::Relaxed);
-        match self.connection().await? {
-            Conn::Standalone(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await?,
-            Conn::Cluster(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await?,
-        }
-        self.shared.ping_failed.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -234,17 +228,19 @@ impl RedisStore {
     /// [`CONNECT_TIMEOUT`]) and the next call finds it made. A failed attempt is
     /// forgotten, and the next call starts another.
     async fn connection(&self) -> Result<Conn, BoxError> {
-        if let Some(conn) = lock(&self.shared.conn).clone() {
-            return Ok(conn);
+        self.numbered_connection().await.map(|(_, conn)| conn)
+    }
+
+    /// [`connection`](Self::connection), with the number of the attempt that
+    /// made it (for [`forget`](Self::forget)).
+    async fn numbered_connection(&self) -> Result<(u64, Conn), BoxError> {
+        if let Some(made) = lock(&self.shared.conn).clone() {
+            return Ok(made);
         }
         let (id, attempt) = {
-            let mut slot = self
-                .shared
-                .connecting
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(conn) = lock(&self.shared.conn).clone() {
-                return Ok(conn);
+            let mut slot = lock(&self.shared.connecting);
+            if let Some(made) = lock(&self.shared.conn).clone() {
+                return Ok(made);
             }
             match &*slot {
                 Some((id, attempt)) => (*id, attempt.clone()),
@@ -263,22 +259,37 @@ impl RedisStore {
                 }
             }
         };
-        match attempt.await {
+        let made = attempt.await;
+        let mut slot = lock(&self.shared.connecting);
+        let current = slot.as_ref().is_some_and(|(current, _)| *current == id);
+        match made {
             Ok(conn) => {
-                *lock(&self.shared.conn) = Some(conn.clone());
-                Ok(conn)
+                // Kept unless forgotten meanwhile (a newer attempt's, then).
+                let mut kept = lock(&self.shared.conn);
+                if current && kept.is_none() {
+                    *kept = Some((id, conn.clone()));
+                }
+                Ok((id, conn))
             }
             Err(error) => {
-                let mut slot = self
-                    .shared
-                    .connecting
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if slot.as_ref().is_some_and(|(current, _)| *current == id) {
+                if current {
                     *slot = None;
                 }
                 Err(error.to_string().into())
             }
+        }
+    }
+
+    /// Forgets connection `id` (and its attempt), if it is still the one in
+    /// use: the next call makes a new one.
+    fn forget(&self, id: u64) {
+        let mut slot = lock(&self.shared.connecting);
+        if slot.as_ref().is_some_and(|(current, _)| *current == id) {
+            *slot = None;
+        }
+        let mut kept = lock(&self.shared.conn);
+        if kept.as_ref().is_some_and(|(current, _)| *current == id) {
+            *kept = None;
         }
     }
 
@@ -315,7 +326,12 @@ impl RedisStore {
                 let key = key.as_ref();
                 by_slot.entry(Slot::for_key(key)).or_default().push(key);
             }
-            for slots in by_slot.into_values().collect::<Vec<_>>().chunks(SCAN_BATCH) {
+            // A slot's keys in batches too (hash-tagged keys share one).
+            let batches: Vec<&[&[u8]]> = by_slot
+                .values()
+                .flat_map(|keys| keys.chunks(SCAN_BATCH))
+                .collect();
+            for slots in batches.chunks(SCAN_BATCH) {
                 let unlinks = slots.iter().map(|keys| async move {
                     self.query::<u64>(redis::cmd("UNLINK").arg(keys)).await
                 });
@@ -528,6 +544,75 @@ impl RemoteStore for RedisStore {
 fn millis(ttl: Duration) -> u64 {
     let ttl = ttl.min(crate::policy::Ttl::MAX);
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// `PING` on a cluster, answered only when every master answers and every
+/// slot is served: one `PING` to each master `CLUSTER SLOTS` names, by its
+/// address, on the client's connection to it. redis-rs's own `PING` fans out
+/// to the masters it has a connection to, leaving out silently one it has
+/// lost; a slot-routed command whose node has no connection goes to some
+/// other node (which answers `PING`); a command by address has that node's
+/// connection, or fails.
+async fn ping_every_master(conn: &mut ClusterConnection) -> Result<(), BoxError> {
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut served = 0;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in &ranges {
+        let redis::Value::Array(fields) = range else {
+            continue;
+        };
+        let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end))) =
+            (fields.first(), fields.get(1))
+        else {
+            continue;
+        };
+        served += end - start + 1;
+        let master = match fields.get(2) {
+            Some(redis::Value::Array(node)) => match (node.first(), node.get(1)) {
+                (Some(redis::Value::BulkString(host)), Some(redis::Value::Int(port))) => {
+                    String::from_utf8(host.clone())
+                        .ok()
+                        .zip(u16::try_from(*port).ok())
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let master = master.ok_or("CLUSTER SLOTS names a master without an address")?;
+        if !masters.contains(&master) {
+            masters.push(master);
+        }
+    }
+    if served != i64::from(topology::SLOTS) {
+        return Err(format!("the cluster serves {served} of {} slots", topology::SLOTS).into());
+    }
+    let pings = masters.into_iter().map(|(host, port)| {
+        let mut conn = conn.clone();
+        async move {
+            let master = SingleNodeRoutingInfo::ByAddress { host, port };
+            conn.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(master))
+                .await
+        }
+    });
+    futures_util::future::try_join_all(pings).await?;
+    Ok(())
+}
+
+/// Forgets a cluster connection whose `PING` failed or was given up on.
+struct ForgetOnDrop<'a>(&'a RedisStore, Option<u64>);
+
+impl ForgetOnDrop<'_> {
+    fn disarm(mut self) {
+        self.1 = None;
+    }
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.1 {
+            self.0.forget(id);
+        }
+    }
 }
 
 /// `mutex`'s guard, whether or not a holder panicked.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use crate::bus::Message;
+use crate::bus::{Bus, Message};
 use crate::engine::Core;
 use crate::entry::{Entry, Tags};
 use crate::key::{CacheKey, CacheValue};
@@ -20,7 +20,7 @@ use crate::namespace::ALL_TAG;
 use crate::observe::{Counter, Written};
 use crate::pattern::{escape_glob, Pattern};
 use crate::policy::Plan;
-use crate::remote::Landed;
+use crate::remote::{Landed, Remote};
 
 /// How many keys of an `invalidate_many` or `insert_many` go in one store call
 /// (or set of pipelined writes) and one message.
@@ -311,34 +311,13 @@ impl<K: CacheKey, V: CacheValue> Core<K, V> {
     /// What this instance has waiting to be sent: [`Written::Applied`] if
     /// nothing.
     pub(crate) fn waiting(&self) -> Written {
-        let owed = self.remote.as_ref().map_or(0, |remote| remote.owed());
-        let unsent = self.bus.as_ref().map_or(0, |bus| bus.health().unsent);
-        if owed == 0 && unsent == 0 {
-            Written::Applied
-        } else {
-            Written::Queued { owed, unsent }
-        }
+        waiting_in(self.remote.as_ref(), self.bus.as_ref())
     }
 
     /// Sends what this instance has waiting (owed changes, kept messages) now,
     /// until nothing is left or `within` has passed; returns what is left.
     pub(crate) async fn flush(&self, within: std::time::Duration) -> Written {
-        let sending = async {
-            loop {
-                if let Some(remote) = &self.remote {
-                    remote.replay_now().await;
-                }
-                if let Some(bus) = &self.bus {
-                    bus.send_unsent().await;
-                }
-                if self.waiting().is_applied() {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        let _ = tokio::time::timeout(within, sending).await;
-        self.waiting()
+        flush_parts(self.remote.as_ref(), self.bus.as_ref(), within).await
     }
 
     /// Applies another instance's invalidation to this one's L1, through the fence.
@@ -483,4 +462,41 @@ pub(crate) fn message(change: &Landed) -> Message {
         Landed::All => Message::All,
         Landed::Tags(stamp, tags, _) => Message::Tags(*stamp, tags.clone()),
     }
+}
+
+/// What `remote` and `bus` have waiting: owed changes, kept messages.
+pub(crate) fn waiting_in(remote: Option<&Arc<Remote>>, bus: Option<&Arc<Bus>>) -> Written {
+    let owed = remote.map_or(0, |remote| remote.owed());
+    let unsent = bus.map_or(0, |bus| bus.health().unsent);
+    if owed == 0 && unsent == 0 {
+        Written::Applied
+    } else {
+        Written::Queued { owed, unsent }
+    }
+}
+
+/// Sends what `remote` and `bus` have waiting now, until nothing is left or
+/// `within` has passed; returns what is left. (Changes that land are
+/// announced on the bus as they land.)
+pub(crate) async fn flush_parts(
+    remote: Option<&Arc<Remote>>,
+    bus: Option<&Arc<Bus>>,
+    within: Duration,
+) -> Written {
+    let sending = async {
+        loop {
+            if let Some(remote) = remote {
+                remote.replay_now().await;
+            }
+            if let Some(bus) = bus {
+                bus.send_unsent().await;
+            }
+            if waiting_in(remote, bus).is_applied() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = tokio::time::timeout(within, sending).await;
+    waiting_in(remote, bus)
 }

@@ -274,3 +274,28 @@ async fn tuple_keys_round_trip_across_instances() {
     a.invalidate_pattern(&glob).await;
     assert_eq!(a.get(&(8, "x:y".to_owned())).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn dropping_the_last_handle_still_sends_what_was_queued() {
+    let store = tiered::MemoryStore::new();
+    let handle = store.connect();
+    let cache = TieredCache::<String, u64>::builder("dropped")
+        .l2(handle.clone())
+        .build()
+        .unwrap();
+    cache.insert("k".into(), 1).await;
+    let l2_key = cache.l2_key("k").unwrap();
+    assert!(store.raw(&l2_key).is_some());
+    handle.disconnect();
+    assert!(matches!(
+        cache.invalidate("k").await,
+        tiered::Written::Queued { owed: 1, .. }
+    ));
+    handle.reconnect();
+    // No flush: the process drops its cache (a shutdown that forgot it).
+    drop(cache);
+    crate::support::eventually("the owed deletion lands after the drop", || async {
+        store.raw(&l2_key).is_none()
+    })
+    .await;
+}

@@ -237,6 +237,11 @@ impl RedisCluster {
 
     /// Three masters with `replicas` replicas each, every replica in sync.
     pub fn start_with(replicas: usize) -> RedisCluster {
+        RedisCluster::start_configured(replicas, &[])
+    }
+
+    /// [`start_with`](Self::start_with), each node also given `extra` settings.
+    pub fn start_configured(replicas: usize, extra: &[&str]) -> RedisCluster {
         // Cluster bus ports are port + 10000: keep ports at or below 55535.
         // Distinct, and none another's bus port: a free port is free until it is
         // bound, so two picks can give the same one (then the cluster never had
@@ -254,17 +259,16 @@ impl RedisCluster {
         let nodes: Vec<Redis> = ports
             .iter()
             .map(|&port| {
-                Redis::start_on(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                )
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                args.extend_from_slice(extra);
+                Redis::start_on(port, &args)
             })
             .collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
