@@ -202,8 +202,8 @@ impl RedisStore {
     /// Connects (if not yet connected) and sends `PING`: the server's error, such as
     /// a refused connection or a wrong password, comes back as it is.
     ///
-    /// A cluster answers only when the master of every slot range does (see
-    /// [`ping_every_master`]).
+    /// A cluster answers only when every master `CLUSTER SLOTS` names answers
+    /// (each pinged by its address) and every slot is served.
     ///
     /// A cluster's client learns a failover's new master only from a
     /// slot-routed command that finds no connection, which a dead master's
