@@ -83,6 +83,18 @@ pub(crate) struct Core<K, V> {
     trace_keys: bool,
 }
 
+/// Warns, when dropped armed, that a dropped cache's queued changes were not
+/// all sent.
+struct WarnUnsent(Option<String>);
+
+impl Drop for WarnUnsent {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0.take() {
+            tracing::warn!(%cache, "a dropped cache's queued changes were not all sent");
+        }
+    }
+}
+
 /// How long the last handle's drop goes on sending what was left waiting.
 const DROP_FLUSH: Duration = Duration::from_secs(10);
 
@@ -102,9 +114,12 @@ impl<K, V> Drop for Core<K, V> {
         match Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
+                    // Warns unless the flush ran to its end (a runtime that
+                    // shuts down cancels it).
+                    let mut unsent = WarnUnsent(Some(name));
                     let left = write::flush_parts(remote.as_ref(), bus.as_ref(), DROP_FLUSH).await;
-                    if !left.is_applied() {
-                        tracing::warn!(cache = %name, ?left, "a dropped cache's queued changes were not all sent");
+                    if left.is_applied() {
+                        unsent.0 = None;
                     }
                 });
             }

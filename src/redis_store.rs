@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Client, Cmd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -557,6 +557,12 @@ async fn ping_every_master(conn: &mut ClusterConnection) -> Result<(), BoxError>
     let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
     let mut served = 0;
     let mut masters: Vec<(String, u16)> = Vec::new();
+    // Masters named without a usable host (a node that never learned its own
+    // address, an unknown endpoint): redis-rs keys their connections by the
+    // answering node's host, which this does not know. They are pinged by
+    // their first slot instead, which redis-rs may send elsewhere when it has
+    // no connection: a weaker check, but not one that fails forever.
+    let mut unnamed: Vec<u16> = Vec::new();
     for range in &ranges {
         let redis::Value::Array(fields) = range else {
             continue;
@@ -572,24 +578,33 @@ async fn ping_every_master(conn: &mut ClusterConnection) -> Result<(), BoxError>
                 (Some(redis::Value::BulkString(host)), Some(redis::Value::Int(port))) => {
                     String::from_utf8(host.clone())
                         .ok()
+                        .filter(|host| !matches!(host.as_str(), "" | "?" | "0.0.0.0" | "::"))
                         .zip(u16::try_from(*port).ok())
                 }
                 _ => None,
             },
             _ => None,
         };
-        let master = master.ok_or("CLUSTER SLOTS names a master without an address")?;
-        if !masters.contains(&master) {
-            masters.push(master);
+        match master {
+            Some(master) if !masters.contains(&master) => masters.push(master),
+            Some(_) => {}
+            None => unnamed.extend(u16::try_from(*start).ok()),
         }
     }
     if served != i64::from(topology::SLOTS) {
         return Err(format!("the cluster serves {served} of {} slots", topology::SLOTS).into());
     }
-    let pings = masters.into_iter().map(|(host, port)| {
+    let by_slot = unnamed.into_iter().filter_map(|slot| {
+        let route = Route::with_slot(Slot::new(slot)?, SlotAddr::Master);
+        Some(SingleNodeRoutingInfo::SpecificNode(route))
+    });
+    let targets = masters
+        .into_iter()
+        .map(|(host, port)| SingleNodeRoutingInfo::ByAddress { host, port })
+        .chain(by_slot);
+    let pings = targets.map(|master| {
         let mut conn = conn.clone();
         async move {
-            let master = SingleNodeRoutingInfo::ByAddress { host, port };
             conn.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(master))
                 .await
         }

@@ -85,9 +85,10 @@ fn served_by(cluster: &RedisCluster, port: u16, l2_key: &str) -> bool {
     })
 }
 
-/// Not in the default run: in about one run in twenty, one key's reads on
-/// one instance hang past 30 s after the failover (a defect not yet found;
-/// docs/BENCHMARKS.md "Failover"). `scripts/failover N` runs it N times.
+/// Not in the default run: in 3 of 22 runs, one key's reads on one instance
+/// hung past 30 s after the failover (a defect not yet found, perhaps brought
+/// by the probe's changes: docs/BENCHMARKS.md "Failover"). `scripts/failover
+/// N` runs it N times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a rare hang after the failover is open: run with scripts/failover"]
 async fn a_master_killed_under_load_loses_no_read_and_no_invalidation() {
@@ -299,9 +300,12 @@ async fn with_a_master_gone_a_cluster_store_fails_rather_than_answer_for_the_res
     }
     // Reads of every key: the client meets the dead master, reads the
     // topology again, and keeps no connection to it.
-    for key in &keys {
-        let _ = tokio::time::timeout(Duration::from_secs(5), store.get(key)).await;
-    }
+    let reads = async {
+        for key in &keys {
+            let _ = tokio::time::timeout(Duration::from_secs(5), store.get(key)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), reads).await;
     let deleted = tokio::time::timeout(Duration::from_secs(30), store.delete(&keys)).await;
     assert!(
         matches!(deleted, Ok(Err(_))),
