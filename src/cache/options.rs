@@ -140,13 +140,7 @@ impl<K: CacheKey, V: CacheValue> WithOptions<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
         E: Send + Sync + 'static,
     {
-        let how = OwnLoad {
-            plan: Some(&self.plan),
-            absence_answers: true,
-            absence_possible: true,
-            unless: |_: &V| false,
-            op: "try_get_with",
-        };
+        let how = OwnLoad::try_get_with(Some(&self.plan));
         self.cache.own_load(key, &how, load).await
     }
 

@@ -33,6 +33,19 @@ pub(crate) struct OwnLoad<'a, U> {
     pub(crate) op: &'static str,
 }
 
+impl<'a, V> OwnLoad<'a, fn(&V) -> bool> {
+    /// `try_get_with`'s: absences are answers, every value is kept.
+    pub(crate) fn try_get_with(plan: Option<&'a Arc<Plan>>) -> Self {
+        OwnLoad {
+            plan,
+            absence_answers: true,
+            absence_possible: true,
+            unless: |_| false,
+            op: "try_get_with",
+        }
+    }
+}
+
 impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
     /// Cache-aside that keeps the caller's error type: the value of `key` from
     /// L1 or L2, or else from `load` (polled only on a miss, and only by one of
@@ -85,14 +98,7 @@ impl<K: CacheKey, V: CacheValue> TieredCache<K, V> {
         F: Future<Output = Result<Option<V>, E>>,
         E: Send + Sync + 'static,
     {
-        let how = OwnLoad {
-            plan: None,
-            absence_answers: true,
-            absence_possible: true,
-            unless: |_: &V| false,
-            op: "try_get_with",
-        };
-        self.own_load(key, &how, load).await
+        self.own_load(key, &OwnLoad::try_get_with(None), load).await
     }
 
     /// The value of `key` from the cache, or from `body` run as the key's one
